@@ -1,0 +1,108 @@
+// nn: the Whisper network. Weights are taken from a ModelFile once; the encoder turns
+// a 30 s log-mel window into audio states, and the decoder advances token sequences
+// against those states with a per-sequence self-attention KV cache and per-window
+// cross-attention keys/values.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "model/ggml_file.h"
+
+namespace amanuensis::nn {
+
+using TokenId = std::int32_t;
+
+struct LinearWeights {
+  kernels::cpu::DenseMatrix weight;
+  std::vector<float> bias;  // empty for Whisper's bias-free key projections
+};
+
+struct NormWeights {
+  std::vector<float> gamma;
+  std::vector<float> beta;
+};
+
+struct AttentionWeights {
+  LinearWeights query, key, value, out;
+};
+
+struct BlockWeights {
+  NormWeights attn_ln;
+  AttentionWeights attn;
+  NormWeights cross_attn_ln;  // decoder only
+  AttentionWeights cross_attn;
+  NormWeights mlp_ln;
+  LinearWeights mlp_up;    // mlp.0
+  LinearWeights mlp_down;  // mlp.2
+};
+
+struct WhisperWeights {
+  model::HyperParams hparams;
+  kernels::cpu::DenseMatrix conv1, conv2;  // rows = out channels, cols = in channels * 3
+  std::vector<float> conv1_bias, conv2_bias;
+  std::vector<float> encoder_positions;  // n_audio_ctx x d
+  std::vector<BlockWeights> encoder_blocks;
+  NormWeights encoder_ln_post;
+  kernels::cpu::DenseMatrix token_embedding;  // n_vocab x d, also the output projection
+  std::vector<float> decoder_positions;       // n_text_ctx x d
+  std::vector<BlockWeights> decoder_blocks;
+  NormWeights decoder_ln;
+
+  // Converts every tensor of the file to float. Throws Error for a vocabulary-only file.
+  static std::shared_ptr<const WhisperWeights> load(const model::ModelFile& file);
+};
+
+// Encoder output for one window: n_ctx x d audio states.
+struct AudioFeatures {
+  std::int64_t n_ctx = 0;
+  std::int64_t d = 0;
+  std::vector<float> states;
+};
+
+// Cross-attention keys and values of every decoder layer for one window, computed once.
+struct CrossAttentionCache {
+  std::int64_t n_ctx = 0;
+  std::vector<std::vector<float>> keys, values;  // per layer, n_ctx x d
+};
+
+// Self-attention cache of one token sequence.
+struct KvCache {
+  std::int64_t n_past = 0;
+  std::vector<std::vector<float>> keys, values;  // per layer, n_text_ctx x d
+};
+
+class Encoder {
+ public:
+  explicit Encoder(std::shared_ptr<const WhisperWeights> weights) : w_(std::move(weights)) {}
+  // `mel` is one window, [n_mels][3000] row-major.
+  AudioFeatures encode(std::span<const float> mel) const;
+
+ private:
+  std::shared_ptr<const WhisperWeights> w_;
+};
+
+class Decoder {
+ public:
+  explicit Decoder(std::shared_ptr<const WhisperWeights> weights) : w_(std::move(weights)) {}
+
+  CrossAttentionCache cross_attention(const AudioFeatures& audio) const;
+  KvCache new_cache() const;
+
+  // Appends `tokens` to the sequence held by `cache` (positions n_past, n_past+1, ...) and
+  // returns logits: tokens.size() x n_vocab rows when `all_rows`, else only the last row.
+  // Throws Error when the sequence would exceed n_text_ctx.
+  std::vector<float> forward(std::span<const TokenId> tokens, KvCache& cache, const CrossAttentionCache& cross,
+                             bool all_rows = false) const;
+
+  int n_vocab() const { return w_->hparams.n_vocab; }
+  int n_text_ctx() const { return w_->hparams.n_text_ctx; }
+
+ private:
+  std::shared_ptr<const WhisperWeights> w_;
+};
+
+}  // namespace amanuensis::nn

@@ -1,0 +1,35 @@
+#include "conformance/reference.h"
+
+#include <fstream>
+#include <stdexcept>
+
+namespace amanuensis::testing {
+
+std::vector<float> read_f32_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + path.string());
+  in.seekg(0, std::ios::end);
+  const auto size = static_cast<std::size_t>(in.tellg());
+  in.seekg(0);
+  std::vector<float> values(size / sizeof(float));
+  in.read(reinterpret_cast<char*>(values.data()), static_cast<std::streamsize>(values.size() * sizeof(float)));
+  return values;
+}
+
+nlohmann::json read_json_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open " + path.string());
+  return nlohmann::json::parse(in);
+}
+
+std::vector<int> teacher_forced_tokens(bool multilingual, bool timestamps) {
+  if (multilingual) return {50258, 50259, 50360, timestamps ? 50364 : 50363, 400, 370, 452, 7177, 6280, 11, 1029, 406};
+  return {50257, 50358, timestamps ? 50363 : 50362, 843, 523, 616, 5891, 3399, 11, 1265, 407};
+}
+
+Tolerance tolerance_for(const std::string& model_name) {
+  const bool quantized = model_name.find("-q") != std::string::npos;
+  return quantized ? Tolerance{3.0, 0.3, 1.0} : Tolerance{0.15, 0.015, 0.3};
+}
+
+}  // namespace amanuensis::testing
