@@ -1,0 +1,40 @@
+// mel: OpenAI Whisper's log-mel spectrogram (n_fft 400, hop 160, periodic Hann,
+// reflect padding, power spectrum, mel filterbank, log10 floor, clamp to max-8, (x+4)/4).
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+namespace amanuensis::mel {
+
+inline constexpr int kNFft = 400;
+inline constexpr int kHopLength = 160;
+inline constexpr int kNFreqBins = kNFft / 2 + 1;  // 201
+inline constexpr int kChunkSamples = 480000;      // 30 s at 16 kHz
+inline constexpr int kChunkFrames = 3000;         // frames in one 30 s window
+
+// A log-mel spectrogram, row-major [n_mels][n_frames] (all frames of band 0 first).
+struct LogMel {
+  int n_mels = 0;
+  int n_frames = 0;
+  std::vector<float> data;
+
+  float at(int band, int frame) const { return data[static_cast<std::size_t>(band) * n_frames + frame]; }
+  // Copies frames [first_frame, first_frame + kChunkFrames) into a [n_mels][3000] window;
+  // frames past the end are filled with the spectrogram's floor value (the value that
+  // zero audio has after clamping), as whisper.cpp does.
+  std::vector<float> window(int first_frame) const;
+  float floor_value = 0.0f;
+};
+
+// The log-mel of `samples` followed by `padding_samples` zeros, with frames
+// n_frames = (samples.size() + padding_samples) / 160, clamped with the maximum over
+// the whole spectrogram. `filters` is the model file's [n_mels][201] filterbank.
+// With samples of at most 30 s and padding = 480000 - samples.size() this gives exactly
+// OpenAI's single-window mel (3000 frames); the transcription pipeline uses padding
+// = 480000 (OpenAI's transcribe(): the whole recording with 30 s of zeros appended).
+LogMel log_mel_spectrogram(std::span<const float> samples, std::span<const float> filters, int n_mels,
+                           std::size_t padding_samples);
+
+}  // namespace amanuensis::mel

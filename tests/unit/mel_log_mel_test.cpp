@@ -1,0 +1,205 @@
+// Tests for the FFT and the log-mel frontend: against a naive DFT, against the conformance
+// kit's reference mels (numpy float64), and the whole-recording / window behaviour.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <complex>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <numbers>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "mel/fft.h"
+#include "mel/log_mel.h"
+#include "test_paths.h"
+
+namespace amanuensis::mel {
+namespace {
+
+constexpr int kMels = 80;
+
+std::vector<char> read_bytes(const std::filesystem::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw std::runtime_error("cannot open " + path.string());
+  return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+template <typename T>
+T read_le(const std::vector<char>& bytes, std::size_t at) {
+  T value;
+  std::memcpy(&value, bytes.data() + at, sizeof value);  // the test hosts are little-endian
+  return value;
+}
+
+// The mel filterbank stored in a ggml model header: magic, 11 hparams, n_mel, n_fft, floats.
+std::vector<float> load_filters(const std::filesystem::path& path) {
+  const auto bytes = read_bytes(path);
+  if (read_le<std::uint32_t>(bytes, 0) != 0x67676d6cu) throw std::runtime_error("bad magic in " + path.string());
+  const std::size_t at = 4 + 11 * 4;
+  const auto n_mel = read_le<std::int32_t>(bytes, at);
+  const auto n_fft = read_le<std::int32_t>(bytes, at + 4);
+  if (n_mel != kMels || n_fft != kNFreqBins) throw std::runtime_error("unexpected filterbank shape");
+  std::vector<float> filters(static_cast<std::size_t>(n_mel) * n_fft);
+  std::memcpy(filters.data(), bytes.data() + at + 8, filters.size() * sizeof(float));
+  return filters;
+}
+
+const std::vector<float>& filters() {
+  static const std::vector<float> loaded = load_filters(amanuensis::testing::conformance_dir() / "vocab-en.bin");
+  return loaded;
+}
+
+std::vector<float> reference_mel(const std::string& audio) {
+  const auto bytes = read_bytes(amanuensis::testing::conformance_dir() / "ref" / (audio + ".mel.f32"));
+  std::vector<float> mel(bytes.size() / sizeof(float));
+  std::memcpy(mel.data(), bytes.data(), mel.size() * sizeof(float));
+  return mel;
+}
+
+// The kit's 16 kHz mono s16 samples / 32768. A minimal chunk walk instead of audio::read_wav_file,
+// because this test links only the mel layer.
+std::vector<float> load_audio(const std::string& audio) {
+  const auto bytes = read_bytes(amanuensis::testing::conformance_dir() / "audio" / (audio + ".wav"));
+  std::size_t at = 12;
+  while (std::string(bytes.data() + at, 4) != "data") at += 8 + read_le<std::uint32_t>(bytes, at + 4);
+  const auto size = read_le<std::uint32_t>(bytes, at + 4);
+  std::vector<float> samples(size / 2);
+  for (std::size_t i = 0; i < samples.size(); ++i) samples[i] = read_le<std::int16_t>(bytes, at + 8 + 2 * i) / 32768.0f;
+  return samples;
+}
+
+LogMel single_window_mel(const std::vector<float>& samples) {
+  return log_mel_spectrogram(samples, filters(), kMels, kChunkSamples - samples.size());
+}
+
+std::vector<std::complex<double>> naive_dft(const std::vector<double>& x) {
+  const std::size_t n = x.size();
+  std::vector<std::complex<double>> out(n / 2 + 1);
+  for (std::size_t k = 0; k < out.size(); ++k) {
+    for (std::size_t j = 0; j < n; ++j) out[k] += x[j] * std::polar(1.0, -2.0 * std::numbers::pi * double(j * k % n) / n);
+  }
+  return out;
+}
+
+TEST(RealFft, MatchesNaiveDft) {
+  std::mt19937 rng(7);
+  std::normal_distribution<double> gauss;
+  for (std::size_t n : {2u, 4u, 6u, 8u, 10u, 12u, 18u, 30u, 50u, 64u, 98u, 400u, 512u}) {
+    std::vector<double> x(n);
+    for (double& v : x) v = gauss(rng);
+    std::vector<std::complex<double>> fast(n / 2 + 1);
+    RealFft(n).forward(x, fast);
+    const auto slow = naive_dft(x);
+    for (std::size_t k = 0; k < slow.size(); ++k) {
+      ASSERT_NEAR(std::abs(fast[k] - slow[k]), 0.0, 1e-10 * n) << "n=" << n << " k=" << k;
+    }
+  }
+}
+
+class ReferenceMel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ReferenceMel, MatchesNumpyFloat64Reference) {
+  const auto samples = load_audio(GetParam());
+  const LogMel mel = single_window_mel(samples);
+  ASSERT_EQ(mel.n_mels, kMels);
+  ASSERT_EQ(mel.n_frames, kChunkFrames);
+  const auto reference = reference_mel(GetParam());
+  ASSERT_EQ(reference.size(), mel.data.size());
+
+  double max_diff = 0.0;
+  double sum_diff = 0.0;
+  for (std::size_t i = 0; i < reference.size(); ++i) {
+    const double diff = std::abs(static_cast<double>(mel.data[i]) - reference[i]);
+    max_diff = std::max(max_diff, diff);
+    sum_diff += diff;
+  }
+  const double mean_diff = sum_diff / reference.size();
+  std::cout << "[ mel diff ] " << GetParam() << ": max " << max_diff << ", mean " << mean_diff << "\n";
+  RecordProperty("max_abs_diff", std::to_string(max_diff));
+  RecordProperty("mean_abs_diff", std::to_string(mean_diff));
+  EXPECT_LE(max_diff, 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(ConformanceAudio, ReferenceMel, ::testing::Values("jfk", "silence-5s", "speech-30s"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           std::erase(name, '-');
+                           return name;
+                         });
+
+TEST(LogMel, WholeRecordingFirstWindowEqualsSingleWindowForShortAudio) {
+  const auto samples = load_audio("jfk");
+  const LogMel single = single_window_mel(samples);
+  const LogMel whole = log_mel_spectrogram(samples, filters(), kMels, kChunkSamples);
+  EXPECT_EQ(whole.n_frames, (176000 + kChunkSamples) / kHopLength);
+
+  const auto first = whole.window(0);
+  ASSERT_EQ(first.size(), single.data.size());
+  double max_diff = 0.0;
+  for (std::size_t i = 0; i < first.size(); ++i) max_diff = std::max(max_diff, double(std::abs(first[i] - single.data[i])));
+  EXPECT_LE(max_diff, 1e-6);
+  EXPECT_EQ(whole.floor_value, single.floor_value);
+}
+
+TEST(LogMel, ZeroAudioFramesAndFramesPastTheEndHoldTheFloorValue) {
+  const LogMel mel = log_mel_spectrogram(load_audio("jfk"), filters(), kMels, kChunkSamples);
+  // The trailing frames see only appended zeros, so they sit at the clamp.
+  for (int band = 0; band < kMels; ++band) ASSERT_EQ(mel.at(band, mel.n_frames - 1), mel.floor_value);
+
+  const int first = mel.n_frames - 1000;
+  const auto window = mel.window(first);
+  ASSERT_EQ(window.size(), static_cast<std::size_t>(kMels) * kChunkFrames);
+  for (int band = 0; band < kMels; ++band) {
+    for (int i = 0; i < kChunkFrames; ++i) {
+      const float expected = i < 1000 ? mel.at(band, first + i) : mel.floor_value;
+      ASSERT_EQ(window[static_cast<std::size_t>(band) * kChunkFrames + i], expected) << band << "," << i;
+    }
+  }
+  for (float v : mel.window(mel.n_frames + 5)) ASSERT_EQ(v, mel.floor_value);
+  EXPECT_THROW(mel.window(-1), Error);
+}
+
+TEST(LogMel, SilenceIsFlatAtItsFloorValue) {
+  const LogMel mel = single_window_mel(load_audio("silence-5s"));
+  // log10(1e-10) = -10 everywhere, so nothing is clamped: (-10 + 4) / 4.
+  EXPECT_EQ(mel.floor_value, -1.5f);
+  for (float v : mel.data) ASSERT_EQ(v, -1.5f);
+}
+
+TEST(LogMel, ShortInputsDoNotCrash) {
+  for (std::size_t n : {0u, 1u, 2u, 150u, 159u, 160u, 201u, 399u, 400u, 1000u}) {
+    std::vector<float> samples(n);
+    for (std::size_t i = 0; i < n; ++i) samples[i] = std::sin(0.1f * i);
+    const LogMel mel = log_mel_spectrogram(samples, filters(), kMels, 0);
+    EXPECT_EQ(mel.n_frames, static_cast<int>(n / kHopLength));
+    EXPECT_EQ(mel.data.size(), static_cast<std::size_t>(kMels) * mel.n_frames);
+    for (float v : mel.data) ASSERT_TRUE(std::isfinite(v));
+  }
+}
+
+TEST(LogMel, RejectsFilterbankOfWrongSize) {
+  const std::vector<float> samples(1600);
+  EXPECT_THROW(log_mel_spectrogram(samples, std::span(filters()).first(100), kMels, 0), Error);
+  EXPECT_THROW(log_mel_spectrogram(samples, filters(), 0, 0), Error);
+}
+
+TEST(LogMel, Timing30s) {
+  const auto samples = load_audio("speech-30s");
+  single_window_mel(samples);  // warm-up
+  constexpr int kRuns = 10;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < kRuns; ++i) single_window_mel(samples);
+  const std::chrono::duration<double, std::milli> elapsed = std::chrono::steady_clock::now() - start;
+  const double ms = elapsed.count() / kRuns;
+  std::cout << "[ mel time ] 30 s window: " << ms << " ms\n";
+  RecordProperty("ms_per_30s", std::to_string(ms));
+}
+
+}  // namespace
+}  // namespace amanuensis::mel
