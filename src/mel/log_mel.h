@@ -23,7 +23,7 @@ struct LogMel {
   float at(int band, int frame) const { return data[static_cast<std::size_t>(band) * n_frames + frame]; }
   // Copies frames [first_frame, first_frame + kChunkFrames) into a [n_mels][3000] window;
   // frames past the end are filled with the spectrogram's floor value (the value that
-  // zero audio has after clamping), as whisper.cpp does.
+  // zero audio has after clamping); the pipeline never reads that far (it appends 30 s of zeros).
   std::vector<float> window(int first_frame) const;
   float floor_value = 0.0f;
 };

@@ -1,0 +1,100 @@
+#include "decoding/window_decoder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+
+namespace amanuensis::decoding {
+namespace {
+
+TokenId argmax(std::span<const float> row) {
+  // std::max_element keeps the first maximum: ties go to the lowest id
+  return static_cast<TokenId>(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+// -1 when every timestamp is masked.
+TokenId likeliest_timestamp(std::span<const float> row, TokenId ts_begin) {
+  const TokenId best = ts_begin + argmax(row.subspan(ts_begin));
+  return std::isinf(row[best]) && row[best] < 0 ? -1 : best;
+}
+
+float probability_of(std::span<const float> raw_logits, TokenId id) {
+  return std::exp(log_softmax(raw_logits)[id]);
+}
+
+}  // namespace
+
+WindowDecoder::WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, DecodeOptions options)
+    : decoder_(decoder), tokenizer_(tokenizer), options_(std::move(options)) {
+  if (options_.task != "transcribe" && options_.task != "translate") {
+    throw Error("unknown task '" + options_.task + "' (use transcribe or translate)");
+  }
+  if (tokenizer_.is_multilingual() && !tokenizer_.language_token(options_.language)) {
+    throw Error("unknown language code '" + options_.language + "'");
+  }
+  rules_.semantics = options_.semantics;
+  rules_.timestamps = options_.timestamps;
+  rules_.suppress_blank = options_.suppress_blank;
+  rules_.max_initial_timestamp = options_.max_initial_timestamp;
+  rules_.suppress = suppressed_tokens(tokenizer_, options_.suppress_tokens, options_.semantics, options_.timestamps);
+  sample_len_ = options_.sample_len > 0 ? options_.sample_len : decoder_.n_text_ctx() / 2;
+}
+
+std::vector<TokenId> WindowDecoder::initial_tokens(std::span<const TokenId> prompt) const {
+  const auto& sp = tokenizer_.special();
+  std::vector<TokenId> tokens;
+  if (!prompt.empty()) {
+    const std::size_t keep = std::min<std::size_t>(prompt.size(), decoder_.n_text_ctx() / 2 - 1);
+    tokens.push_back(sp.prev);
+    tokens.insert(tokens.end(), prompt.end() - static_cast<std::ptrdiff_t>(keep), prompt.end());
+  }
+  tokens.push_back(sp.sot);
+  if (tokenizer_.is_multilingual()) {
+    tokens.push_back(*tokenizer_.language_token(options_.language));
+    tokens.push_back(options_.task == "translate" ? sp.translate : sp.transcribe);
+  }
+  if (!options_.timestamps) tokens.push_back(sp.no_timestamps);
+  return tokens;
+}
+
+WindowResult WindowDecoder::decode_greedy(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
+                                          const StepHook& hook) const {
+  const auto& sp = tokenizer_.special();
+  const auto initial = initial_tokens(prompt);
+  const auto sot_index = static_cast<std::size_t>(std::find(initial.begin(), initial.end(), sp.sot) - initial.begin());
+  const int max_tokens = std::min<int>(sample_len_, decoder_.n_text_ctx() - static_cast<int>(initial.size()));
+
+  WindowResult result;
+  auto cache = decoder_.new_cache();
+  // Decode up to <|startoftranscript|> first: its logits give the no-speech probability.
+  auto logits = decoder_.forward(std::span(initial).first(sot_index + 1), cache, audio);
+  result.no_speech_prob = probability_of(logits, sp.no_speech);
+  if (sot_index + 1 < initial.size()) logits = decoder_.forward(std::span(initial).subspan(sot_index + 1), cache, audio);
+
+  std::vector<float> raw_logits;
+  for (int step = 0; step < max_tokens; ++step) {
+    if (hook) raw_logits = logits;
+    apply_logit_rules(logits, result.tokens, rules_, tokenizer_);
+    TokenId chosen = argmax(logits);
+    if (hook) {
+      if (auto forced = hook(StepView{step, raw_logits, logits, chosen})) chosen = *forced;
+    }
+    const float logprob = log_softmax(logits)[chosen];
+    if (std::isfinite(logprob)) result.sum_logprob += logprob;
+    if (chosen == sp.eot) {
+      result.reached_end_of_text = true;
+      break;
+    }
+    result.tokens.push_back(chosen);
+    result.best_timestamp.push_back(tokenizer_.is_timestamp(chosen) ? chosen : likeliest_timestamp(logits, sp.timestamp_begin));
+    if (step + 1 < max_tokens) {
+      const TokenId next[] = {chosen};
+      logits = decoder_.forward(next, cache, audio);
+    }
+  }
+  result.avg_logprob = result.sum_logprob / (static_cast<double>(result.tokens.size()) + 1.0);
+  return result;
+}
+
+}  // namespace amanuensis::decoding

@@ -1,0 +1,71 @@
+// decoding: decodes one 30 s window: builds the initial prompt, runs the decoder step by
+// step with the logit rules, and returns the sampled tokens with their statistics.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "decoding/logit_rules.h"
+#include "nn/whisper.h"
+#include "text/tokenizer.h"
+
+namespace amanuensis::decoding {
+
+struct DecodeOptions {
+  Semantics semantics = Semantics::OpenAI;
+  std::string task = "transcribe";  // or "translate"
+  std::string language = "en";      // ignored by English-only models
+  bool timestamps = true;
+  int sample_len = 0;               // tokens sampled at most; 0 = n_text_ctx / 2 (224)
+  bool suppress_blank = true;
+  std::string suppress_tokens = "-1";
+  double max_initial_timestamp = 1.0;
+};
+
+// One step as the decoder saw it, for tests and debugging: the rules have been applied.
+struct StepView {
+  int index;                        // position in the window's sampled tokens
+  std::span<const float> raw_logits;  // as the network produced them
+  std::span<const float> logits;    // after the logit rules
+  TokenId chosen;                   // arg-max (lowest id on ties)
+};
+// Called after each step's choice; may return another token to feed instead (teacher
+// forcing), or nullopt to keep the choice.
+using StepHook = std::function<std::optional<TokenId>(const StepView&)>;
+
+struct WindowResult {
+  std::vector<TokenId> tokens;        // sampled tokens, timestamps included, end-of-text excluded
+  std::vector<TokenId> best_timestamp;  // per token: the likeliest timestamp at that step (-1: all masked)
+  double sum_logprob = 0.0;
+  double avg_logprob = 0.0;           // sum_logprob / (tokens + 1 for end-of-text)
+  float no_speech_prob = 0.0f;
+  bool reached_end_of_text = false;
+};
+
+class WindowDecoder {
+ public:
+  WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, DecodeOptions options);
+
+  // The tokens that start decoding: [<|startofprev|> prompt...] <|startoftranscript|>
+  // [<|lang|> <|task|>] [<|notimestamps|>]. `prompt` is cut to its last n_text_ctx/2 - 1.
+  std::vector<TokenId> initial_tokens(std::span<const TokenId> prompt) const;
+
+  // Greedy decoding (temperature 0) of one window.
+  WindowResult decode_greedy(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
+                             const StepHook& hook = {}) const;
+
+  const LogitRules& rules() const { return rules_; }
+  int sample_len() const { return sample_len_; }
+
+ private:
+  const nn::Decoder& decoder_;
+  const text::Tokenizer& tokenizer_;
+  DecodeOptions options_;
+  LogitRules rules_;
+  int sample_len_ = 0;
+};
+
+}  // namespace amanuensis::decoding

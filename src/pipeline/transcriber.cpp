@@ -1,0 +1,196 @@
+#include "pipeline/transcriber.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+#include "mel/log_mel.h"
+
+namespace amanuensis::pipeline {
+namespace {
+
+using decoding::Semantics;
+using decoding::WindowResult;
+
+constexpr int kFramesPerSecond = 100;      // mel frames per second (hop 160 at 16 kHz)
+constexpr int kFramesPerTimestamp = 2;     // one timestamp step (0.02 s) = two mel frames
+constexpr int kWindowFrames = mel::kChunkFrames;
+
+double frames_to_seconds(long frames) { return static_cast<double>(frames) / kFramesPerSecond; }
+
+// The 30 s encoder input at `seek`. OpenAI's transcribe() zero-fills the part of the
+// window past the audio (pad_or_trim of the log-mel); whisper.cpp keeps the log-mel of the
+// zero samples appended to the audio.
+std::vector<float> window_at(const mel::LogMel& mel, int seek, int content_frames, Semantics semantics) {
+  auto window = mel.window(seek);
+  if (semantics == Semantics::OpenAI) {
+    const int valid = std::min(kWindowFrames, content_frames - seek);
+    for (int band = 0; band < mel.n_mels; ++band)
+      std::fill(window.begin() + band * kWindowFrames + valid, window.begin() + (band + 1) * kWindowFrames, 0.0f);
+  }
+  return window;
+}
+
+class SegmentBuilder {
+ public:
+  SegmentBuilder(const text::Tokenizer& tokenizer, Transcript& out) : tokenizer_(tokenizer), out_(out) {}
+
+  void add(int seek, double start, double end, std::span<const TokenId> tokens, const WindowResult& window) {
+    Segment s;
+    s.id = static_cast<int>(out_.segments.size());
+    s.seek = seek;
+    s.start = start;
+    s.end = end;
+    s.tokens.assign(tokens.begin(), tokens.end());
+    s.text = tokenizer_.decode(tokens);
+    s.avg_logprob = window.avg_logprob;
+    s.no_speech_prob = window.no_speech_prob;
+    out_.segments.push_back(std::move(s));
+  }
+
+ private:
+  const text::Tokenizer& tokenizer_;
+  Transcript& out_;
+};
+
+// OpenAI transcribe(): segments between consecutive timestamp pairs; seek moves to the
+// last complete pair unless the window ended on a single timestamp. Returns the new seek.
+int openai_segments(const text::Tokenizer& tok, int seek, int segment_size, const WindowResult& w,
+                    SegmentBuilder& builder) {
+  const auto& tokens = w.tokens;
+  const double offset = frames_to_seconds(seek);
+  auto ts_index = [&](TokenId id) { return id - tok.special().timestamp_begin; };
+  const std::size_t n = tokens.size();
+  const bool single_timestamp_ending =
+      n >= 2 && !tok.is_timestamp(tokens[n - 2]) && tok.is_timestamp(tokens[n - 1]);
+  std::vector<std::size_t> slices;  // ends of segments: after each consecutive timestamp pair
+  for (std::size_t i = 1; i < n; ++i)
+    if (tok.is_timestamp(tokens[i - 1]) && tok.is_timestamp(tokens[i])) slices.push_back(i);
+
+  if (!slices.empty()) {
+    if (single_timestamp_ending) slices.push_back(n);
+    std::size_t last = 0;
+    for (std::size_t end : slices) {
+      std::span<const TokenId> part(tokens.data() + last, end - last);
+      builder.add(seek, offset + ts_index(part.front()) * 0.02, offset + ts_index(part.back()) * 0.02, part, w);
+      last = end;
+    }
+    if (single_timestamp_ending) return seek + segment_size;
+    return seek + ts_index(tokens[last - 1]) * kFramesPerTimestamp;
+  }
+  double duration = frames_to_seconds(segment_size);
+  for (auto it = tokens.rbegin(); it != tokens.rend(); ++it) {
+    if (tok.is_timestamp(*it)) {
+      if (*it != tok.special().timestamp_begin) duration = ts_index(*it) * 0.02;
+      break;
+    }
+  }
+  builder.add(seek, offset, offset + duration, tokens, w);
+  return seek + segment_size;
+}
+
+// whisper.cpp whisper_full(): a segment ends at each timestamp above <|0.00|> (runs of
+// timestamps are skipped), its start is the likeliest timestamp of its first token, and
+// seek moves by the last timestamp (3000 frames when there is none).
+int whisper_cpp_segments(const text::Tokenizer& tok, int seek, const WindowResult& w, bool timestamps,
+                         SegmentBuilder& builder) {
+  const TokenId ts_begin = tok.special().timestamp_begin;
+  const int window_frames = kWindowFrames;
+  int seek_delta = window_frames;
+  std::size_t result_len = 0;
+  for (std::size_t i = 0; i < w.tokens.size(); ++i) {
+    if (w.tokens[i] > ts_begin) {
+      seek_delta = kFramesPerTimestamp * (w.tokens[i] - ts_begin);
+      result_len = i + 1;
+    }
+  }
+  if (!timestamps) seek_delta = window_frames;
+  // A decode that ran to the token limit without moving far is "failed"; with no
+  // fallback left, whisper.cpp keeps all its tokens. Otherwise text after the last
+  // timestamp is dropped.
+  const bool failed = !w.reached_end_of_text && (result_len == 0 || seek_delta < window_frames / 2);
+  std::size_t keep = w.tokens.size();
+  if (timestamps && !failed && result_len > 0) keep = result_len;
+
+  auto centis = [&](TokenId tid) { return seek + kFramesPerTimestamp * ((tid < 0 ? 0 : tid) - ts_begin); };
+  if (keep == 0) return seek + seek_delta;
+  long t0 = centis(w.best_timestamp[0]);
+  std::size_t i0 = 0;
+  bool has_text = false;
+  for (std::size_t i = 0; i < keep; ++i) {
+    has_text = has_text || !tok.is_special(w.tokens[i]);
+    if (w.tokens[i] > ts_begin) {
+      const long t1 = centis(w.tokens[i]);
+      if (has_text) builder.add(seek, t0 / 100.0, t1 / 100.0, std::span(w.tokens).subspan(i0, i + 1 - i0), w);
+      has_text = false;
+      while (i < keep && w.tokens[i] > ts_begin) ++i;
+      --i;
+      t0 = t1;
+      i0 = i + 1;
+    }
+  }
+  if (has_text) builder.add(seek, t0 / 100.0, (seek + seek_delta) / 100.0, std::span(w.tokens).subspan(i0, keep - i0), w);
+  return seek + seek_delta;
+}
+
+}  // namespace
+
+Model::Model(model::ModelFile file, std::shared_ptr<const nn::WhisperWeights> weights)
+    : file_(std::move(file)),
+      tokenizer_(file_.vocabulary(), file_.hparams().n_vocab),
+      encoder_(weights),
+      decoder_(weights) {}
+
+std::shared_ptr<const Model> Model::load(const std::filesystem::path& path) {
+  auto file = model::ModelFile::open(path);
+  auto weights = nn::WhisperWeights::load(file);
+  return std::make_shared<const Model>(std::move(file), std::move(weights));
+}
+
+Transcript transcribe(const Model& model, std::span<const float> samples, const TranscribeOptions& options) {
+  const auto semantics = options.decode.semantics;
+  const auto& tok = model.tokenizer();
+  const int n_mels = model.hparams().n_mels;
+  const auto mel = mel::log_mel_spectrogram(samples, model.file().mel_filters(), n_mels, mel::kChunkSamples);
+
+  // Frames that hold audio. whisper.cpp counts only frames whose 400-sample window fits.
+  const int content_frames = semantics == Semantics::OpenAI
+                                 ? static_cast<int>(samples.size() / mel::kHopLength)
+                                 : std::max(0, 1 + (static_cast<int>(samples.size()) + 200 - 400) / mel::kHopLength);
+  // whisper.cpp stops when 100 ms or less are left (its references decode 1 s files).
+  const int min_remaining = semantics == Semantics::OpenAI ? 0 : kFramesPerSecond / 10;
+
+  Transcript out;
+  out.duration = static_cast<double>(samples.size()) / 16000.0;
+  out.language = tok.is_multilingual() ? options.decode.language : "en";
+  SegmentBuilder builder(tok, out);
+  decoding::WindowDecoder decoder(model.decoder(), tok, options.decode);
+
+  std::vector<TokenId> all_tokens = options.initial_prompt.empty() ? std::vector<TokenId>{}
+                                                                   : tok.encode(" " + options.initial_prompt);
+  std::size_t prompt_reset_since = 0;
+  int seek = 0;
+  while (seek + min_remaining < content_frames) {
+    const int segment_size = std::min(kWindowFrames, content_frames - seek);
+    const auto features = model.encoder().encode(window_at(mel, seek, content_frames, semantics));
+    const auto cross = model.decoder().cross_attention(features);
+    std::span<const TokenId> prompt(all_tokens.data() + prompt_reset_since, all_tokens.size() - prompt_reset_since);
+    const auto result = decoder.decode_greedy(cross, prompt, options.step_hook);
+    out.window_seeks.push_back(seek);
+
+    const std::size_t first_new = out.segments.size();
+    const int next_seek = semantics == Semantics::OpenAI
+                              ? openai_segments(tok, seek, segment_size, result, builder)
+                              : whisper_cpp_segments(tok, seek, result, options.decode.timestamps, builder);
+    for (std::size_t i = first_new; i < out.segments.size(); ++i) {
+      auto& s = out.segments[i];
+      all_tokens.insert(all_tokens.end(), s.tokens.begin(), s.tokens.end());
+    }
+    if (!options.condition_on_previous_text) prompt_reset_since = all_tokens.size();
+    seek = std::max(next_seek, seek + 1);  // never stall on a window
+  }
+  for (const auto& s : out.segments) out.text += s.text;
+  return out;
+}
+
+}  // namespace amanuensis::pipeline

@@ -1,0 +1,73 @@
+// pipeline: audio samples to a transcript. Owns the loaded model (weights, tokenizer,
+// mel filters) and the long-form loop over 30 s windows that turns each window's tokens
+// into timed segments.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "decoding/window_decoder.h"
+#include "model/ggml_file.h"
+#include "nn/whisper.h"
+#include "text/tokenizer.h"
+
+namespace amanuensis::pipeline {
+
+using text::TokenId;
+
+struct TranscribeOptions {
+  decoding::DecodeOptions decode;
+  bool condition_on_previous_text = true;
+  std::string initial_prompt;
+  decoding::StepHook step_hook;  // for tests and debugging: sees (and may force) every step
+};
+
+struct Segment {
+  int id = 0;
+  int seek = 0;          // mel frame (10 ms) where the window of this segment starts
+  double start = 0.0;    // seconds
+  double end = 0.0;
+  std::string text;
+  std::vector<TokenId> tokens;  // including timestamp tokens
+  double avg_logprob = 0.0;
+  float no_speech_prob = 0.0f;
+  float temperature = 0.0f;
+};
+
+struct Transcript {
+  std::string text;
+  std::string language;
+  double duration = 0.0;  // seconds of audio
+  std::vector<Segment> segments;
+  std::vector<int> window_seeks;  // mel frame of every decoded window, in order
+};
+
+// A loaded model, ready to transcribe. Immutable after construction, so one instance
+// can serve several threads that each transcribe their own audio.
+class Model {
+ public:
+  static std::shared_ptr<const Model> load(const std::filesystem::path& path);
+
+  const model::ModelFile& file() const { return file_; }
+  const model::HyperParams& hparams() const { return file_.hparams(); }
+  const text::Tokenizer& tokenizer() const { return tokenizer_; }
+  const nn::Encoder& encoder() const { return encoder_; }
+  const nn::Decoder& decoder() const { return decoder_; }
+
+  Model(model::ModelFile file, std::shared_ptr<const nn::WhisperWeights> weights);
+
+ private:
+  model::ModelFile file_;
+  text::Tokenizer tokenizer_;
+  nn::Encoder encoder_;
+  nn::Decoder decoder_;
+};
+
+// Transcribes 16 kHz mono samples window by window, seeking as the options' semantics
+// say: OpenAI's transcribe() by default, whisper.cpp's whisper_full() for conformance.
+Transcript transcribe(const Model& model, std::span<const float> samples, const TranscribeOptions& options);
+
+}  // namespace amanuensis::pipeline
