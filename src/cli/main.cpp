@@ -1,17 +1,21 @@
 // cli: the `amanuensis` command: transcribe files, dump decoder logits for conformance.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <optional>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
-#include "audio/wav.h"
+#include "audio/decode.h"
 #include "cli/args.h"
 #include "common/error.h"
 #include "kernels/cpu/thread_pool.h"
 #include "mel/log_mel.h"
+#include "pipeline/output_formats.h"
 #include "pipeline/transcriber.h"
 
 namespace amanuensis::cli {
@@ -20,12 +24,13 @@ namespace {
 constexpr const char* kUsage = R"(amanuensis - Whisper speech recognition
 
 usage:
-  amanuensis transcribe --model MODEL.bin [options] FILE.wav [FILE.wav ...]
+  amanuensis transcribe --model MODEL.bin [options] FILE [FILE ...]   (FILE "-" reads standard input)
   amanuensis dump-logits --model MODEL.bin (--audio FILE.wav | --mel MEL.f32) --tokens ID,ID,... --out OUT.f32
   amanuensis --help | --version
 
 transcribe options:
-  --output-format FMT     txt (default) or json
+  --output-format FMT     txt (default), json, verbose_json, srt, vtt or tsv
+  --output-dir DIR        write one file per input (NAME.FMT) instead of printing
   --no-timestamps         decode without timestamp tokens
   --language CODE         spoken language for multilingual models (default en)
   --task TASK             transcribe (default) or translate
@@ -38,10 +43,42 @@ transcribe options:
   --compat whisper.cpp    follow whisper.cpp's whisper_full() instead of OpenAI's transcribe():
                           its suppressed tokens and timestamp rules, 220 tokens per window,
                           no conditioning on previous text, its segmentation and seeking
+  --temperature T         first decoding temperature (default 0)
+  --temperature-increment T   fallback step (default 0.2)
+  --no-fallback           never retry a window at a higher temperature
+  --best-of N             sampled candidates at temperatures above 0 (default 5)
+  --seed N                seed of the sampling generator (default 0; runs are reproducible)
+  --compression-ratio-threshold X  fallback above this gzip ratio (default 2.4)
+  --logprob-threshold X   fallback below this average log-probability (default -1.0)
+  --no-speech-threshold X skip a window above this no-speech probability (default 0.6)
+  --pcm-rate HZ           FILE "-" is raw little-endian PCM at this rate
+  --pcm-channels N        channels of the raw PCM (default 1)
+  --pcm-format FMT        s16 (default) or f32
   --threads N             compute threads (default: all cores)
+
+Audio files of any common format are decoded with FFmpeg's libraries (wav, flac, mp3,
+ogg/opus, m4a/aac, webm, mp4) and resampled to 16 kHz mono.
 )";
 
-std::vector<float> read_audio(const std::string& path) { return audio::read_wav_file(path); }
+std::vector<float> read_audio(const std::string& path, const Args& args) {
+  if (path != "-" || !args.get("pcm-rate")) return audio::load_audio_file(path);
+  const std::string format = args.get_or("pcm-format", "s16");
+  if (format != "s16" && format != "f32") throw Error("--pcm-format must be s16 or f32");
+  std::vector<char> bytes(std::istreambuf_iterator<char>(std::cin), {});
+  return audio::decode_raw_pcm(std::as_bytes(std::span(bytes)),
+                               format == "s16" ? audio::PcmFormat::S16 : audio::PcmFormat::F32,
+                               args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1));
+}
+
+std::vector<float> temperature_schedule(const Args& args, bool fallback) {
+  const double start = args.get_double("temperature", 0.0);
+  const double step = args.get_double("temperature-increment", 0.2);
+  if (start < 0 || start > 1.0) throw Error("--temperature must be between 0 and 1");
+  if (!fallback || step <= 0) return {static_cast<float>(start)};
+  std::vector<float> temperatures;
+  for (double t = start; t <= 1.0 + 1e-6; t += step) temperatures.push_back(static_cast<float>(t));
+  return temperatures;
+}
 
 void apply_common_options(const Args& args) {
   if (auto threads = args.get("threads")) {
@@ -66,47 +103,44 @@ pipeline::TranscribeOptions transcribe_options(const Args& args, const pipeline:
   d.max_initial_timestamp = args.get_double("max-initial-timestamp", 1.0);
   o.condition_on_previous_text = !(args.flag("no-context") || whisper_cpp);
   o.initial_prompt = args.get_or("prompt", "");
+  o.temperatures = temperature_schedule(args, !(args.flag("no-fallback") || whisper_cpp));
+  o.best_of = args.get_int("best-of", 5);
+  if (o.best_of < 1) throw Error("--best-of must be at least 1");
+  o.seed = static_cast<std::uint64_t>(args.get_int("seed", 0));
+  o.thresholds.compression_ratio = args.get_double("compression-ratio-threshold", 2.4);
+  o.thresholds.logprob = args.get_double("logprob-threshold", -1.0);
+  o.thresholds.no_speech = args.get_double("no-speech-threshold", 0.6);
   return o;
 }
 
-std::string format_time(double seconds) {
-  if (seconds < 0) seconds = 0;
-  const auto ms = static_cast<long long>(seconds * 1000.0 + 0.5);
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%02lld:%02lld:%02lld.%03lld", ms / 3600000, ms / 60000 % 60, ms / 1000 % 60, ms % 1000);
-  return buf;
-}
-
-nlohmann::json transcript_json(const pipeline::Transcript& t) {
-  nlohmann::json segments = nlohmann::json::array();
-  for (const auto& s : t.segments) {
-    segments.push_back({{"id", s.id}, {"seek", s.seek}, {"start", s.start}, {"end", s.end}, {"text", s.text},
-                        {"tokens", s.tokens}, {"avg_logprob", s.avg_logprob}, {"no_speech_prob", s.no_speech_prob}});
+void write_output(const std::string& input, const std::string& rendered, pipeline::OutputFormat format,
+                  const std::optional<std::string>& output_dir) {
+  if (!output_dir) {
+    std::cout << rendered << std::flush;
+    return;
   }
-  return {{"text", t.text}, {"language", t.language}, {"duration", t.duration}, {"segments", segments}};
+  std::filesystem::create_directories(*output_dir);
+  const std::string stem = input == "-" ? "stdin" : std::filesystem::path(input).stem().string();
+  const auto path = std::filesystem::path(*output_dir) / (stem + "." + std::string(pipeline::file_extension(format)));
+  std::ofstream out(path, std::ios::binary);
+  out << rendered;
+  if (!out) throw Error("cannot write " + path.string());
+  std::cerr << "wrote " << path.string() << "\n";
 }
 
 int run_transcribe(const Args& args) {
   apply_common_options(args);
   if (args.positional().empty()) throw Error("transcribe needs at least one audio file");
-  const std::string format = args.get_or("output-format", "txt");
-  if (format != "txt" && format != "json") throw Error("unknown --output-format '" + format + "' (use txt or json)");
+  const auto format = pipeline::parse_output_format(args.get_or("output-format", "txt"));
   const auto model = pipeline::Model::load(args.required("model"));
   const auto options = transcribe_options(args, *model);
   int failures = 0;
   for (const auto& file : args.positional()) {
     try {
-      const auto transcript = pipeline::transcribe(*model, read_audio(file), options);
-      if (format == "json") {
-        std::cout << transcript_json(transcript).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-      } else if (options.decode.timestamps) {
-        for (const auto& s : transcript.segments)
-          std::cout << "[" << format_time(s.start) << " --> " << format_time(s.end) << "] " << s.text << "\n";
-      } else {
-        std::cout << transcript.text << "\n";
-      }
+      const auto transcript = pipeline::transcribe(*model, read_audio(file, args), options);
+      write_output(file, pipeline::render(transcript, format), format, args.get("output-dir"));
     } catch (const Error& e) {
-      std::cerr << "amanuensis: " << file << ": " << e.what() << "\n";
+      std::cerr << "amanuensis: " << e.what() << "\n";
       ++failures;
     }
   }
@@ -136,7 +170,7 @@ std::vector<float> read_mel_file(const std::string& path, int n_mels) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw Error("cannot open mel file " + path);
   const auto expected = static_cast<std::streamoff>(n_mels) * mel::kChunkFrames * sizeof(float);
-  if (in.tellg() != expected) {
+  if (static_cast<std::streamoff>(in.tellg()) != static_cast<std::streamoff>(expected)) {
     throw Error("mel file " + path + " has " + std::to_string(static_cast<long long>(in.tellg())) + " bytes; the model needs " +
                 std::to_string(n_mels) + " x 3000 float32 = " + std::to_string(static_cast<long long>(expected)));
   }
@@ -154,7 +188,7 @@ int run_dump_logits(const Args& args) {
   if (auto mel_path = args.get("mel")) {
     mel_window = read_mel_file(*mel_path, n_mels);
   } else if (auto audio_path = args.get("audio")) {
-    auto samples = read_audio(*audio_path);
+    auto samples = read_audio(*audio_path, args);
     if (samples.size() > mel::kChunkSamples) samples.resize(mel::kChunkSamples);
     mel_window = mel::log_mel_spectrogram(samples, model->file().mel_filters(), n_mels,
                                           mel::kChunkSamples - samples.size()).data;
@@ -186,13 +220,15 @@ int run(const std::vector<std::string>& argv) {
   const std::string command = argv[0];
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
   if (command == "transcribe") {
-    Args args(rest, {"no-timestamps", "no-context", "no-suppress-blank"},
-              {"model", "output-format", "language", "task", "prompt", "sample-len", "suppress-tokens",
-               "max-initial-timestamp", "compat", "threads"});
+    Args args(rest, {"no-timestamps", "no-context", "no-suppress-blank", "no-fallback"},
+              {"model", "output-format", "output-dir", "language", "task", "prompt", "sample-len", "suppress-tokens",
+               "max-initial-timestamp", "compat", "threads", "temperature", "temperature-increment", "best-of", "seed",
+               "compression-ratio-threshold", "logprob-threshold", "no-speech-threshold", "pcm-rate", "pcm-channels",
+               "pcm-format"});
     return run_transcribe(args);
   }
   if (command == "dump-logits") {
-    Args args(rest, {}, {"model", "audio", "mel", "tokens", "out", "threads"});
+    Args args(rest, {}, {"model", "audio", "mel", "tokens", "out", "threads", "pcm-rate", "pcm-channels", "pcm-format"});
     return run_dump_logits(args);
   }
   throw Error("unknown command '" + command + "' (try --help)");

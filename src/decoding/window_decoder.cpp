@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "common/error.h"
 
@@ -17,6 +18,15 @@ TokenId argmax(std::span<const float> row) {
 TokenId likeliest_timestamp(std::span<const float> row, TokenId ts_begin) {
   const TokenId best = ts_begin + argmax(row.subspan(ts_begin));
   return std::isinf(row[best]) && row[best] < 0 ? -1 : best;
+}
+
+TokenId sample(std::span<const float> logits, float temperature, std::mt19937_64& rng) {
+  float max = -INFINITY;
+  for (float v : logits) max = std::max(max, v);
+  std::vector<double> weights(logits.size());
+  for (std::size_t i = 0; i < logits.size(); ++i) weights[i] = std::exp((logits[i] - max) / temperature);
+  std::discrete_distribution<TokenId> pick(weights.begin(), weights.end());
+  return pick(rng);
 }
 
 float probability_of(std::span<const float> raw_logits, TokenId id) {
@@ -58,14 +68,16 @@ std::vector<TokenId> WindowDecoder::initial_tokens(std::span<const TokenId> prom
   return tokens;
 }
 
-WindowResult WindowDecoder::decode_greedy(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
-                                          const StepHook& hook) const {
+WindowResult WindowDecoder::decode(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
+                                   float temperature, std::uint64_t seed, const StepHook& hook) const {
   const auto& sp = tokenizer_.special();
   const auto initial = initial_tokens(prompt);
   const auto sot_index = static_cast<std::size_t>(std::find(initial.begin(), initial.end(), sp.sot) - initial.begin());
   const int max_tokens = std::min<int>(sample_len_, decoder_.n_text_ctx() - static_cast<int>(initial.size()));
 
   WindowResult result;
+  result.temperature = temperature;
+  std::mt19937_64 rng(seed);
   auto cache = decoder_.new_cache();
   // Decode up to <|startoftranscript|> first: its logits give the no-speech probability.
   auto logits = decoder_.forward(std::span(initial).first(sot_index + 1), cache, audio);
@@ -76,7 +88,7 @@ WindowResult WindowDecoder::decode_greedy(const nn::CrossAttentionCache& audio, 
   for (int step = 0; step < max_tokens; ++step) {
     if (hook) raw_logits = logits;
     apply_logit_rules(logits, result.tokens, rules_, tokenizer_);
-    TokenId chosen = argmax(logits);
+    TokenId chosen = temperature > 0.0f ? sample(logits, temperature, rng) : argmax(logits);
     if (hook) {
       if (auto forced = hook(StepView{step, raw_logits, logits, chosen})) chosen = *forced;
     }
@@ -95,6 +107,21 @@ WindowResult WindowDecoder::decode_greedy(const nn::CrossAttentionCache& audio, 
   }
   result.avg_logprob = result.sum_logprob / (static_cast<double>(result.tokens.size()) + 1.0);
   return result;
+}
+
+WindowResult WindowDecoder::decode_best_of(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
+                                           float temperature, int candidates, std::uint64_t seed) const {
+  WindowResult best;
+  double best_score = -INFINITY;
+  for (int i = 0; i < std::max(1, candidates); ++i) {
+    auto result = decode(audio, prompt, temperature, seed + static_cast<std::uint64_t>(i));
+    const double score = result.sum_logprob / std::max<double>(1.0, static_cast<double>(result.tokens.size()));
+    if (score > best_score) {
+      best_score = score;
+      best = std::move(result);
+    }
+  }
+  return best;
 }
 
 }  // namespace amanuensis::decoding

@@ -2,6 +2,7 @@
 // step with the logit rules, and returns the sampled tokens with their statistics.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <span>
@@ -43,6 +44,7 @@ struct WindowResult {
   double avg_logprob = 0.0;           // sum_logprob / (tokens + 1 for end-of-text)
   float no_speech_prob = 0.0f;
   bool reached_end_of_text = false;
+  float temperature = 0.0f;
 };
 
 class WindowDecoder {
@@ -53,9 +55,15 @@ class WindowDecoder {
   // [<|lang|> <|task|>] [<|notimestamps|>]. `prompt` is cut to its last n_text_ctx/2 - 1.
   std::vector<TokenId> initial_tokens(std::span<const TokenId> prompt) const;
 
-  // Greedy decoding (temperature 0) of one window.
-  WindowResult decode_greedy(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
-                             const StepHook& hook = {}) const;
+  // Decodes one window: arg-max at temperature 0, else samples softmax(logits / T) with a
+  // generator seeded by `seed`, so the same call gives the same tokens.
+  WindowResult decode(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt, float temperature = 0.0f,
+                      std::uint64_t seed = 0, const StepHook& hook = {}) const;
+
+  // OpenAI's best_of: `candidates` sampled decodes (seeds seed, seed+1, ...), the one with
+  // the highest sum log-probability per token wins.
+  WindowResult decode_best_of(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
+                              float temperature, int candidates, std::uint64_t seed) const;
 
   const LogitRules& rules() const { return rules_; }
   int sample_len() const { return sample_len_; }

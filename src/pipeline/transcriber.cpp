@@ -133,6 +133,31 @@ int whisper_cpp_segments(const text::Tokenizer& tok, int seek, const WindowResul
   return seek + seek_delta;
 }
 
+struct Decoded {
+  WindowResult result;
+  decoding::DecodeQuality quality;
+};
+
+// OpenAI's decode_with_fallback(): greedy first, then sampling at rising temperatures
+// while the result is too repetitive or too unlikely (and the window is not silence).
+Decoded decode_with_fallback(const decoding::WindowDecoder& decoder, const text::Tokenizer& tok,
+                             const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
+                             const TranscribeOptions& options, int seek) {
+  if (options.temperatures.empty()) throw Error("at least one decoding temperature is needed");
+  Decoded decoded;
+  for (std::size_t i = 0; i < options.temperatures.size(); ++i) {
+    const float t = options.temperatures[i];
+    // the seed depends on the window, so windows of one file sample differently
+    const std::uint64_t seed = options.seed * 1000003u + static_cast<std::uint64_t>(seek);
+    decoded.result = t > 0.0f ? decoder.decode_best_of(audio, prompt, t, options.best_of, seed)
+                              : decoder.decode(audio, prompt, 0.0f, 0, options.step_hook);
+    const auto text = tok.decode(decoded.result.tokens);
+    decoded.quality = {decoding::compression_ratio(text), decoded.result.avg_logprob, decoded.result.no_speech_prob};
+    if (!decoding::needs_fallback(decoded.quality, options.thresholds)) break;
+  }
+  return decoded;
+}
+
 }  // namespace
 
 Model::Model(model::ModelFile file, std::shared_ptr<const nn::WhisperWeights> weights)
@@ -163,6 +188,7 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
   Transcript out;
   out.duration = static_cast<double>(samples.size()) / 16000.0;
   out.language = tok.is_multilingual() ? options.decode.language : "en";
+  out.task = options.decode.task;
   SegmentBuilder builder(tok, out);
   decoding::WindowDecoder decoder(model.decoder(), tok, options.decode);
 
@@ -175,8 +201,12 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
     const auto features = model.encoder().encode(window_at(mel, seek, content_frames, semantics));
     const auto cross = model.decoder().cross_attention(features);
     std::span<const TokenId> prompt(all_tokens.data() + prompt_reset_since, all_tokens.size() - prompt_reset_since);
-    const auto result = decoder.decode_greedy(cross, prompt, options.step_hook);
+    const auto [result, quality] = decode_with_fallback(decoder, tok, cross, prompt, options, seek);
     out.window_seeks.push_back(seek);
+    if (decoding::is_silent_window(quality, options.thresholds)) {
+      seek += segment_size;
+      continue;
+    }
 
     const std::size_t first_new = out.segments.size();
     const int next_seek = semantics == Semantics::OpenAI
@@ -184,9 +214,12 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
                               : whisper_cpp_segments(tok, seek, result, options.decode.timestamps, builder);
     for (std::size_t i = first_new; i < out.segments.size(); ++i) {
       auto& s = out.segments[i];
+      s.temperature = result.temperature;
+      s.compression_ratio = quality.compression_ratio;
       all_tokens.insert(all_tokens.end(), s.tokens.begin(), s.tokens.end());
     }
-    if (!options.condition_on_previous_text) prompt_reset_since = all_tokens.size();
+    // a window decoded at a high temperature is a poor prompt for the next one
+    if (!options.condition_on_previous_text || result.temperature > 0.5f) prompt_reset_since = all_tokens.size();
     seek = std::max(next_seek, seek + 1);  // never stall on a window
   }
   for (const auto& s : out.segments) out.text += s.text;

@@ -3,12 +3,14 @@
 // into timed segments.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "decoding/quality.h"
 #include "decoding/window_decoder.h"
 #include "model/ggml_file.h"
 #include "nn/whisper.h"
@@ -20,6 +22,12 @@ using text::TokenId;
 
 struct TranscribeOptions {
   decoding::DecodeOptions decode;
+  // Temperature fallback: each window is decoded at the first temperature, and again at
+  // the next one while the result fails the quality thresholds.
+  std::vector<float> temperatures{0.0f, 0.2f, 0.4f, 0.6f, 0.8f, 1.0f};
+  int best_of = 5;          // sampled candidates per window at temperatures above 0
+  std::uint64_t seed = 0;   // sampling is seeded so that a run is reproducible
+  decoding::QualityThresholds thresholds;
   bool condition_on_previous_text = true;
   std::string initial_prompt;
   decoding::StepHook step_hook;  // for tests and debugging: sees (and may force) every step
@@ -33,12 +41,14 @@ struct Segment {
   std::string text;
   std::vector<TokenId> tokens;  // including timestamp tokens
   double avg_logprob = 0.0;
+  double compression_ratio = 0.0;
   float no_speech_prob = 0.0f;
   float temperature = 0.0f;
 };
 
 struct Transcript {
   std::string text;
+  std::string task = "transcribe";
   std::string language;
   double duration = 0.0;  // seconds of audio
   std::vector<Segment> segments;

@@ -65,6 +65,7 @@ DecodedRun run_ours(const pipeline::Model& model, std::span<const float> samples
   o.decode.sample_len = model.hparams().n_text_ctx / 2 - 4;
   o.decode.suppress_tokens = "";
   o.condition_on_previous_text = false;
+  o.temperatures = {0.0f};  // the references were made without fallback
   const auto suppress = decoding::suppressed_tokens(model.tokenizer(), "", o.decode.semantics, timestamps);
   DecodedRun run;
   int window = -1;

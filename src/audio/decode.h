@@ -1,0 +1,25 @@
+// audio: decoding any common audio container/codec (wav, flac, mp3, ogg/opus, m4a/aac,
+// webm, mp4 audio tracks) to the 16 kHz mono float samples Whisper takes, through
+// FFmpeg's libraries (libavformat, libavcodec, libswresample).
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <span>
+#include <vector>
+
+namespace amanuensis::audio {
+
+// Decodes an encoded audio file held in memory: the first audio stream, down-mixed and
+// resampled to 16 kHz mono. 16 kHz mono 16-bit PCM WAV takes a direct path that gives
+// exactly int16 / 32768. Throws amanuensis::Error for empty, truncated or non-audio input.
+std::vector<float> decode_audio(std::span<const std::byte> encoded);
+
+// Reads and decodes a file; "-" reads standard input.
+std::vector<float> load_audio_file(const std::filesystem::path& path);
+
+// Raw little-endian PCM (s16 or f32), any rate and channel count, to 16 kHz mono.
+enum class PcmFormat { S16, F32 };
+std::vector<float> decode_raw_pcm(std::span<const std::byte> bytes, PcmFormat format, int sample_rate, int channels);
+
+}  // namespace amanuensis::audio

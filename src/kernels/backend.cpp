@@ -1,0 +1,83 @@
+#include "kernels/backend.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "common/error.h"
+
+#ifdef AMANUENSIS_HAVE_ONEDNN
+#include "kernels/onednn/onednn_backend.h"
+#endif
+
+namespace amanuensis::kernels {
+namespace {
+
+Precision initial_precision() {
+  const char* env = std::getenv("AMANUENSIS_PRECISION");
+  if (env == nullptr || *env == '\0') return Precision::Auto;
+  return parse_precision(env);
+}
+
+std::atomic<Precision>& current_precision() {
+  static std::atomic<Precision> p{initial_precision()};
+  return p;
+}
+
+}  // namespace
+
+Precision parse_precision(std::string_view name) {
+  if (name == "auto") return Precision::Auto;
+  if (name == "fp32" || name == "f32") return Precision::Fp32;
+  if (name == "bf16") return Precision::Bf16;
+  throw Error("unknown precision '" + std::string(name) + "' (use auto, fp32 or bf16)");
+}
+
+std::string_view precision_name(Precision p) {
+  switch (p) {
+    case Precision::Auto: return "auto";
+    case Precision::Fp32: return "fp32";
+    case Precision::Bf16: return "bf16";
+  }
+  return "?";
+}
+
+bool cpu_has_native_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+  return false;
+#endif
+}
+
+Precision resolve(Precision p) {
+  if (p != Precision::Auto) return p;
+  return cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32;
+}
+
+void set_precision(Precision p) { current_precision().store(p); }
+Precision precision() { return current_precision().load(); }
+
+std::shared_ptr<const Backend> make_backend(Precision p) {
+  p = resolve(p);
+  const char* forced = std::getenv("AMANUENSIS_BACKEND");
+  const std::string choice = forced != nullptr ? forced : "";
+  if (choice == "reference") return make_reference_backend(p);
+  if (!choice.empty() && choice != "onednn") {
+    throw Error("AMANUENSIS_BACKEND='" + choice + "' is not a backend (use reference or onednn)");
+  }
+#ifdef AMANUENSIS_HAVE_ONEDNN
+  // bf16 through oneDNN only where the CPU does it natively; elsewhere it would run
+  // oneDNN's reference loops, slower than the emulation below.
+  if (p == Precision::Fp32 || cpu_has_native_bf16()) {
+    if (auto b = onednn::make_backend(p)) return b;
+  }
+  if (choice == "onednn") throw Error("the oneDNN backend cannot run " + std::string(precision_name(p)) + " on this CPU");
+#else
+  if (choice == "onednn") throw Error("this build has no oneDNN backend");
+#endif
+  return make_reference_backend(p);
+}
+
+}  // namespace amanuensis::kernels

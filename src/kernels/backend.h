@@ -1,0 +1,97 @@
+// kernels: the compute backend seam. The network hands every weight matrix to a Backend
+// once at load ("pack": convert, reorder, upload, whatever the backend wants), then asks
+// that backend to run the dense work on it (linear layers with fused epilogues,
+// attention, layer norm). Backends live beside each other (kernels/cpu: fp32 reference,
+// kernels/onednn: oneDNN matmul, a GPU backend would be one more folder); nn only sees
+// this header.
+//
+// Activations are host float32 arrays for now (row-major, one row per time step).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace amanuensis::kernels {
+
+// Arithmetic of the matrix products. Accumulation is float32 in every case; Bf16 rounds
+// weights and activations to bfloat16 before multiplying (what AVX512_BF16 / AMX do).
+enum class Precision { Auto, Fp32, Bf16 };
+
+// "auto", "fp32", "bf16"; anything else throws amanuensis::Error.
+Precision parse_precision(std::string_view name);
+std::string_view precision_name(Precision p);
+
+// Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX-BF16).
+bool cpu_has_native_bf16();
+
+// Auto resolves to Bf16 where the CPU has native bf16, else Fp32; others unchanged.
+Precision resolve(Precision p);
+
+// The process-wide precision that loading a model uses unless told otherwise. Starts
+// as the environment variable AMANUENSIS_PRECISION (auto|fp32|bf16) when set, else Auto.
+void set_precision(Precision p);
+Precision precision();
+
+// A weight matrix in a backend's own storage: `rows` output features of `cols` inputs
+// (PyTorch layout), with its optional bias. Only the backend that made it can use it.
+class PackedMatrix {
+ public:
+  virtual ~PackedMatrix() = default;
+  std::int64_t rows() const { return rows_; }
+  std::int64_t cols() const { return cols_; }
+
+ protected:
+  PackedMatrix(std::int64_t rows, std::int64_t cols) : rows_(rows), cols_(cols) {}
+
+ private:
+  std::int64_t rows_, cols_;
+};
+
+// What a linear layer does with its result r = x W^T + b.
+enum class Epilogue {
+  Store,       // y = r
+  Gelu,        // y = gelu(r)   (exact, erf-based)
+  Accumulate,  // y += r        (residual connections)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // For logs and benchmarks, e.g. "onednn-fp32".
+  virtual std::string name() const = 0;
+  virtual Precision precision() const = 0;
+
+  // Takes a row-major float matrix (rows x cols) and its bias (empty, or rows values).
+  virtual std::unique_ptr<PackedMatrix> pack(std::int64_t rows, std::int64_t cols, std::vector<float> values,
+                                             std::vector<float> bias) const = 0;
+
+  // y (m x w.rows()) <- epilogue(x (m x w.cols()) W^T + b).
+  virtual void linear(std::span<const float> x, std::int64_t m, const PackedMatrix& w, std::span<float> y,
+                      Epilogue epilogue = Epilogue::Store) const = 0;
+
+  // Multi-head scaled dot-product attention for one batch item.
+  // q: n_q x d; k, v: n_kv x d (head h in columns [h*hd, (h+1)*hd)); out: n_q x d.
+  // Query i sees keys [0, n_kv) when causal_offset < 0, else [0, causal_offset + i].
+  virtual void attention(std::span<const float> q, std::int64_t n_q, std::span<const float> k,
+                         std::span<const float> v, std::int64_t n_kv, int n_head, std::int64_t d,
+                         std::int64_t causal_offset, std::span<float> out) const = 0;
+
+  // Normalises each of `rows` rows of x (length gamma.size()) in place, eps 1e-5.
+  virtual void layer_norm(std::span<float> x, std::int64_t rows, std::span<const float> gamma,
+                          std::span<const float> beta) const = 0;
+};
+
+// The best backend available for `p` (after resolve): oneDNN when it is built in and
+// can run that precision on this CPU, else the reference backend (which emulates bf16).
+// The environment variable AMANUENSIS_BACKEND=reference|onednn forces a choice.
+std::shared_ptr<const Backend> make_backend(Precision p = precision());
+
+// The reference backend alone (float32 loops of kernels/cpu, bf16 by emulation).
+std::shared_ptr<const Backend> make_reference_backend(Precision p);
+
+}  // namespace amanuensis::kernels

@@ -1,0 +1,22 @@
+// pipeline: renders a transcript in the formats users of Whisper expect (OpenAI's
+// writers: txt, json, verbose_json, srt, vtt, tsv). Shared by the CLI and the server.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "pipeline/transcriber.h"
+
+namespace amanuensis::pipeline {
+
+enum class OutputFormat { Text, Json, VerboseJson, Srt, Vtt, Tsv };
+
+OutputFormat parse_output_format(std::string_view name);  // throws Error naming the choices
+std::string_view file_extension(OutputFormat format);     // "txt", "json", "srt", ...
+
+std::string render(const Transcript& transcript, OutputFormat format);
+
+// "HH:MM:SS,mmm" (srt) or "HH:MM:SS.mmm" (vtt); hours are always shown.
+std::string format_timestamp(double seconds, char decimal_marker);
+
+}  // namespace amanuensis::pipeline
