@@ -42,7 +42,7 @@ transcribe options:
   --max-initial-timestamp S   latest first timestamp in seconds (default 1.0)
   --compat whisper.cpp    follow whisper.cpp's whisper_full() instead of OpenAI's transcribe():
                           its suppressed tokens and timestamp rules, 220 tokens per window,
-                          no conditioning on previous text, its segmentation and seeking
+                          no temperature fallback, its context, segmentation and seeking
   --temperature T         first decoding temperature (default 0)
   --temperature-increment T   fallback step (default 0.2)
   --no-fallback           never retry a window at a higher temperature
@@ -101,7 +101,7 @@ pipeline::TranscribeOptions transcribe_options(const Args& args, const pipeline:
   d.suppress_tokens = args.get_or("suppress-tokens", whisper_cpp ? "" : "-1");
   d.suppress_blank = !args.flag("no-suppress-blank");
   d.max_initial_timestamp = args.get_double("max-initial-timestamp", 1.0);
-  o.condition_on_previous_text = !(args.flag("no-context") || whisper_cpp);
+  o.condition_on_previous_text = !args.flag("no-context");
   o.initial_prompt = args.get_or("prompt", "");
   o.temperatures = temperature_schedule(args, !(args.flag("no-fallback") || whisper_cpp));
   o.best_of = args.get_int("best-of", 5);

@@ -34,8 +34,8 @@ long first_allowed_timestamp(std::span<const TokenId> sampled, const LogitRules&
   return -1;
 }
 
-void apply_timestamp_rules(std::span<float> logits, std::span<const TokenId> sampled, const LogitRules& rules,
-                           const text::SpecialTokens& sp) {
+void timestamp_rules(std::span<float> logits, std::span<const TokenId> sampled, const LogitRules& rules,
+                     const text::SpecialTokens& sp) {
   const long n_vocab = static_cast<long>(logits.size());
   logits[sp.no_timestamps] = kMasked;
 
@@ -123,15 +123,24 @@ std::vector<TokenId> suppressed_tokens(const text::Tokenizer& tokenizer, std::st
   return ids;
 }
 
-void apply_logit_rules(std::span<float> logits, std::span<const TokenId> sampled, const LogitRules& rules,
+void apply_suppression(std::span<float> logits, std::span<const TokenId> sampled, const LogitRules& rules,
                        const text::Tokenizer& tokenizer) {
-  const auto& sp = tokenizer.special();
   if (rules.suppress_blank && sampled.empty()) {
     if (auto blank = tokenizer.find_piece(" ")) logits[*blank] = kMasked;
-    logits[sp.eot] = kMasked;
+    logits[tokenizer.special().eot] = kMasked;
   }
   for (TokenId id : rules.suppress) logits[id] = kMasked;
-  if (rules.timestamps) apply_timestamp_rules(logits, sampled, rules, sp);
+}
+
+void apply_timestamp_rules(std::span<float> logits, std::span<const TokenId> sampled, const LogitRules& rules,
+                           const text::Tokenizer& tokenizer) {
+  if (rules.timestamps) timestamp_rules(logits, sampled, rules, tokenizer.special());
+}
+
+void apply_logit_rules(std::span<float> logits, std::span<const TokenId> sampled, const LogitRules& rules,
+                       const text::Tokenizer& tokenizer) {
+  apply_suppression(logits, sampled, rules, tokenizer);
+  apply_timestamp_rules(logits, sampled, rules, tokenizer);
 }
 
 std::vector<float> log_softmax(std::span<const float> logits) {

@@ -34,8 +34,14 @@ std::vector<TokenId> suppressed_tokens(const text::Tokenizer& tokenizer, std::st
 
 // Applies the rules in OpenAI's order to one row of logits. `sampled` are the tokens
 // chosen so far in this window (after the initial prompt). Masked entries become -inf.
+// The two halves: suppression (blank at the start, suppressed set), then the timestamp
+// rules (pairs, monotonic, initial, forced when timestamps are likelier than any text).
 void apply_logit_rules(std::span<float> logits, std::span<const TokenId> sampled, const LogitRules& rules,
                        const text::Tokenizer& tokenizer);
+void apply_suppression(std::span<float> logits, std::span<const TokenId> sampled, const LogitRules& rules,
+                       const text::Tokenizer& tokenizer);
+void apply_timestamp_rules(std::span<float> logits, std::span<const TokenId> sampled, const LogitRules& rules,
+                           const text::Tokenizer& tokenizer);
 
 // log_softmax of a row (in double for the sums, returned as float).
 std::vector<float> log_softmax(std::span<const float> logits);

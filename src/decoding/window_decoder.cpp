@@ -55,7 +55,9 @@ std::vector<TokenId> WindowDecoder::initial_tokens(std::span<const TokenId> prom
   const auto& sp = tokenizer_.special();
   std::vector<TokenId> tokens;
   if (!prompt.empty()) {
-    const std::size_t keep = std::min<std::size_t>(prompt.size(), decoder_.n_text_ctx() / 2 - 1);
+    // OpenAI keeps the last n_text_ctx/2 - 1 prompt tokens, whisper.cpp n_text_ctx/2
+    const std::size_t limit = decoder_.n_text_ctx() / 2 - (options_.semantics == Semantics::OpenAI ? 1 : 0);
+    const std::size_t keep = std::min<std::size_t>(prompt.size(), limit);
     tokens.push_back(sp.prev);
     tokens.insert(tokens.end(), prompt.end() - static_cast<std::ptrdiff_t>(keep), prompt.end());
   }
@@ -69,11 +71,16 @@ std::vector<TokenId> WindowDecoder::initial_tokens(std::span<const TokenId> prom
 }
 
 WindowResult WindowDecoder::decode(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
-                                   float temperature, std::uint64_t seed, const StepHook& hook) const {
+                                   float temperature, std::uint64_t seed, const LogitsFilter& filter,
+                                   int frames_left) const {
   const auto& sp = tokenizer_.special();
   const auto initial = initial_tokens(prompt);
   const auto sot_index = static_cast<std::size_t>(std::find(initial.begin(), initial.end(), sp.sot) - initial.begin());
   const int max_tokens = std::min<int>(sample_len_, decoder_.n_text_ctx() - static_cast<int>(initial.size()));
+
+  // whisper.cpp ends a window once a timestamp reaches the last 100 ms (10 frames) of audio
+  const TokenId end_of_audio_timestamp =
+      options_.semantics == Semantics::WhisperCpp ? sp.timestamp_begin + std::max(1, (frames_left - 10 + 1) / 2) : -1;
 
   WindowResult result;
   result.temperature = temperature;
@@ -84,14 +91,11 @@ WindowResult WindowDecoder::decode(const nn::CrossAttentionCache& audio, std::sp
   result.no_speech_prob = probability_of(logits, sp.no_speech);
   if (sot_index + 1 < initial.size()) logits = decoder_.forward(std::span(initial).subspan(sot_index + 1), cache, audio);
 
-  std::vector<float> raw_logits;
   for (int step = 0; step < max_tokens; ++step) {
-    if (hook) raw_logits = logits;
-    apply_logit_rules(logits, result.tokens, rules_, tokenizer_);
-    TokenId chosen = temperature > 0.0f ? sample(logits, temperature, rng) : argmax(logits);
-    if (hook) {
-      if (auto forced = hook(StepView{step, raw_logits, logits, chosen})) chosen = *forced;
-    }
+    apply_suppression(logits, result.tokens, rules_, tokenizer_);
+    if (filter) filter(step, result.tokens, logits);
+    apply_timestamp_rules(logits, result.tokens, rules_, tokenizer_);
+    const TokenId chosen = temperature > 0.0f ? sample(logits, temperature, rng) : argmax(logits);
     const float logprob = log_softmax(logits)[chosen];
     if (std::isfinite(logprob)) result.sum_logprob += logprob;
     if (chosen == sp.eot) {
@@ -100,6 +104,10 @@ WindowResult WindowDecoder::decode(const nn::CrossAttentionCache& audio, std::sp
     }
     result.tokens.push_back(chosen);
     result.best_timestamp.push_back(tokenizer_.is_timestamp(chosen) ? chosen : likeliest_timestamp(logits, sp.timestamp_begin));
+    if (end_of_audio_timestamp >= 0 && chosen >= end_of_audio_timestamp) {
+      result.reached_end_of_text = true;  // whisper.cpp counts this as a completed window
+      break;
+    }
     if (step + 1 < max_tokens) {
       const TokenId next[] = {chosen};
       logits = decoder_.forward(next, cache, audio);
@@ -110,11 +118,12 @@ WindowResult WindowDecoder::decode(const nn::CrossAttentionCache& audio, std::sp
 }
 
 WindowResult WindowDecoder::decode_best_of(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
-                                           float temperature, int candidates, std::uint64_t seed) const {
+                                           float temperature, int candidates, std::uint64_t seed,
+                                           const LogitsFilter& filter, int frames_left) const {
   WindowResult best;
   double best_score = -INFINITY;
   for (int i = 0; i < std::max(1, candidates); ++i) {
-    auto result = decode(audio, prompt, temperature, seed + static_cast<std::uint64_t>(i));
+    auto result = decode(audio, prompt, temperature, seed + static_cast<std::uint64_t>(i), filter, frames_left);
     const double score = result.sum_logprob / std::max<double>(1.0, static_cast<double>(result.tokens.size()));
     if (score > best_score) {
       best_score = score;

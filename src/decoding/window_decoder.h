@@ -26,16 +26,10 @@ struct DecodeOptions {
   double max_initial_timestamp = 1.0;
 };
 
-// One step as the decoder saw it, for tests and debugging: the rules have been applied.
-struct StepView {
-  int index;                        // position in the window's sampled tokens
-  std::span<const float> raw_logits;  // as the network produced them
-  std::span<const float> logits;    // after the logit rules
-  TokenId chosen;                   // arg-max (lowest id on ties)
-};
-// Called after each step's choice; may return another token to feed instead (teacher
-// forcing), or nullopt to keep the choice.
-using StepHook = std::function<std::optional<TokenId>(const StepView&)>;
+// Sees, and may change, each step's logits after token suppression and before the
+// timestamp rules: the point where whisper.cpp calls its logits filter callback. `step`
+// is the position in the window's sampled tokens. For tests, debugging and extensions.
+using LogitsFilter = std::function<void(int step, std::span<const TokenId> sampled, std::span<float> logits)>;
 
 struct WindowResult {
   std::vector<TokenId> tokens;        // sampled tokens, timestamps included, end-of-text excluded
@@ -52,18 +46,23 @@ class WindowDecoder {
   WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, DecodeOptions options);
 
   // The tokens that start decoding: [<|startofprev|> prompt...] <|startoftranscript|>
-  // [<|lang|> <|task|>] [<|notimestamps|>]. `prompt` is cut to its last n_text_ctx/2 - 1.
+  // [<|lang|> <|task|>] [<|notimestamps|>]. `prompt` is cut to its last n_text_ctx/2 - 1
+  // tokens (n_text_ctx/2 with whisper.cpp semantics).
   std::vector<TokenId> initial_tokens(std::span<const TokenId> prompt) const;
 
   // Decodes one window: arg-max at temperature 0, else samples softmax(logits / T) with a
   // generator seeded by `seed`, so the same call gives the same tokens.
+  // `frames_left`: mel frames of audio from the window's start to the end of the
+  // recording; with whisper.cpp semantics a timestamp within 100 ms of that end stops
+  // the window.
   WindowResult decode(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt, float temperature = 0.0f,
-                      std::uint64_t seed = 0, const StepHook& hook = {}) const;
+                      std::uint64_t seed = 0, const LogitsFilter& filter = {}, int frames_left = 1 << 30) const;
 
   // OpenAI's best_of: `candidates` sampled decodes (seeds seed, seed+1, ...), the one with
   // the highest sum log-probability per token wins.
   WindowResult decode_best_of(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
-                              float temperature, int candidates, std::uint64_t seed) const;
+                              float temperature, int candidates, std::uint64_t seed,
+                              const LogitsFilter& filter = {}, int frames_left = 1 << 30) const;
 
   const LogitRules& rules() const { return rules_; }
   int sample_len() const { return sample_len_; }

@@ -53,9 +53,16 @@ class SegmentBuilder {
   Transcript& out_;
 };
 
+// What a window leaves for the next: where it starts, and the tokens that condition it.
+struct WindowOutcome {
+  int next_seek = 0;
+  std::vector<TokenId> context;
+};
+
 // OpenAI transcribe(): segments between consecutive timestamp pairs; seek moves to the
-// last complete pair unless the window ended on a single timestamp. Returns the new seek.
-int openai_segments(const text::Tokenizer& tok, int seek, int segment_size, const WindowResult& w,
+// last complete pair unless the window ended on a single timestamp. The next window is
+// conditioned on the tokens of the segments.
+WindowOutcome openai_segments(const text::Tokenizer& tok, int seek, int segment_size, const WindowResult& w,
                     SegmentBuilder& builder) {
   const auto& tokens = w.tokens;
   const double offset = frames_to_seconds(seek);
@@ -75,8 +82,8 @@ int openai_segments(const text::Tokenizer& tok, int seek, int segment_size, cons
       builder.add(seek, offset + ts_index(part.front()) * 0.02, offset + ts_index(part.back()) * 0.02, part, w);
       last = end;
     }
-    if (single_timestamp_ending) return seek + segment_size;
-    return seek + ts_index(tokens[last - 1]) * kFramesPerTimestamp;
+    if (single_timestamp_ending) return {seek + segment_size, {tokens.begin(), tokens.begin() + last}};
+    return {seek + ts_index(tokens[last - 1]) * kFramesPerTimestamp, {tokens.begin(), tokens.begin() + last}};
   }
   double duration = frames_to_seconds(segment_size);
   for (auto it = tokens.rbegin(); it != tokens.rend(); ++it) {
@@ -86,13 +93,14 @@ int openai_segments(const text::Tokenizer& tok, int seek, int segment_size, cons
     }
   }
   builder.add(seek, offset, offset + duration, tokens, w);
-  return seek + segment_size;
+  return {seek + segment_size, tokens};
 }
 
 // whisper.cpp whisper_full(): a segment ends at each timestamp above <|0.00|> (runs of
 // timestamps are skipped), its start is the likeliest timestamp of its first token, and
-// seek moves by the last timestamp (3000 frames when there is none).
-int whisper_cpp_segments(const text::Tokenizer& tok, int seek, const WindowResult& w, bool timestamps,
+// seek moves by the last timestamp (3000 frames when there is none). The next window is
+// conditioned on the tokens up to that last timestamp (none when there is none).
+WindowOutcome whisper_cpp_segments(const text::Tokenizer& tok, int seek, const WindowResult& w, bool timestamps,
                          SegmentBuilder& builder) {
   const TokenId ts_begin = tok.special().timestamp_begin;
   const int window_frames = kWindowFrames;
@@ -113,7 +121,8 @@ int whisper_cpp_segments(const text::Tokenizer& tok, int seek, const WindowResul
   if (timestamps && !failed && result_len > 0) keep = result_len;
 
   auto centis = [&](TokenId tid) { return seek + kFramesPerTimestamp * ((tid < 0 ? 0 : tid) - ts_begin); };
-  if (keep == 0) return seek + seek_delta;
+  WindowOutcome outcome{seek + seek_delta, {w.tokens.begin(), w.tokens.begin() + static_cast<std::ptrdiff_t>(result_len)}};
+  if (keep == 0) return outcome;
   long t0 = centis(w.best_timestamp[0]);
   std::size_t i0 = 0;
   bool has_text = false;
@@ -130,7 +139,7 @@ int whisper_cpp_segments(const text::Tokenizer& tok, int seek, const WindowResul
     }
   }
   if (has_text) builder.add(seek, t0 / 100.0, (seek + seek_delta) / 100.0, std::span(w.tokens).subspan(i0, keep - i0), w);
-  return seek + seek_delta;
+  return outcome;
 }
 
 struct Decoded {
@@ -142,15 +151,15 @@ struct Decoded {
 // while the result is too repetitive or too unlikely (and the window is not silence).
 Decoded decode_with_fallback(const decoding::WindowDecoder& decoder, const text::Tokenizer& tok,
                              const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
-                             const TranscribeOptions& options, int seek) {
+                             const TranscribeOptions& options, int seek, int frames_left) {
   if (options.temperatures.empty()) throw Error("at least one decoding temperature is needed");
   Decoded decoded;
   for (std::size_t i = 0; i < options.temperatures.size(); ++i) {
     const float t = options.temperatures[i];
     // the seed depends on the window, so windows of one file sample differently
     const std::uint64_t seed = options.seed * 1000003u + static_cast<std::uint64_t>(seek);
-    decoded.result = t > 0.0f ? decoder.decode_best_of(audio, prompt, t, options.best_of, seed)
-                              : decoder.decode(audio, prompt, 0.0f, 0, options.step_hook);
+    decoded.result = t > 0.0f ? decoder.decode_best_of(audio, prompt, t, options.best_of, seed, options.logits_filter, frames_left)
+                              : decoder.decode(audio, prompt, 0.0f, 0, options.logits_filter, frames_left);
     const auto text = tok.decode(decoded.result.tokens);
     decoded.quality = {decoding::compression_ratio(text), decoded.result.avg_logprob, decoded.result.no_speech_prob};
     if (!decoding::needs_fallback(decoded.quality, options.thresholds)) break;
@@ -201,7 +210,7 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
     const auto features = model.encoder().encode(window_at(mel, seek, content_frames, semantics));
     const auto cross = model.decoder().cross_attention(features);
     std::span<const TokenId> prompt(all_tokens.data() + prompt_reset_since, all_tokens.size() - prompt_reset_since);
-    const auto [result, quality] = decode_with_fallback(decoder, tok, cross, prompt, options, seek);
+    const auto [result, quality] = decode_with_fallback(decoder, tok, cross, prompt, options, seek, content_frames - seek);
     out.window_seeks.push_back(seek);
     if (decoding::is_silent_window(quality, options.thresholds)) {
       seek += segment_size;
@@ -209,18 +218,17 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
     }
 
     const std::size_t first_new = out.segments.size();
-    const int next_seek = semantics == Semantics::OpenAI
-                              ? openai_segments(tok, seek, segment_size, result, builder)
-                              : whisper_cpp_segments(tok, seek, result, options.decode.timestamps, builder);
+    const auto outcome = semantics == Semantics::OpenAI
+                             ? openai_segments(tok, seek, segment_size, result, builder)
+                             : whisper_cpp_segments(tok, seek, result, options.decode.timestamps, builder);
     for (std::size_t i = first_new; i < out.segments.size(); ++i) {
-      auto& s = out.segments[i];
-      s.temperature = result.temperature;
-      s.compression_ratio = quality.compression_ratio;
-      all_tokens.insert(all_tokens.end(), s.tokens.begin(), s.tokens.end());
+      out.segments[i].temperature = result.temperature;
+      out.segments[i].compression_ratio = quality.compression_ratio;
     }
+    all_tokens.insert(all_tokens.end(), outcome.context.begin(), outcome.context.end());
     // a window decoded at a high temperature is a poor prompt for the next one
     if (!options.condition_on_previous_text || result.temperature > 0.5f) prompt_reset_since = all_tokens.size();
-    seek = std::max(next_seek, seek + 1);  // never stall on a window
+    seek = std::max(outcome.next_seek, seek + 1);  // never stall on a window
   }
   for (const auto& s : out.segments) out.text += s.text;
   return out;

@@ -30,7 +30,7 @@ struct TranscribeOptions {
   decoding::QualityThresholds thresholds;
   bool condition_on_previous_text = true;
   std::string initial_prompt;
-  decoding::StepHook step_hook;  // for tests and debugging: sees (and may force) every step
+  decoding::LogitsFilter logits_filter;  // applied at every step of every decode
 };
 
 struct Segment {

@@ -32,64 +32,67 @@ struct Step {
   double margin;
 };
 
-std::vector<Step> reference_steps(const nlohmann::json& run) {
+// whisper.cpp processes (and records) the logits after its last decoder call even when the
+// window has no room for another token: a window that neither failed nor ended has one
+// record past the 220 sampled tokens, which chose nothing. Those are dropped.
+std::vector<Step> reference_steps(const nlohmann::json& run, int sample_len) {
   std::vector<Step> steps;
-  for (const auto& s : run["steps"]) steps.push_back({s[0], s[1], s[2], s[6]});
-  return steps;
-}
-
-// What the reference recorded: the arg-max once the suppressed set (and the blank at the
-// first step) is masked, before any timestamp rule.
-TokenId pre_rule_top1(std::span<const float> raw, int step, const std::vector<TokenId>& suppress,
-                      const text::Tokenizer& tok) {
-  std::vector<float> row(raw.begin(), raw.end());
-  for (TokenId id : suppress) row[id] = -INFINITY;
-  if (step == 0) {
-    row[tok.special().eot] = -INFINITY;
-    row[*tok.find_piece(" ")] = -INFINITY;
+  for (const auto& s : run["steps"]) {
+    if (s[1].get<int>() < sample_len) steps.push_back({s[0], s[1], s[2], s[6]});
   }
-  return static_cast<TokenId>(std::max_element(row.begin(), row.end()) - row.begin());
+  return steps;
 }
 
 struct DecodedRun {
   pipeline::Transcript transcript;
-  std::vector<Step> steps;                     // ours, same layout as the reference
-  std::vector<std::vector<TokenId>> sampled;   // ours, per window
+  std::vector<Step> steps;  // ours, same layout as the reference
 };
 
+// Decodes in the kit's settings, recording each step's arg-max at the point where the
+// reference recorded it (after suppression, before the timestamp rules). With `force`,
+// any step whose arg-max differs from the reference's is nudged to the reference's token,
+// so that our decode follows the reference's path and every later step stays comparable;
+// the timestamp rules still run on our own logits.
 DecodedRun run_ours(const pipeline::Model& model, std::span<const float> samples, bool timestamps,
-             const std::vector<Step>* force) {
+                    const std::vector<Step>* force) {
   pipeline::TranscribeOptions o;
   o.decode.semantics = decoding::Semantics::WhisperCpp;
   o.decode.timestamps = timestamps;
   o.decode.sample_len = model.hparams().n_text_ctx / 2 - 4;
   o.decode.suppress_tokens = "";
-  o.condition_on_previous_text = false;
+  o.condition_on_previous_text = true;  // whisper.cpp's no_context only drops context from earlier calls
   o.temperatures = {0.0f};  // the references were made without fallback
-  const auto suppress = decoding::suppressed_tokens(model.tokenizer(), "", o.decode.semantics, timestamps);
   DecodedRun run;
   int window = -1;
   std::size_t global = 0;
-  o.step_hook = [&](const decoding::StepView& v) -> std::optional<TokenId> {
-    if (v.index == 0) {
-      ++window;
-      run.sampled.emplace_back();
+  o.logits_filter = [&](int step, std::span<const TokenId>, std::span<float> logits) {
+    if (step == 0) ++window;
+    const auto top1 = static_cast<TokenId>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    run.steps.push_back({window, step, top1, 0.0});
+    if (force && global < force->size() && (*force)[global].top1 != top1) {
+      logits[(*force)[global].top1] = logits[top1] + 0.01f;
     }
-    const TokenId top1 = pre_rule_top1(v.raw_logits, v.index, suppress, model.tokenizer());
-    run.steps.push_back({window, v.index, top1, 0.0});
-    std::optional<TokenId> forced;
-    if (force && global < force->size()) forced = (*force)[global].top1;
     ++global;
-    run.sampled.back().push_back(forced.value_or(v.chosen));
-    return forced;
   };
   run.transcript = pipeline::transcribe(model, samples, o);
   return run;
 }
 
+void expect_same_segments(const pipeline::Transcript& ours, const nlohmann::json& ref_run) {
+  ASSERT_EQ(ours.segments.size(), ref_run["segments"].size());
+  for (std::size_t i = 0; i < ours.segments.size(); ++i) {
+    const auto& s = ours.segments[i];
+    const auto& r = ref_run["segments"][i];
+    EXPECT_EQ(std::lround(s.start * 100), r["t0"].get<long>()) << "segment " << i;
+    EXPECT_EQ(std::lround(s.end * 100), r["t1"].get<long>()) << "segment " << i;
+    EXPECT_EQ(s.tokens, r["tokens"].get<std::vector<TokenId>>()) << "segment " << i;
+  }
+}
+
 struct Case {
   std::string model, audio;
 };
+void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " x " << c.audio; }
 
 class GreedyTranscript : public ::testing::TestWithParam<Case> {};
 
@@ -106,7 +109,7 @@ TEST_P(GreedyTranscript, MatchesReferenceUpToFirstUnclearStep) {
     // those timestamp runs are not comparable (the kit's micro3.en exists for them).
     if (ref_run["forced_no_timestamps_by_whisper_cpp"].get<bool>()) continue;
     SCOPED_TRACE(timestamps ? "timestamps" : "no timestamps");
-    const auto ref_steps = reference_steps(ref_run);
+    const auto ref_steps = reference_steps(ref_run, model.hparams().n_text_ctx / 2 - 4);
 
     // Free-running: identical up to the first step whose reference margin is unclear.
     const DecodedRun ours = run_ours(model, samples, timestamps, nullptr);
@@ -119,47 +122,26 @@ TEST_P(GreedyTranscript, MatchesReferenceUpToFirstUnclearStep) {
       if (r.window != o.window || r.index != o.index || r.top1 != o.top1) break;
     }
     EXPECT_EQ(matched, std::min(clear_prefix, ref_steps.size()))
-        << "diverged at step " << matched << " (window " << ref_steps[matched].window << ", token "
-        << ref_steps[matched].index << ") although the reference margin there is " << ref_steps[matched].margin;
-    if (clear_prefix == ref_steps.size()) {
-      // Nothing unclear anywhere: whole transcript, windows and segment times must agree.
-      ASSERT_EQ(ours.steps.size(), ref_steps.size());
-      ASSERT_EQ(ours.transcript.segments.size(), ref_run["segments"].size());
-      for (std::size_t i = 0; i < ours.transcript.segments.size(); ++i) {
-        const auto& s = ours.transcript.segments[i];
-        const auto& r = ref_run["segments"][i];
-        EXPECT_EQ(std::lround(s.start * 100), r["t0"].get<long>()) << "segment " << i;
-        EXPECT_EQ(std::lround(s.end * 100), r["t1"].get<long>()) << "segment " << i;
-        EXPECT_EQ(s.tokens, r["tokens"].get<std::vector<TokenId>>()) << "segment " << i;
-      }
-    }
+        << "diverged at step " << matched << " although the reference margin there is " << ref_steps[matched].margin;
+    if (clear_prefix == ref_steps.size()) expect_same_segments(ours.transcript, ref_run);
 
-    // Teacher-forced (no-timestamp runs, where each step's choice is its recorded arg-max):
-    // every step with a clear reference margin must agree, in every window.
-    if (!timestamps) {
-      const DecodedRun forced = run_ours(model, samples, false, &ref_steps);
-      ASSERT_EQ(forced.steps.size(), ref_steps.size()) << "window count or length differs";
-      int checked = 0, agree = 0;
-      for (std::size_t i = 0; i < ref_steps.size(); ++i) {
-        EXPECT_EQ(forced.steps[i].window, ref_steps[i].window);
-        if (ref_steps[i].margin <= threshold) continue;
-        ++checked;
-        agree += forced.steps[i].top1 == ref_steps[i].top1;
-        EXPECT_EQ(forced.steps[i].top1, ref_steps[i].top1) << "step " << i << " margin " << ref_steps[i].margin;
-      }
-      // windows advance by 30 s in no-timestamp mode: segment ends must match the reference
-      ASSERT_EQ(forced.transcript.segments.size(), ref_run["segments"].size());
-      for (std::size_t i = 0; i < forced.transcript.segments.size(); ++i) {
-        EXPECT_EQ(std::lround(forced.transcript.segments[i].end * 100), ref_run["segments"][i]["t1"].get<long>());
-        EXPECT_EQ(std::lround(forced.transcript.segments[i].start * 100), ref_run["segments"][i]["t0"].get<long>());
-      }
-      std::printf("[ greedy ] %-16s %-12s free-running %zu/%zu steps equal (clear prefix %zu); teacher-forced %d/%d clear steps agree\n",
-                  model_name.c_str(), audio.c_str(), matched, ref_steps.size(), clear_prefix, agree, checked);
-    } else {
-      std::printf("[ greedy ] %-16s %-12s timestamps: free-running %zu/%zu steps equal (clear prefix %zu), %zu windows (reference %d)\n",
-                  model_name.c_str(), audio.c_str(), matched, ref_steps.size(), clear_prefix,
-                  ours.transcript.window_seeks.size(), ref_steps.empty() ? 0 : ref_steps.back().window + 1);
+    // Following the reference's path: every step with a clear margin must agree, and the
+    // windows (seek positions), segment times and tokens must be the reference's.
+    const DecodedRun forced = run_ours(model, samples, timestamps, &ref_steps);
+    ASSERT_EQ(forced.steps.size(), ref_steps.size()) << "window count or window lengths differ";
+    int checked = 0, agree = 0;
+    for (std::size_t i = 0; i < ref_steps.size(); ++i) {
+      ASSERT_EQ(forced.steps[i].window, ref_steps[i].window) << "step " << i;
+      ASSERT_EQ(forced.steps[i].index, ref_steps[i].index) << "step " << i;
+      if (ref_steps[i].margin <= threshold) continue;
+      ++checked;
+      agree += forced.steps[i].top1 == ref_steps[i].top1;
+      EXPECT_EQ(forced.steps[i].top1, ref_steps[i].top1) << "step " << i << " margin " << ref_steps[i].margin;
     }
+    expect_same_segments(forced.transcript, ref_run);
+    std::printf("[ greedy ] %-14s %-11s %-5s free-running %3zu/%zu equal (clear prefix %zu); on the reference path %d/%d clear steps agree, %zu windows, %zu segments\n",
+                model_name.c_str(), audio.c_str(), timestamps ? "ts" : "no-ts", matched, ref_steps.size(), clear_prefix,
+                agree, checked, forced.transcript.window_seeks.size(), forced.transcript.segments.size());
   }
 }
 

@@ -35,6 +35,7 @@ struct Case {
   std::string model;
   std::string audio;
 };
+void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " x " << c.audio; }
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   std::string s = info.param.model + "__" + info.param.audio;
