@@ -10,7 +10,7 @@ BUILD_DIR=${1:-build}
 PACKAGES=(
   build-essential cmake pkg-config python3
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
-  libdnnl-dev libavformat-dev libavcodec-dev libswresample-dev libavutil-dev
+  ffmpeg libdnnl-dev libavformat-dev libavcodec-dev libswresample-dev libavutil-dev
 )
 
 missing=()

@@ -32,7 +32,7 @@ transcribe options:
   --output-format FMT     txt (default), json, verbose_json, srt, vtt or tsv
   --output-dir DIR        write one file per input (NAME.FMT) instead of printing
   --no-timestamps         decode without timestamp tokens
-  --language CODE         spoken language for multilingual models (default en)
+  --language CODE         spoken language for multilingual models (default: detected)
   --task TASK             transcribe (default) or translate
   --prompt TEXT           initial prompt (previous-context text)
   --no-context            do not condition a window on the text of the previous ones
@@ -94,7 +94,7 @@ pipeline::TranscribeOptions transcribe_options(const Args& args, const pipeline:
   d.semantics = decoding::parse_semantics(args.get_or("compat", "openai"));
   const bool whisper_cpp = d.semantics == decoding::Semantics::WhisperCpp;
   d.timestamps = !args.flag("no-timestamps");
-  d.language = args.get_or("language", "en");
+  d.language = args.get_or("language", "");
   d.task = args.get_or("task", "transcribe");
   d.sample_len = args.get_int("sample-len", whisper_cpp ? model.hparams().n_text_ctx / 2 - 4 : 0);
   if (d.sample_len < 0) throw Error("--sample-len must be positive");

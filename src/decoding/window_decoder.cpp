@@ -35,13 +35,26 @@ float probability_of(std::span<const float> raw_logits, TokenId id) {
 
 }  // namespace
 
+LanguageGuess detect_language(const nn::Decoder& decoder, const text::Tokenizer& tokenizer,
+                              const nn::CrossAttentionCache& audio) {
+  if (!tokenizer.is_multilingual()) throw Error("language detection needs a multilingual model");
+  const auto& sp = tokenizer.special();
+  auto cache = decoder.new_cache();
+  const TokenId sot[] = {sp.sot};
+  const auto logits = decoder.forward(sot, cache, audio);
+  const auto languages = std::span(logits).subspan(sp.first_language, sp.n_languages);
+  const auto probabilities = log_softmax(languages);
+  const TokenId best = argmax(languages);
+  return {std::string(tokenizer.language_code(sp.first_language + best)), std::exp(probabilities[best])};
+}
+
 WindowDecoder::WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, DecodeOptions options)
     : decoder_(decoder), tokenizer_(tokenizer), options_(std::move(options)) {
   if (options_.task != "transcribe" && options_.task != "translate") {
     throw Error("unknown task '" + options_.task + "' (use transcribe or translate)");
   }
   if (tokenizer_.is_multilingual() && !tokenizer_.language_token(options_.language)) {
-    throw Error("unknown language code '" + options_.language + "'");
+    throw Error("unknown language code '" + options_.language + "' (detect it first, or use a code such as en, de, fr)");
   }
   rules_.semantics = options_.semantics;
   rules_.timestamps = options_.timestamps;

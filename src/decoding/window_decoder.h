@@ -18,7 +18,7 @@ namespace amanuensis::decoding {
 struct DecodeOptions {
   Semantics semantics = Semantics::OpenAI;
   std::string task = "transcribe";  // or "translate"
-  std::string language = "en";      // ignored by English-only models
+  std::string language = "en";      // ignored by English-only models; "" = detect
   bool timestamps = true;
   int sample_len = 0;               // tokens sampled at most; 0 = n_text_ctx / 2 (224)
   bool suppress_blank = true;
@@ -40,6 +40,16 @@ struct WindowResult {
   bool reached_end_of_text = false;
   float temperature = 0.0f;
 };
+
+struct LanguageGuess {
+  std::string code;
+  float probability = 0.0f;
+};
+
+// OpenAI's detect_language(): the likeliest language token after <|startoftranscript|>.
+// Throws Error for an English-only model.
+LanguageGuess detect_language(const nn::Decoder& decoder, const text::Tokenizer& tokenizer,
+                              const nn::CrossAttentionCache& audio);
 
 class WindowDecoder {
  public:

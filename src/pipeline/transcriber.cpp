@@ -142,6 +142,15 @@ WindowOutcome whisper_cpp_segments(const text::Tokenizer& tok, int seek, const W
   return outcome;
 }
 
+// Timestamp tokens can point past the end of a short last window (and whisper.cpp's
+// no-timestamp segments start before zero): users get times inside the recording.
+void clamp_to_duration(Transcript& t) {
+  for (auto& s : t.segments) {
+    s.start = std::clamp(s.start, 0.0, t.duration);
+    s.end = std::clamp(s.end, s.start, t.duration);
+  }
+}
+
 struct Decoded {
   WindowResult result;
   decoding::DecodeQuality quality;
@@ -196,10 +205,18 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
 
   Transcript out;
   out.duration = static_cast<double>(samples.size()) / 16000.0;
-  out.language = tok.is_multilingual() ? options.decode.language : "en";
   out.task = options.decode.task;
+  auto decode_options = options.decode;
+  if (!tok.is_multilingual()) {
+    decode_options.language = "en";
+  } else if (decode_options.language.empty() || decode_options.language == "auto") {
+    // OpenAI detects the language once, from the first 30 s
+    const auto first = model.encoder().encode(window_at(mel, 0, content_frames, semantics));
+    decode_options.language = decoding::detect_language(model.decoder(), tok, model.decoder().cross_attention(first)).code;
+  }
+  out.language = decode_options.language;
   SegmentBuilder builder(tok, out);
-  decoding::WindowDecoder decoder(model.decoder(), tok, options.decode);
+  decoding::WindowDecoder decoder(model.decoder(), tok, decode_options);
 
   std::vector<TokenId> all_tokens = options.initial_prompt.empty() ? std::vector<TokenId>{}
                                                                    : tok.encode(" " + options.initial_prompt);
@@ -230,6 +247,7 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
     if (!options.condition_on_previous_text || result.temperature > 0.5f) prompt_reset_since = all_tokens.size();
     seek = std::max(outcome.next_seek, seek + 1);  // never stall on a window
   }
+  clamp_to_duration(out);
   for (const auto& s : out.segments) out.text += s.text;
   return out;
 }
