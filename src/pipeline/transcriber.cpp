@@ -120,7 +120,9 @@ WindowOutcome whisper_cpp_segments(const text::Tokenizer& tok, int seek, const W
   std::size_t keep = w.tokens.size();
   if (timestamps && !failed && result_len > 0) keep = result_len;
 
-  auto centis = [&](TokenId tid) { return seek + kFramesPerTimestamp * ((tid < 0 ? 0 : tid) - ts_begin); };
+  // whisper.cpp leaves a token's timestamp unset when every timestamp was masked (always,
+  // without timestamps) and then starts the segment before zero; we start it at the window.
+  auto centis = [&](TokenId tid) { return tid < 0 ? seek : seek + kFramesPerTimestamp * (tid - ts_begin); };
   WindowOutcome outcome{seek + seek_delta, {w.tokens.begin(), w.tokens.begin() + static_cast<std::ptrdiff_t>(result_len)}};
   if (keep == 0) return outcome;
   long t0 = centis(w.best_timestamp[0]);
@@ -143,11 +145,13 @@ WindowOutcome whisper_cpp_segments(const text::Tokenizer& tok, int seek, const W
 }
 
 // Timestamp tokens can point past the end of a short last window (and whisper.cpp's
-// no-timestamp segments start before zero): users get times inside the recording.
+// no-timestamp segments start before zero): users get times inside the recording, in
+// whole milliseconds.
 void clamp_to_duration(Transcript& t) {
+  auto ms = [](double seconds) { return std::round(seconds * 1000.0) / 1000.0; };
   for (auto& s : t.segments) {
-    s.start = std::clamp(s.start, 0.0, t.duration);
-    s.end = std::clamp(s.end, s.start, t.duration);
+    s.start = ms(std::clamp(s.start, 0.0, t.duration));
+    s.end = ms(std::clamp(s.end, s.start, t.duration));
   }
 }
 
