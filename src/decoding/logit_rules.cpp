@@ -57,7 +57,11 @@ void timestamp_rules(std::span<float> logits, std::span<const TokenId> sampled, 
   if (sampled.empty()) {
     if (rules.semantics == Semantics::OpenAI) mask_range(logits, 0, sp.timestamp_begin);  // start with a timestamp
     if (rules.max_initial_timestamp > 0) {
-      const long last_allowed = sp.timestamp_begin + std::lround(rules.max_initial_timestamp / kTimePrecision);
+      // OpenAI rounds with Python's round() (halves to even), whisper.cpp with std::round
+      const double steps = rules.max_initial_timestamp / kTimePrecision;
+      const long last_allowed = sp.timestamp_begin + static_cast<long>(rules.semantics == Semantics::OpenAI
+                                                                            ? std::nearbyint(steps)
+                                                                            : std::round(steps));
       mask_range(logits, last_allowed + 1, n_vocab);
     }
   }

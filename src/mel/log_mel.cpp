@@ -8,6 +8,7 @@
 #include <cmath>
 #include <complex>
 #include <limits>
+#include <memory>
 #include <numbers>
 #include <string>
 #include <thread>
@@ -75,9 +76,9 @@ double padded_sample(const Frontend& frontend, std::ptrdiff_t j) {
   return static_cast<std::size_t>(j) < frontend.samples.size() ? frontend.samples[j] : 0.0;
 }
 
-// log10 of the mel energies of one frame, written to data[band * n_frames + frame];
+// log10 of the mel energies of one frame, written to data[band * stride + column];
 // returns the frame's largest value.
-double process_frame(const Frontend& frontend, int frame, int n_frames, std::span<float> data) {
+double process_frame(const Frontend& frontend, int frame, int column, int stride, std::span<float> data) {
   std::array<double, kNFft> windowed;
   std::array<std::complex<double>, kNFreqBins> spectrum;
   std::array<double, kNFreqBins> power;
@@ -97,16 +98,17 @@ double process_frame(const Frontend& frontend, int frame, int n_frames, std::spa
     double energy = 0.0;
     for (int k = filter.first_bin; k < filter.end_bin; ++k) energy += filter.weights[k] * power[k];
     const double value = std::log10(std::max(energy, kLogFloor));
-    data[band * static_cast<std::size_t>(n_frames) + frame] = static_cast<float>(value);
+    data[band * static_cast<std::size_t>(stride) + column] = static_cast<float>(value);
     frame_max = std::max(frame_max, value);
   }
   return frame_max;
 }
 
-double process_frames(const Frontend& frontend, int first, int last, int n_frames, std::span<float> data) {
+// Frames [offset + first, offset + last) into columns [first, last) of a [band][stride] block.
+double process_frames(const Frontend& frontend, int offset, int first, int last, int stride, std::span<float> data) {
   double max_value = -std::numeric_limits<double>::infinity();
-  for (int frame = first; frame < last; ++frame) {
-    max_value = std::max(max_value, process_frame(frontend, frame, n_frames, data));
+  for (int column = first; column < last; ++column) {
+    max_value = std::max(max_value, process_frame(frontend, offset + column, column, stride, data));
   }
   return max_value;
 }
@@ -117,9 +119,10 @@ unsigned thread_count(int n_frames) {
   return std::min({hardware, useful, kMaxThreads});
 }
 
-// Computes all frames (split over threads by contiguous frame ranges, each writing only its
-// own columns) and returns the global maximum of the log values.
-double compute_log_mel(const Frontend& frontend, int n_frames, std::span<float> data) {
+// Computes frames [offset, offset + n_frames) into a [band][n_frames] block (split over
+// threads by contiguous frame ranges, each writing only its own columns) and returns the
+// maximum of the log values.
+double compute_log_mel(const Frontend& frontend, int offset, int n_frames, std::span<float> data) {
   const unsigned n_threads = thread_count(n_frames);
   std::vector<double> maxima(n_threads, -std::numeric_limits<double>::infinity());
   {
@@ -127,9 +130,9 @@ double compute_log_mel(const Frontend& frontend, int n_frames, std::span<float> 
     for (unsigned t = 1; t < n_threads; ++t) {
       const int first = static_cast<int>(static_cast<long long>(n_frames) * t / n_threads);
       const int last = static_cast<int>(static_cast<long long>(n_frames) * (t + 1) / n_threads);
-      workers.emplace_back([&, t, first, last] { maxima[t] = process_frames(frontend, first, last, n_frames, data); });
+      workers.emplace_back([&, t, first, last] { maxima[t] = process_frames(frontend, offset, first, last, n_frames, data); });
     }
-    maxima[0] = process_frames(frontend, 0, static_cast<int>(n_frames / n_threads), n_frames, data);
+    maxima[0] = process_frames(frontend, offset, 0, static_cast<int>(n_frames / n_threads), n_frames, data);
   }  // joins the workers
   return *std::max_element(maxima.begin(), maxima.end());
 }
@@ -159,7 +162,7 @@ LogMel log_mel_spectrogram(std::span<const float> samples, std::span<const float
   mel.data.resize(static_cast<std::size_t>(n_mels) * mel.n_frames);
 
   Frontend frontend{samples, total, periodic_hann(), filter_bands(filters, n_mels)};
-  const double global_max = mel.n_frames > 0 ? compute_log_mel(frontend, mel.n_frames, mel.data) : std::log10(kLogFloor);
+  const double global_max = mel.n_frames > 0 ? compute_log_mel(frontend, 0, mel.n_frames, mel.data) : std::log10(kLogFloor);
 
   const double clamp = global_max - kDynamicRangeLog;
   for (float& value : mel.data) value = static_cast<float>((std::max<double>(value, clamp) + 4.0) / 4.0);
@@ -167,6 +170,44 @@ LogMel log_mel_spectrogram(std::span<const float> samples, std::span<const float
   // lies below the log floor itself.
   mel.floor_value = static_cast<float>((std::max(clamp, std::log10(kLogFloor)) + 4.0) / 4.0);
   return mel;
+}
+
+struct StreamingLogMel::State {
+  Frontend frontend;
+};
+
+StreamingLogMel::StreamingLogMel(std::span<const float> samples, std::span<const float> filters, int n_mels,
+                                 std::size_t padding_samples)
+    : n_mels_(n_mels) {
+  const std::size_t total = samples.size() + padding_samples;
+  validate(filters, n_mels, total);
+  n_frames_ = static_cast<int>(total / kHopLength);
+  state_ = std::make_shared<State>(State{Frontend{samples, total, periodic_hann(), filter_bands(filters, n_mels)}});
+  // First pass: the maximum over the whole recording, one window's worth of frames at a time.
+  double global_max = std::log10(kLogFloor);
+  std::vector<float> scratch(static_cast<std::size_t>(n_mels) * kChunkFrames);
+  for (int first = 0; first < n_frames_; first += kChunkFrames) {
+    const int count = std::min(kChunkFrames, n_frames_ - first);
+    global_max = std::max(global_max, compute_log_mel(state_->frontend, first, count, scratch));
+  }
+  clamp_ = global_max - kDynamicRangeLog;
+  floor_value_ = static_cast<float>((std::max(clamp_, std::log10(kLogFloor)) + 4.0) / 4.0);
+}
+
+std::vector<float> StreamingLogMel::window(int first_frame) const {
+  if (first_frame < 0) throw Error("log-mel: window start must not be negative, got " + std::to_string(first_frame));
+  std::vector<float> out(static_cast<std::size_t>(n_mels_) * kChunkFrames, floor_value_);
+  const int available = std::clamp(n_frames_ - first_frame, 0, kChunkFrames);
+  if (available == 0) return out;
+  std::vector<float> block(static_cast<std::size_t>(n_mels_) * available);
+  compute_log_mel(state_->frontend, first_frame, available, block);
+  for (int band = 0; band < n_mels_; ++band) {
+    for (int i = 0; i < available; ++i) {
+      const double v = block[static_cast<std::size_t>(band) * available + i];
+      out[static_cast<std::size_t>(band) * kChunkFrames + i] = static_cast<float>((std::max(v, clamp_) + 4.0) / 4.0);
+    }
+  }
+  return out;
 }
 
 std::vector<float> LogMel::window(int first_frame) const {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -36,5 +37,28 @@ struct LogMel {
 // = 480000 (OpenAI's transcribe(): the whole recording with 30 s of zeros appended).
 LogMel log_mel_spectrogram(std::span<const float> samples, std::span<const float> filters, int n_mels,
                            std::size_t padding_samples);
+
+// The same spectrogram computed window by window, so a long recording never has its whole
+// log-mel in memory: construction makes one pass for the global maximum (the clamp needs
+// it), then each window is computed on demand. Windows equal LogMel::window of the full
+// computation. Keeps a view of `samples` and `filters`: they must outlive this object.
+class StreamingLogMel {
+ public:
+  StreamingLogMel(std::span<const float> samples, std::span<const float> filters, int n_mels,
+                  std::size_t padding_samples);
+
+  int n_mels() const { return n_mels_; }
+  int n_frames() const { return n_frames_; }
+  float floor_value() const { return floor_value_; }
+  std::vector<float> window(int first_frame) const;  // [n_mels][3000]
+
+ private:
+  struct State;
+  std::shared_ptr<const State> state_;
+  int n_mels_ = 0;
+  int n_frames_ = 0;
+  double clamp_ = 0.0;
+  float floor_value_ = 0.0f;
+};
 
 }  // namespace amanuensis::mel

@@ -21,11 +21,11 @@ double frames_to_seconds(long frames) { return static_cast<double>(frames) / kFr
 // The 30 s encoder input at `seek`. OpenAI's transcribe() zero-fills the part of the
 // window past the audio (pad_or_trim of the log-mel); whisper.cpp keeps the log-mel of the
 // zero samples appended to the audio.
-std::vector<float> window_at(const mel::LogMel& mel, int seek, int content_frames, Semantics semantics) {
+std::vector<float> window_at(const mel::StreamingLogMel& mel, int seek, int content_frames, Semantics semantics) {
   auto window = mel.window(seek);
   if (semantics == Semantics::OpenAI) {
     const int valid = std::min(kWindowFrames, content_frames - seek);
-    for (int band = 0; band < mel.n_mels; ++band)
+    for (int band = 0; band < mel.n_mels(); ++band)
       std::fill(window.begin() + band * kWindowFrames + valid, window.begin() + (band + 1) * kWindowFrames, 0.0f);
   }
   return window;
@@ -94,6 +94,13 @@ WindowOutcome openai_segments(const text::Tokenizer& tok, int seek, int segment_
   }
   builder.add(seek, offset, offset + duration, tokens, w);
   return {seek + segment_size, tokens};
+}
+
+// Without timestamps a window is one segment, whatever stray timestamp tokens a model
+// emits (OpenAI does not mask them in that mode).
+WindowOutcome whole_window_segment(int seek, int segment_size, const WindowResult& w, SegmentBuilder& builder) {
+  builder.add(seek, frames_to_seconds(seek), frames_to_seconds(seek + segment_size), w.tokens, w);
+  return {seek + segment_size, w.tokens};
 }
 
 // whisper.cpp whisper_full(): a segment ends at each timestamp above <|0.00|> (runs of
@@ -198,7 +205,7 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
   const auto semantics = options.decode.semantics;
   const auto& tok = model.tokenizer();
   const int n_mels = model.hparams().n_mels;
-  const auto mel = mel::log_mel_spectrogram(samples, model.file().mel_filters(), n_mels, mel::kChunkSamples);
+  const mel::StreamingLogMel mel(samples, model.file().mel_filters(), n_mels, mel::kChunkSamples);
 
   // Frames that hold audio. whisper.cpp counts only frames whose 400-sample window fits.
   const int content_frames = semantics == Semantics::OpenAI
@@ -239,9 +246,10 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
     }
 
     const std::size_t first_new = out.segments.size();
-    const auto outcome = semantics == Semantics::OpenAI
-                             ? openai_segments(tok, seek, segment_size, result, builder)
-                             : whisper_cpp_segments(tok, seek, result, options.decode.timestamps, builder);
+    const auto outcome = semantics == Semantics::WhisperCpp
+                             ? whisper_cpp_segments(tok, seek, result, options.decode.timestamps, builder)
+                             : options.decode.timestamps ? openai_segments(tok, seek, segment_size, result, builder)
+                                                         : whole_window_segment(seek, segment_size, result, builder);
     for (std::size_t i = first_new; i < out.segments.size(); ++i) {
       out.segments[i].temperature = result.temperature;
       out.segments[i].compression_ratio = quality.compression_ratio;

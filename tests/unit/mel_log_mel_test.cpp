@@ -203,3 +203,30 @@ TEST(LogMel, Timing30s) {
 
 }  // namespace
 }  // namespace amanuensis::mel
+
+namespace amanuensis::mel {
+namespace {
+
+// The streaming spectrogram must give exactly the windows of the whole-recording one.
+TEST(StreamingLogMel, WindowsEqualTheFullComputation) {
+  std::vector<float> samples(16000 * 75);
+  std::uint32_t state = 12345;
+  for (std::size_t i = 0; i < samples.size(); ++i) {
+    state = state * 1664525u + 1013904223u;
+    const float noise = static_cast<float>(state >> 8) / 16777216.0f - 0.5f;
+    samples[i] = 0.3f * std::sin(0.01f * static_cast<float>(i)) * (i % 40000 < 20000 ? 1.0f : 0.01f) + 0.05f * noise;
+  }
+  std::vector<float> filters(80 * kNFreqBins);
+  for (int band = 0; band < 80; ++band)
+    for (int k = 2 * band; k < 2 * band + 4 && k < kNFreqBins; ++k) filters[band * kNFreqBins + k] = 0.01f;
+  const auto full = log_mel_spectrogram(samples, filters, 80, kChunkSamples);
+  const StreamingLogMel streaming(samples, filters, 80, kChunkSamples);
+  ASSERT_EQ(streaming.n_frames(), full.n_frames);
+  EXPECT_EQ(streaming.floor_value(), full.floor_value);
+  for (int seek : {0, 1234, 3000, 6000, 7499, full.n_frames - 100}) {
+    EXPECT_EQ(streaming.window(seek), full.window(seek)) << "window at " << seek;
+  }
+}
+
+}  // namespace
+}  // namespace amanuensis::mel

@@ -1,0 +1,453 @@
+// End-to-end tests of the `amanuensis` command: transcripts in text and JSON, timestamped
+// segments, teacher-forced logits against the kit's whisper.cpp references, and every
+// kind of bad input ending with exit status 1 and a message on stderr (never a signal).
+//
+// The CLI runs as a child process (std::system, stdout and stderr captured to files).
+// Every run passes --threads 1: the tests run beside each other under CTest, and the
+// outputs must not depend on the thread count anyway. Transcriptions pass --no-fallback
+// where the fallback is not under test: with random weights every window would be
+// retried at five temperatures.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "test_paths.h"
+
+namespace amanuensis {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr int kEnglishVocab = 51864;
+constexpr int kEnglishTimestampBegin = 50363;  // <|0.00|>
+
+fs::path audio(const std::string& name) { return testing::conformance_dir() / "audio" / name; }
+fs::path ref(const std::string& name) { return testing::conformance_dir() / "ref" / name; }
+std::string model(const std::string& name) { return testing::model_path(name).string(); }
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<float> read_floats(const fs::path& path) {
+  const std::string bytes = read_text(path);
+  std::vector<float> out(bytes.size() / sizeof(float));
+  std::copy_n(bytes.data(), out.size() * sizeof(float), reinterpret_cast<char*>(out.data()));
+  return out;
+}
+
+// A scratch folder for one test process (CTest runs each test in its own process).
+const fs::path& scratch() {
+  static const fs::path dir = [] {
+    auto d = fs::temp_directory_path() / ("amanuensis_cli_test_" + std::to_string(::getpid()));
+    fs::create_directories(d);
+    std::atexit([] {
+      std::error_code ec;
+      fs::remove_all(fs::temp_directory_path() / ("amanuensis_cli_test_" + std::to_string(::getpid())), ec);
+    });
+    return d;
+  }();
+  return dir;
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct CliRun {
+  int exit_code = -1;  // when the process exited
+  int signal = 0;      // when a signal ended it
+  std::string out;
+  std::string err;
+  std::string command;
+};
+
+std::ostream& operator<<(std::ostream& os, const CliRun& r) {
+  return os << "command: " << r.command << "\nexit " << r.exit_code << " signal " << r.signal << "\nstderr: " << r.err
+            << "\nstdout (first 500 bytes): " << r.out.substr(0, 500);
+}
+
+CliRun run_cli(const std::vector<std::string>& args) {
+  static int counter = 0;
+  const auto out_path = scratch() / ("out" + std::to_string(counter) + ".txt");
+  const auto err_path = scratch() / ("err" + std::to_string(counter) + ".txt");
+  ++counter;
+  CliRun run;
+  run.command = shell_quote(testing::cli_path().string());
+  for (const auto& a : args) run.command += " " + shell_quote(a);
+  // exec: the shell is replaced by the CLI, so a crash shows as a signal, not as 128+n
+  const std::string line =
+      "exec " + run.command + " </dev/null >" + shell_quote(out_path.string()) + " 2>" + shell_quote(err_path.string());
+  const int status = std::system(line.c_str());
+  if (status != -1 && WIFEXITED(status)) run.exit_code = WEXITSTATUS(status);
+  if (status != -1 && WIFSIGNALED(status)) run.signal = WTERMSIG(status);
+  run.out = read_text(out_path);
+  run.err = read_text(err_path);
+  return run;
+}
+
+std::vector<std::string> transcribe_args(const std::string& model_name, const fs::path& file,
+                                         std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {"transcribe", "--threads", "1", "--model", model(model_name), file.string()};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+std::string trim(const std::string& s) {
+  const auto a = s.find_first_not_of(" \t\r\n");
+  if (a == std::string::npos) return "";
+  return s.substr(a, s.find_last_not_of(" \t\r\n") - a + 1);
+}
+
+// An error run: exit status exactly 1, a message on stderr, no crash.
+void expect_clean_failure(const CliRun& r, const std::string& message_part) {
+  EXPECT_EQ(r.signal, 0) << r;
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_NE(r.err.find("amanuensis: "), std::string::npos) << r;
+  EXPECT_NE(r.err.find(message_part), std::string::npos) << "'" << message_part << "' not on stderr\n" << r;
+}
+
+const std::vector<std::string> kJfkTokens = {"--tokens", "50257,50358,50362,843,523,616,5891,3399,11,1265,407"};
+
+// ---------------------------------------------------------------------------------------
+// Transcription
+
+TEST(CliTranscribe, NoTimestampsPrintsText) {
+  // default options otherwise (temperature fallback included)
+  const auto r = run_cli(transcribe_args("micro.en-f16", audio("jfk.wav"), {"--no-timestamps"}));
+  ASSERT_EQ(r.signal, 0) << r;
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_FALSE(trim(r.out).empty()) << r;
+  EXPECT_EQ(r.out.find("-->"), std::string::npos) << "no timestamps in plain text output\n" << r;
+}
+
+// Checks the `json` format: {"text": ..., "segments": [{start, end, text, tokens}, ...]}.
+json parse_transcript_json(const CliRun& r) {
+  EXPECT_EQ(r.exit_code, 0) << r;
+  json j;
+  try {
+    j = json::parse(r.out);  // exactly one JSON value (trailing whitespace allowed)
+  } catch (const json::exception& e) {
+    ADD_FAILURE() << "stdout is not one JSON value: " << e.what() << "\n" << r;
+    return json::object();
+  }
+  EXPECT_TRUE(j.is_object()) << r;
+  EXPECT_TRUE(j.contains("text") && j["text"].is_string()) << r;
+  EXPECT_TRUE(j.contains("segments") && j["segments"].is_array()) << r;
+  std::string joined;
+  for (const auto& s : j.value("segments", json::array())) {
+    EXPECT_TRUE(s.contains("start") && s["start"].is_number()) << s;
+    EXPECT_TRUE(s.contains("end") && s["end"].is_number()) << s;
+    EXPECT_TRUE(s.contains("text") && s["text"].is_string()) << s;
+    EXPECT_TRUE(s.contains("tokens") && s["tokens"].is_array()) << s;
+    for (const auto& t : s.value("tokens", json::array())) {
+      EXPECT_TRUE(t.is_number_integer()) << s;
+      EXPECT_GE(t.get<int>(), 0);
+      EXPECT_LT(t.get<int>(), kEnglishVocab);
+    }
+    joined += s.value("text", "");
+  }
+  EXPECT_EQ(j.value("text", ""), joined) << "text is the segments' texts joined";
+  return j;
+}
+
+TEST(CliTranscribe, JsonSegmentsStartWithATimestampToken) {
+  const auto r =
+      run_cli(transcribe_args("micro.en-f16", audio("jfk.wav"), {"--no-fallback", "--output-format", "json"}));
+  ASSERT_EQ(r.signal, 0) << r;
+  const json j = parse_transcript_json(r);
+  ASSERT_FALSE(j["segments"].empty()) << r;
+  for (const auto& s : j["segments"]) {
+    const auto tokens = s["tokens"].get<std::vector<int>>();
+    ASSERT_FALSE(tokens.empty()) << s;
+    // OpenAI semantics: every window, and so every segment, starts with a timestamp
+    EXPECT_GE(tokens.front(), kEnglishTimestampBegin) << s;
+    const double start = s["start"], end = s["end"];
+    EXPECT_GE(start, 0.0) << s;
+    EXPECT_LE(start, end) << s;
+    EXPECT_LE(end, 30.0) << "one 30 s window of 11 s of audio\n" << s;
+    // the segment's start is its first timestamp (one window, offset 0)
+    EXPECT_NEAR(start, (tokens.front() - kEnglishTimestampBegin) * 0.02, 1e-9) << s;
+  }
+  // max_initial_timestamp 1.0: the first timestamp is at most <|1.00|>
+  EXPECT_LE(j["segments"][0]["start"].get<double>(), 1.0);
+}
+
+// In --no-timestamps mode under OpenAI semantics timestamp tokens are not masked (as in
+// OpenAI's package) and the random model emits some; they must not be read as segment
+// boundaries: a window is one segment from its offset to offset + its length.
+TEST(CliTranscribe, NoTimestampsJsonTimesStayInsideTheAudio) {
+  const auto r = run_cli(
+      transcribe_args("micro.en-f16", audio("jfk.wav"), {"--no-fallback", "--no-timestamps", "--output-format", "json"}));
+  ASSERT_EQ(r.signal, 0) << r;
+  const json j = parse_transcript_json(r);
+  ASSERT_FALSE(j["segments"].empty()) << r;
+  const double duration = 11.0;  // jfk.wav: 176000 samples
+  for (const auto& s : j["segments"]) {
+    const double start = s["start"], end = s["end"];
+    EXPECT_GE(start, 0.0) << s["tokens"];
+    EXPECT_LE(start, end);
+    EXPECT_LE(end, duration + 0.02);
+  }
+}
+
+TEST(CliTranscribe, LongAudioSegmentsAcrossWindows) {
+  const auto r = run_cli(
+      transcribe_args("micro.en-f16", audio("speech-75s.wav"),
+                      {"--no-fallback", "--sample-len", "64", "--output-format", "verbose_json"}));  // 64: fast
+  ASSERT_EQ(r.signal, 0) << r;
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const json j = json::parse(r.out);
+  EXPECT_NEAR(j["duration"].get<double>(), 75.0, 1e-9);
+  EXPECT_EQ(j["language"], "en");
+  ASSERT_FALSE(j["segments"].empty());
+  double previous_start = 0.0;
+  int previous_seek = 0;
+  std::set<int> seeks;
+  for (const auto& s : j["segments"]) {
+    const auto tokens = s["tokens"].get<std::vector<int>>();
+    ASSERT_FALSE(tokens.empty()) << s;
+    EXPECT_GE(tokens.front(), kEnglishTimestampBegin) << s;
+    const double start = s["start"], end = s["end"];
+    const int seek = s["seek"];
+    EXPECT_GE(seek, previous_seek) << s;
+    EXPECT_LT(seek, 7500) << "windows start inside the audio";
+    EXPECT_LE(start, end) << s;
+    EXPECT_GE(start, previous_start) << s;
+    EXPECT_GE(start, seek / 100.0 - 1e-9) << s;
+    EXPECT_LE(end, seek / 100.0 + 30.0 + 1e-9) << s;
+    previous_start = start;
+    previous_seek = seek;
+    seeks.insert(seek);
+  }
+  EXPECT_GE(seeks.size(), 3u) << "75 s of audio takes at least three windows";
+}
+
+TEST(CliTranscribe, WhisperCppCompatJson) {
+  const auto r =
+      run_cli(transcribe_args("micro.en-f16", audio("jfk.wav"), {"--compat", "whisper.cpp", "--output-format", "json"}));
+  ASSERT_EQ(r.signal, 0) << r;
+  const json j = parse_transcript_json(r);
+  ASSERT_FALSE(j["segments"].empty()) << r;
+  for (const auto& s : j["segments"]) EXPECT_LE(s["start"].get<double>(), s["end"].get<double>()) << s;
+}
+
+TEST(CliTranscribe, Stereo44k1IsDecodedAndResampled) {
+  // jfk-44k1-stereo.wav used to be refused (WAV reader: 16 kHz mono only); since the
+  // FFmpeg decoder it is down-mixed and resampled like any other input
+  const auto r = run_cli(transcribe_args("micro.en-f16", audio("jfk-44k1-stereo.wav"), {"--no-fallback", "--no-timestamps"}));
+  ASSERT_EQ(r.signal, 0) << r;
+  EXPECT_EQ(r.exit_code, 0) << r;
+  EXPECT_FALSE(trim(r.out).empty()) << r;
+}
+
+TEST(CliTranscribe, OneBadFileAmongGoodOnesFailsTheRunButPrintsTheRest) {
+  const auto readme = (testing::shared_dir() / "conformance" / "README.md").string();
+  const auto r =
+      run_cli(transcribe_args("micro.en-f16", audio("jfk.wav"), {"--no-fallback", "--no-timestamps", readme}));
+  expect_clean_failure(r, "README.md");
+  EXPECT_FALSE(trim(r.out).empty()) << "jfk.wav is still transcribed\n" << r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Teacher-forced logits
+
+void expect_logits_match(const fs::path& mine, const fs::path& reference, double max_tolerance) {
+  const auto a = read_floats(mine);
+  const auto b = read_floats(reference);
+  ASSERT_EQ(a.size(), 11u * kEnglishVocab);
+  ASSERT_EQ(b.size(), a.size());
+  double max_diff = 0.0, sum_diff = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(a[i])) << "logit " << i;
+    const double d = std::abs(static_cast<double>(a[i]) - b[i]);
+    max_diff = std::max(max_diff, d);
+    sum_diff += d;
+  }
+  EXPECT_LE(max_diff, max_tolerance);
+  EXPECT_LE(sum_diff / a.size(), 0.02) << "mean abs difference";
+}
+
+TEST(CliDumpLogits, MelInputMatchesTheF32Reference) {
+  const auto out = scratch() / "f32.logits";
+  std::vector<std::string> args = {"dump-logits", "--threads", "1", "--model", model("micro.en-f32"),
+                                   "--mel",       ref("jfk.mel.f32").string(), "--out", out.string()};
+  args.insert(args.end(), kJfkTokens.begin(), kJfkTokens.end());
+  const auto r = run_cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  ASSERT_EQ(fs::file_size(out), 11u * kEnglishVocab * sizeof(float));
+  expect_logits_match(out, ref("micro.en-f32__jfk.logits.f32"), 0.15);
+}
+
+TEST(CliDumpLogits, AudioInputMatchesTheF16Reference) {
+  const auto out = scratch() / "f16.logits";
+  std::vector<std::string> args = {"dump-logits", "--threads", "1", "--model", model("micro.en-f16"),
+                                   "--audio",     audio("jfk.wav").string(), "--out", out.string()};
+  args.insert(args.end(), kJfkTokens.begin(), kJfkTokens.end());
+  const auto r = run_cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  ASSERT_EQ(fs::file_size(out), 11u * kEnglishVocab * sizeof(float));
+  // the reference used the kit's mel; ours comes from the samples (<= 2.3e-5 apart)
+  expect_logits_match(out, ref("micro.en-f16__jfk.logits.f32"), 0.15);
+}
+
+// ---------------------------------------------------------------------------------------
+// Usage and errors
+
+TEST(CliUsage, HelpVersionAndNoArguments) {
+  const auto help = run_cli({"--help"});
+  EXPECT_EQ(help.exit_code, 0) << help;
+  EXPECT_NE(help.out.find("usage"), std::string::npos) << help;
+  EXPECT_NE(help.out.find("transcribe"), std::string::npos) << help;
+  const auto version = run_cli({"--version"});
+  EXPECT_EQ(version.exit_code, 0) << version;
+  EXPECT_NE(version.out.find("amanuensis"), std::string::npos) << version;
+  const auto none = run_cli({});
+  EXPECT_EQ(none.signal, 0) << none;
+  EXPECT_EQ(none.exit_code, 2) << "usage error\n" << none;
+}
+
+TEST(CliErrors, MissingModelFile) {
+  const auto missing = (scratch() / "no-such-model.bin").string();
+  const auto r = run_cli({"transcribe", "--threads", "1", "--model", missing, audio("jfk.wav").string()});
+  expect_clean_failure(r, missing);
+}
+
+TEST(CliErrors, ModelPathIsADirectory) {
+  const auto r = run_cli({"transcribe", "--threads", "1", "--model", scratch().string(), audio("jfk.wav").string()});
+  expect_clean_failure(r, "not a regular file");
+}
+
+TEST(CliErrors, TruncatedModelFile) {
+  const std::string bytes = read_text(testing::model_path("micro.en-f16"));
+  const auto truncated = scratch() / "truncated.bin";
+  std::ofstream(truncated, std::ios::binary).write(bytes.data(), 1000);
+  const auto r = run_cli({"transcribe", "--threads", "1", "--model", truncated.string(), audio("jfk.wav").string()});
+  expect_clean_failure(r, "file ends at byte 1000");
+}
+
+TEST(CliErrors, NonAudioInputFile) {
+  const auto readme = (testing::shared_dir() / "conformance" / "README.md").string();
+  const auto r = run_cli(transcribe_args("micro.en-f16", readme, {"--no-fallback"}));
+  expect_clean_failure(r, "README.md");
+  EXPECT_TRUE(trim(r.out).empty()) << r;
+}
+
+TEST(CliErrors, WavWithAnUnsupportedCodec) {
+  // a RIFF/WAVE file whose fmt chunk names codec 0x9999 (no such format)
+  std::string wav;
+  auto u16 = [&](unsigned v) { wav += static_cast<char>(v & 0xFF), wav += static_cast<char>((v >> 8) & 0xFF); };
+  auto u32 = [&](std::uint32_t v) { u16(v & 0xFFFF), u16(v >> 16); };
+  const std::uint32_t data_bytes = 3200;
+  wav += "RIFF";
+  u32(4 + 8 + 16 + 8 + data_bytes);
+  wav += "WAVEfmt ";
+  u32(16);
+  u16(0x9999);  // format tag
+  u16(1);       // channels
+  u32(16000);   // rate
+  u32(32000);   // bytes per second
+  u16(2);       // block align
+  u16(16);      // bits
+  wav += "data";
+  u32(data_bytes);
+  wav += std::string(data_bytes, '\0');
+  const auto path = scratch() / "codec9999.wav";
+  std::ofstream(path, std::ios::binary) << wav;
+  const auto r = run_cli(transcribe_args("micro.en-f16", path, {"--no-fallback"}));
+  expect_clean_failure(r, "codec9999.wav");
+}
+
+TEST(CliErrors, MissingAndEmptyAudioFiles) {
+  const auto missing = (scratch() / "missing.wav").string();
+  expect_clean_failure(run_cli(transcribe_args("micro.en-f16", missing)), "missing.wav");
+  const auto empty = scratch() / "empty.wav";
+  std::ofstream(empty, std::ios::binary).flush();
+  expect_clean_failure(run_cli(transcribe_args("micro.en-f16", empty)), "empty.wav");
+}
+
+TEST(CliErrors, UnknownCommandAndOptions) {
+  expect_clean_failure(run_cli({"frobnicate"}), "unknown command");
+  expect_clean_failure(run_cli(transcribe_args("micro.en-f16", audio("jfk.wav"), {"--frobnicate"})),
+                       "unknown option --frobnicate");
+  expect_clean_failure(run_cli({"dump-logits", "--no-timestamps"}), "unknown option --no-timestamps");
+  expect_clean_failure(run_cli({"transcribe", "--model"}), "needs a value");
+  expect_clean_failure(run_cli(transcribe_args("micro.en-f16", audio("jfk.wav"), {"--no-timestamps=yes"})),
+                       "takes no value");
+  expect_clean_failure(run_cli({"transcribe", "--threads", "1", "--model", model("micro.en-f16")}),
+                       "at least one audio file");
+  expect_clean_failure(run_cli({"transcribe", audio("jfk.wav").string()}), "--model");
+}
+
+TEST(CliErrors, BadOptionValues) {
+  struct Case {
+    std::vector<std::string> extra;
+    const char* message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"--output-format", "bogus"}, "bogus"},
+           {{"--compat", "bogus"}, "bogus"},
+           {{"--task", "bogus"}, "bogus"},
+           {{"--threads", "0"}, "--threads"},
+           {{"--threads", "two"}, "--threads"},
+           {{"--sample-len", "many"}, "--sample-len"},
+           {{"--suppress-tokens", "abc"}, "abc"},
+           {{"--suppress-tokens", "99999999"}, "99999999"},
+           {{"--max-initial-timestamp", "soon"}, "--max-initial-timestamp"},
+       }) {
+    SCOPED_TRACE(c.extra[0] + " " + c.extra[1]);
+    expect_clean_failure(run_cli(transcribe_args("micro.en-f16", audio("jfk.wav"), c.extra)), c.message);
+  }
+}
+
+TEST(CliErrors, DumpLogitsBadTokensAndInputs) {
+  const auto out = (scratch() / "never.logits").string();
+  const std::vector<std::string> base = {"dump-logits", "--threads", "1", "--model", model("micro.en-f16"),
+                                         "--mel",       ref("jfk.mel.f32").string(), "--out", out};
+  auto with = [&](std::vector<std::string> extra) {
+    auto args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_cli(args);
+  };
+  expect_clean_failure(with({"--tokens", "50257,abc"}), "'abc' is not a token id");
+  expect_clean_failure(with({"--tokens", "50257,12x"}), "12x");
+  expect_clean_failure(with({"--tokens", ""}), "not a token id");
+  expect_clean_failure(with({"--tokens", "50257,99999"}), "99999");
+  expect_clean_failure(with({"--tokens", "50257,-5"}), "-5");
+  expect_clean_failure(with({}), "--tokens");
+  std::string too_many = "50257";
+  for (int i = 0; i < 448; ++i) too_many += ",220";
+  expect_clean_failure(with({"--tokens", too_many}), "448");
+
+  const auto readme = (testing::shared_dir() / "conformance" / "README.md").string();
+  expect_clean_failure(run_cli({"dump-logits", "--threads", "1", "--model", model("micro.en-f16"), "--mel", readme,
+                                "--tokens", "50257", "--out", out}),
+                       "mel file");
+  expect_clean_failure(
+      run_cli({"dump-logits", "--threads", "1", "--model", model("micro.en-f16"), "--tokens", "50257", "--out", out}),
+      "--audio");
+  EXPECT_FALSE(fs::exists(out)) << "no output file after a failed run";
+}
+
+}  // namespace
+}  // namespace amanuensis
