@@ -47,6 +47,9 @@ transcribe options:
   --temperature-increment T   fallback step (default 0.2)
   --no-fallback           never retry a window at a higher temperature
   --best-of N             sampled candidates at temperatures above 0 (default 5)
+  --beam-size N           beams at temperature 0 (default 5; 1 or 0 = greedy)
+  --patience X            beam search patience (default 1.0)
+  --length-penalty X      rank beams by ((5 + length) / 6) ** X instead of length
   --seed N                seed of the sampling generator (default 0; runs are reproducible)
   --compression-ratio-threshold X  fallback above this gzip ratio (default 2.4)
   --logprob-threshold X   fallback below this average log-probability (default -1.0)
@@ -105,6 +108,14 @@ pipeline::TranscribeOptions transcribe_options(const Args& args, const pipeline:
   o.initial_prompt = args.get_or("prompt", "");
   o.temperatures = temperature_schedule(args, !(args.flag("no-fallback") || whisper_cpp));
   o.best_of = args.get_int("best-of", 5);
+  const int beam_size = args.get_int("beam-size", whisper_cpp ? 0 : 5);
+  if (beam_size > 1) {
+    decoding::BeamOptions beam;
+    beam.beam_size = beam_size;
+    beam.patience = args.get_double("patience", 1.0);
+    if (args.get("length-penalty")) beam.length_penalty = args.get_double("length-penalty", 0.0);
+    o.beam = beam;
+  }
   if (o.best_of < 1) throw Error("--best-of must be at least 1");
   o.seed = static_cast<std::uint64_t>(args.get_int("seed", 0));
   o.thresholds.compression_ratio = args.get_double("compression-ratio-threshold", 2.4);
@@ -224,7 +235,7 @@ int run(const std::vector<std::string>& argv) {
               {"model", "output-format", "output-dir", "language", "task", "prompt", "sample-len", "suppress-tokens",
                "max-initial-timestamp", "compat", "threads", "temperature", "temperature-increment", "best-of", "seed",
                "compression-ratio-threshold", "logprob-threshold", "no-speech-threshold", "pcm-rate", "pcm-channels",
-               "pcm-format"});
+               "pcm-format", "beam-size", "patience", "length-penalty"});
     return run_transcribe(args);
   }
   if (command == "dump-logits") {

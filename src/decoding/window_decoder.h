@@ -75,6 +75,7 @@ class WindowDecoder {
                               const LogitsFilter& filter = {}, int frames_left = 1 << 30) const;
 
   const LogitRules& rules() const { return rules_; }
+  const nn::Decoder& decoder() const { return decoder_; }
   int sample_len() const { return sample_len_; }
 
  private:

@@ -178,8 +178,14 @@ Decoded decode_with_fallback(const decoding::WindowDecoder& decoder, const text:
     const float t = options.temperatures[i];
     // the seed depends on the window, so windows of one file sample differently
     const std::uint64_t seed = options.seed * 1000003u + static_cast<std::uint64_t>(seek);
-    decoded.result = t > 0.0f ? decoder.decode_best_of(audio, prompt, t, options.best_of, seed, options.logits_filter, frames_left)
-                              : decoder.decode(audio, prompt, 0.0f, 0, options.logits_filter, frames_left);
+    if (t > 0.0f) {
+      decoded.result = decoder.decode_best_of(audio, prompt, t, options.best_of, seed, options.logits_filter, frames_left);
+    } else if (options.beam) {
+      decoded.result = decoding::beam_search(decoder.decoder(), tok, decoder.rules(), decoder.initial_tokens(prompt),
+                                             decoder.sample_len(), audio, *options.beam, options.logits_filter);
+    } else {
+      decoded.result = decoder.decode(audio, prompt, 0.0f, 0, options.logits_filter, frames_left);
+    }
     const auto text = tok.decode(decoded.result.tokens);
     decoded.quality = {decoding::compression_ratio(text), decoded.result.avg_logprob, decoded.result.no_speech_prob};
     if (!decoding::needs_fallback(decoded.quality, options.thresholds)) break;

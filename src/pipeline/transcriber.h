@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "decoding/beam_search.h"
 #include "decoding/quality.h"
 #include "decoding/window_decoder.h"
 #include "model/ggml_file.h"
@@ -26,6 +28,7 @@ struct TranscribeOptions {
   // the next one while the result fails the quality thresholds.
   std::vector<float> temperatures{0.0f, 0.2f, 0.4f, 0.6f, 0.8f, 1.0f};
   int best_of = 5;          // sampled candidates per window at temperatures above 0
+  std::optional<decoding::BeamOptions> beam;  // beam search at temperature 0; greedy when unset
   std::uint64_t seed = 0;   // sampling is seeded so that a run is reproducible
   decoding::QualityThresholds thresholds;
   bool condition_on_previous_text = true;
