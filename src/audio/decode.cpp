@@ -149,6 +149,8 @@ std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded) {
   auto resampler = make_resampler(decoder.get());
 
   std::vector<float> samples;
+  // Growing the vector by doubling would briefly need twice the memory of a long recording.
+  if (format->duration > 0) samples.reserve(static_cast<std::size_t>(format->duration / AV_TIME_BASE + 2) * kSampleRate);
   std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
   std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
   auto drain = [&] {
