@@ -1,5 +1,8 @@
 // cli: the `amanuensis` command: transcribe files, dump decoder logits for conformance.
+#include <unistd.h>
+
 #include <cstdio>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -139,6 +142,21 @@ void write_output(const std::string& input, const std::string& rendered, pipelin
   std::cerr << "wrote " << path.string() << "\n";
 }
 
+// A one-line progress bar on the terminal; silent when output goes to a file or pipe.
+std::function<void(double, double)> progress_bar(const std::string& name) {
+  if (!isatty(STDOUT_FILENO) || !isatty(STDERR_FILENO)) return {};
+  return [name](double done, double total) {
+    constexpr int kWidth = 30;
+    const double fraction = total > 0 ? std::min(1.0, done / total) : 1.0;
+    const int filled = static_cast<int>(fraction * kWidth);
+    std::fprintf(stderr, "\r%s [%s%s] %3d%% %s / %s%s", name.c_str(), std::string(filled, '#').c_str(),
+                 std::string(kWidth - filled, '.').c_str(), static_cast<int>(fraction * 100),
+                 pipeline::format_timestamp(done, '.').c_str(), pipeline::format_timestamp(total, '.').c_str(),
+                 fraction >= 1.0 ? "\n" : "");
+    std::fflush(stderr);
+  };
+}
+
 int run_transcribe(const Args& args) {
   apply_common_options(args);
   if (args.positional().empty()) throw Error("transcribe needs at least one audio file");
@@ -148,7 +166,9 @@ int run_transcribe(const Args& args) {
   int failures = 0;
   for (const auto& file : args.positional()) {
     try {
-      const auto transcript = pipeline::transcribe(*model, read_audio(file, args), options);
+      auto file_options = options;
+      file_options.progress = progress_bar(file == "-" ? "stdin" : std::filesystem::path(file).filename().string());
+      const auto transcript = pipeline::transcribe(*model, read_audio(file, args), file_options);
       write_output(file, pipeline::render(transcript, format), format, args.get("output-dir"));
     } catch (const Error& e) {
       std::cerr << "amanuensis: " << e.what() << "\n";

@@ -248,6 +248,7 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
     out.window_seeks.push_back(seek);
     if (decoding::is_silent_window(quality, options.thresholds)) {
       seek += segment_size;
+      if (options.progress) options.progress(std::min(frames_to_seconds(seek), out.duration), out.duration);
       continue;
     }
 
@@ -264,6 +265,7 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
     // a window decoded at a high temperature is a poor prompt for the next one
     if (!options.condition_on_previous_text || result.temperature > 0.5f) prompt_reset_since = all_tokens.size();
     seek = std::max(outcome.next_seek, seek + 1);  // never stall on a window
+    if (options.progress) options.progress(std::min(frames_to_seconds(seek), out.duration), out.duration);
   }
   clamp_to_duration(out);
   for (const auto& s : out.segments) out.text += s.text;

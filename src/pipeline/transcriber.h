@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -34,6 +35,8 @@ struct TranscribeOptions {
   bool condition_on_previous_text = true;
   std::string initial_prompt;
   decoding::LogitsFilter logits_filter;  // applied at every step of every decode
+  // Called after every window with the seconds of audio done and in total.
+  std::function<void(double done, double total)> progress;
 };
 
 struct Segment {
