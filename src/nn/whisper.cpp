@@ -97,6 +97,26 @@ std::vector<float> conv3_gelu(std::span<const float> input, std::int64_t n_in, s
   return out;
 }
 
+// Scores of the captured heads of one layer: q . k / sqrt(head_dim) over all audio positions.
+void capture_scores(AttentionCapture& capture, int layer, std::span<const float> q, std::int64_t n,
+                    const CrossAttentionCache& cross, std::size_t cache_layer, int n_head, std::int64_t d) {
+  const std::int64_t hd = d / n_head;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (std::size_t i = 0; i < capture.heads.size(); ++i) {
+    const auto [want_layer, head] = capture.heads[i];
+    if (want_layer != layer || head < 0 || head >= n_head) continue;
+    auto& out = capture.scores[i];
+    out.resize(static_cast<std::size_t>(n * cross.n_ctx));
+    const float* keys = cross.keys[cache_layer].data();
+    for (std::int64_t t = 0; t < n; ++t)
+      for (std::int64_t a = 0; a < cross.n_ctx; ++a) {
+        float dot = 0.0f;
+        for (std::int64_t j = 0; j < hd; ++j) dot += q[t * d + head * hd + j] * keys[a * d + head * hd + j];
+        out[t * cross.n_ctx + a] = dot * scale;
+      }
+  }
+}
+
 }  // namespace
 
 std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFile& f) {
@@ -172,7 +192,8 @@ KvCache Decoder::new_cache() const {
 }
 
 std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& cache, const CrossAttentionCache& cross,
-                                    bool all_rows) const {
+                                    bool all_rows, AttentionCapture* capture) const {
+  if (capture) capture->scores.assign(capture->heads.size(), {});
   const auto& hp = w_->hparams;
   const std::int64_t n = static_cast<std::int64_t>(tokens.size()), d = hp.n_text_state;
   const std::int64_t n_past = cache.n_past;
@@ -212,6 +233,7 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
     cpu::layer_norm(s.normed, n, block.cross_attn_ln.gamma, block.cross_attn_ln.beta);
     cpu::linear(s.normed, n, block.cross_attn.query.weight, block.cross_attn.query.bias, s.q);
     cpu::attention(s.q, n, cross.keys[layer], cross.values[layer], cross.n_ctx, hp.n_text_head, d, -1, s.attended);
+    if (capture) capture_scores(*capture, static_cast<int>(layer), s.q, n, cross, layer, hp.n_text_head, d);
     cpu::linear(s.attended, n, block.cross_attn.out.weight, block.cross_attn.out.bias, projected);
     cpu::add_in_place(x, projected);
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -75,6 +76,13 @@ struct KvCache {
   std::vector<std::vector<float>> keys, values;  // per layer, n_text_ctx x d
 };
 
+// Raw cross-attention scores (q . k / sqrt(head_dim), before the softmax) of chosen
+// decoder heads, for word alignment: one tokens x audio-positions block per head.
+struct AttentionCapture {
+  std::vector<std::pair<int, int>> heads;  // (decoder layer, head)
+  std::vector<std::vector<float>> scores;  // filled by Decoder::forward, in `heads` order
+};
+
 class Encoder {
  public:
   explicit Encoder(std::shared_ptr<const WhisperWeights> weights) : w_(std::move(weights)) {}
@@ -96,7 +104,7 @@ class Decoder {
   // returns logits: tokens.size() x n_vocab rows when `all_rows`, else only the last row.
   // Throws Error when the sequence would exceed n_text_ctx.
   std::vector<float> forward(std::span<const TokenId> tokens, KvCache& cache, const CrossAttentionCache& cross,
-                             bool all_rows = false) const;
+                             bool all_rows = false, AttentionCapture* capture = nullptr) const;
 
   int n_vocab() const { return w_->hparams.n_vocab; }
   int n_text_ctx() const { return w_->hparams.n_text_ctx; }

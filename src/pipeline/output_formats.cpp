@@ -27,7 +27,7 @@ std::string dump(const nlohmann::json& j) {
 }
 
 nlohmann::json segment_json(const Segment& s) {
-  return {{"id", s.id},
+  nlohmann::json j = {{"id", s.id},
           {"seek", s.seek},
           {"start", s.start},
           {"end", s.end},
@@ -37,6 +37,13 @@ nlohmann::json segment_json(const Segment& s) {
           {"avg_logprob", s.avg_logprob},
           {"compression_ratio", s.compression_ratio},
           {"no_speech_prob", s.no_speech_prob}};
+  if (!s.words.empty()) {
+    nlohmann::json words = nlohmann::json::array();
+    for (const auto& w : s.words)
+      words.push_back({{"word", w.word}, {"start", w.start}, {"end", w.end}, {"probability", w.probability}});
+    j["words"] = words;
+  }
+  return j;
 }
 
 std::string render_subtitles(const Transcript& t, bool vtt) {

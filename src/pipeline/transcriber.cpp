@@ -4,7 +4,9 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "decoding/word_alignment.h"
 #include "mel/log_mel.h"
+#include "pipeline/word_timestamps.h"
 
 namespace amanuensis::pipeline {
 namespace {
@@ -162,6 +164,36 @@ void clamp_to_duration(Transcript& t) {
   }
 }
 
+std::optional<double> last_word_end(std::span<const Segment> segments) {
+  for (auto it = segments.rbegin(); it != segments.rend(); ++it)
+    if (!it->words.empty()) return it->words.back().end;
+  return std::nullopt;
+}
+
+bool ends_with_single_timestamp(const text::Tokenizer& tok, const std::vector<TokenId>& tokens) {
+  const std::size_t n = tokens.size();
+  return n >= 2 && !tok.is_timestamp(tokens[n - 2]) && tok.is_timestamp(tokens[n - 1]);
+}
+
+// OpenAI transcribe()'s hallucination-silence step for a window whose segments have words.
+decoding::HallucinationDecision hallucination_step(std::span<const Segment> segments, int seek, int segment_size,
+                                                   int next_seek, bool single_timestamp_ending,
+                                                   double last_speech_timestamp, double threshold, double duration,
+                                                   int content_frames) {
+  std::vector<decoding::TimedSegment> timed;
+  for (const auto& s : segments) timed.push_back({s.start, s.end, s.words});
+  decoding::WindowTiming w;
+  w.time_offset = frames_to_seconds(seek);
+  w.window_end = frames_to_seconds(seek + kWindowFrames);
+  w.segment_duration = frames_to_seconds(segment_size);
+  w.content_duration = duration;
+  w.previous_seek = seek;
+  w.segment_size = segment_size;
+  w.content_frames = content_frames;
+  w.single_timestamp_ending = single_timestamp_ending;
+  return decoding::apply_hallucination_threshold(timed, w, next_seek, threshold, last_speech_timestamp);
+}
+
 struct Decoded {
   WindowResult result;
   decoding::DecodeQuality quality;
@@ -238,6 +270,8 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
   std::vector<TokenId> all_tokens = options.initial_prompt.empty() ? std::vector<TokenId>{}
                                                                    : tok.encode(" " + options.initial_prompt);
   std::size_t prompt_reset_since = 0;
+  const auto heads = decoding::alignment_heads(model.hparams());
+  double last_speech_timestamp = 0.0;
   int seek = 0;
   while (seek + min_remaining < content_frames) {
     const int segment_size = std::min(kWindowFrames, content_frames - seek);
@@ -253,13 +287,36 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
     }
 
     const std::size_t first_new = out.segments.size();
-    const auto outcome = semantics == Semantics::WhisperCpp
+    auto outcome = semantics == Semantics::WhisperCpp
                              ? whisper_cpp_segments(tok, seek, result, options.decode.timestamps, builder)
                              : options.decode.timestamps ? openai_segments(tok, seek, segment_size, result, builder)
                                                          : whole_window_segment(seek, segment_size, result, builder);
     for (std::size_t i = first_new; i < out.segments.size(); ++i) {
       out.segments[i].temperature = result.temperature;
       out.segments[i].compression_ratio = quality.compression_ratio;
+    }
+    if (options.word_timestamps && semantics == Semantics::OpenAI) {
+      const std::span<Segment> fresh(out.segments.data() + first_new, out.segments.size() - first_new);
+      WordTimingInput in{&model.decoder(), &tok, &cross, heads, decoder.initial_tokens({}), segment_size,
+                         frames_to_seconds(seek)};
+      if (!options.decode.timestamps) in.sot_sequence.pop_back();  // the alignment adds its own <|notimestamps|>
+      add_word_timestamps(fresh, in, last_speech_timestamp);
+      const bool single_ending = ends_with_single_timestamp(tok, result.tokens);
+      if (const auto end = last_word_end(fresh); !single_ending && end && *end > frames_to_seconds(seek)) {
+        outcome.next_seek = static_cast<int>(std::nearbyint(*end * kFramesPerSecond));
+      }
+      if (options.hallucination_silence_threshold) {
+        const auto d = hallucination_step(fresh, seek, segment_size, outcome.next_seek, single_ending,
+                                          last_speech_timestamp, *options.hallucination_silence_threshold,
+                                          out.duration, content_frames);
+        out.segments.resize(first_new + d.keep);
+        outcome.next_seek = d.seek;
+        if (d.skip_window) {
+          seek = std::max(d.seek, seek + 1);
+          continue;
+        }
+      }
+      if (const auto end = last_word_end(out.segments)) last_speech_timestamp = *end;
     }
     all_tokens.insert(all_tokens.end(), outcome.context.begin(), outcome.context.end());
     // a window decoded at a high temperature is a poor prompt for the next one

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "decoding/beam_search.h"
+#include "decoding/hallucination.h"
 #include "decoding/quality.h"
 #include "decoding/window_decoder.h"
 #include "model/ggml_file.h"
@@ -34,6 +35,10 @@ struct TranscribeOptions {
   decoding::QualityThresholds thresholds;
   bool condition_on_previous_text = true;
   std::string initial_prompt;
+  bool word_timestamps = false;  // OpenAI semantics only
+  // Skip silent stretches longer than this (seconds) around suspected hallucinations;
+  // needs word_timestamps.
+  std::optional<double> hallucination_silence_threshold;
   decoding::LogitsFilter logits_filter;  // applied at every step of every decode
   // Called after every window with the seconds of audio done and in total.
   std::function<void(double done, double total)> progress;
@@ -46,6 +51,7 @@ struct Segment {
   double end = 0.0;
   std::string text;
   std::vector<TokenId> tokens;  // including timestamp tokens
+  std::vector<decoding::TimedWord> words;  // with word_timestamps
   double avg_logprob = 0.0;
   double compression_ratio = 0.0;
   float no_speech_prob = 0.0f;
