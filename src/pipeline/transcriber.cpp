@@ -164,6 +164,8 @@ void clamp_to_duration(Transcript& t) {
   }
 }
 
+bool is_blank(const std::string& text) { return text.find_first_not_of(" \t\n\r") == std::string::npos; }
+
 std::optional<double> last_word_end(std::span<const Segment> segments) {
   for (auto it = segments.rbegin(); it != segments.rend(); ++it)
     if (!it->words.empty()) return it->words.back().end;
@@ -239,7 +241,68 @@ std::shared_ptr<const Model> Model::load(const std::filesystem::path& path) {
   return std::make_shared<const Model>(std::move(file), std::move(weights));
 }
 
+namespace {
+
+Transcript transcribe_all(const Model& model, std::span<const float> samples, const TranscribeOptions& options);
+
+// Where a stretch of speech sits in the concatenated audio and in the recording.
+struct SpeechChunk {
+  std::int64_t concatenated_start = 0;
+  std::int64_t original_start = 0;
+  std::int64_t length = 0;
+};
+
+// A time in the concatenated speech, mapped back to the recording. A time exactly at
+// the joint of two chunks belongs to the earlier one when it ends something.
+double to_original_time(double seconds, std::span<const SpeechChunk> chunks, bool is_end) {
+  const auto sample = static_cast<std::int64_t>(std::llround(seconds * 16000.0));
+  const SpeechChunk* chosen = &chunks.front();
+  for (const auto& c : chunks) {
+    const bool inside = is_end ? sample > c.concatenated_start : sample >= c.concatenated_start;
+    if (inside) chosen = &c;
+  }
+  const std::int64_t offset = std::min(sample - chosen->concatenated_start, chosen->length);
+  return static_cast<double>(chosen->original_start + offset) / 16000.0;
+}
+
+Transcript transcribe_speech_only(const Model& model, std::span<const float> samples, const TranscribeOptions& options) {
+  const auto spans = vad::detect_speech(samples, *options.vad);
+  std::vector<float> speech;
+  std::vector<SpeechChunk> chunks;
+  for (const auto& span : spans) {
+    chunks.push_back({static_cast<std::int64_t>(speech.size()), span.start, span.end - span.start});
+    speech.insert(speech.end(), samples.begin() + span.start, samples.begin() + span.end);
+  }
+  Transcript out;
+  out.duration = static_cast<double>(samples.size()) / 16000.0;
+  out.task = options.decode.task;
+  out.language = model.tokenizer().is_multilingual() ? options.decode.language : "en";
+  if (speech.empty()) return out;  // nothing to decode
+
+  auto inner = options;
+  inner.vad.reset();
+  out = transcribe_all(model, speech, inner);
+  out.duration = static_cast<double>(samples.size()) / 16000.0;
+  for (auto& s : out.segments) {
+    s.start = to_original_time(s.start, chunks, false);
+    s.end = to_original_time(s.end, chunks, true);
+    for (auto& w : s.words) {
+      w.start = to_original_time(w.start, chunks, false);
+      w.end = to_original_time(w.end, chunks, true);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 Transcript transcribe(const Model& model, std::span<const float> samples, const TranscribeOptions& options) {
+  return options.vad ? transcribe_speech_only(model, samples, options) : transcribe_all(model, samples, options);
+}
+
+namespace {
+
+Transcript transcribe_all(const Model& model, std::span<const float> samples, const TranscribeOptions& options) {
   const auto semantics = options.decode.semantics;
   const auto& tok = model.tokenizer();
   const int n_mels = model.hparams().n_mels;
@@ -318,6 +381,19 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
       }
       if (const auto end = last_word_end(out.segments)) last_speech_timestamp = *end;
     }
+    if (semantics == Semantics::OpenAI) {
+      // OpenAI blanks instantaneous and empty segments, and conditions on what is left
+      outcome.context.clear();
+      for (std::size_t i = first_new; i < out.segments.size(); ++i) {
+        auto& s = out.segments[i];
+        if (s.start == s.end || is_blank(s.text)) {
+          s.text.clear();
+          s.tokens.clear();
+          s.words.clear();
+        }
+        outcome.context.insert(outcome.context.end(), s.tokens.begin(), s.tokens.end());
+      }
+    }
     all_tokens.insert(all_tokens.end(), outcome.context.begin(), outcome.context.end());
     // a window decoded at a high temperature is a poor prompt for the next one
     if (!options.condition_on_previous_text || result.temperature > 0.5f) prompt_reset_since = all_tokens.size();
@@ -328,5 +404,7 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
   for (const auto& s : out.segments) out.text += s.text;
   return out;
 }
+
+}  // namespace
 
 }  // namespace amanuensis::pipeline
