@@ -57,6 +57,8 @@ transcribe options:
   --compression-ratio-threshold X  fallback above this gzip ratio (default 2.4)
   --logprob-threshold X   fallback below this average log-probability (default -1.0)
   --no-speech-threshold X skip a window above this no-speech probability (default 0.6)
+  --vad                   decode only the stretches with speech (built-in detector)
+  --vad-threshold X       speech score threshold of the detector (default 0.5)
   --word-timestamps       word-level times from cross-attention alignment (verbose_json "words")
   --hallucination-silence-threshold S   with word timestamps: skip silences longer than S
                           around suspected hallucinations
@@ -128,6 +130,11 @@ pipeline::TranscribeOptions transcribe_options(const Args& args, const pipeline:
   o.thresholds.logprob = args.get_double("logprob-threshold", -1.0);
   o.thresholds.no_speech = args.get_double("no-speech-threshold", 0.6);
   o.word_timestamps = args.flag("word-timestamps");
+  if (args.flag("vad")) {
+    vad::VadOptions v;
+    v.threshold = args.get_double("vad-threshold", v.threshold);
+    o.vad = v;
+  }
   if (args.get("hallucination-silence-threshold")) {
     if (!o.word_timestamps) throw Error("--hallucination-silence-threshold needs --word-timestamps");
     o.hallucination_silence_threshold = args.get_double("hallucination-silence-threshold", 0.0);
@@ -260,11 +267,11 @@ int run(const std::vector<std::string>& argv) {
   const std::string command = argv[0];
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
   if (command == "transcribe") {
-    Args args(rest, {"no-timestamps", "no-context", "no-suppress-blank", "no-fallback", "word-timestamps"},
+    Args args(rest, {"no-timestamps", "no-context", "no-suppress-blank", "no-fallback", "word-timestamps", "vad"},
               {"model", "output-format", "output-dir", "language", "task", "prompt", "sample-len", "suppress-tokens",
                "max-initial-timestamp", "compat", "threads", "temperature", "temperature-increment", "best-of", "seed",
                "compression-ratio-threshold", "logprob-threshold", "no-speech-threshold", "pcm-rate", "pcm-channels",
-               "pcm-format", "beam-size", "patience", "length-penalty", "hallucination-silence-threshold"});
+               "pcm-format", "beam-size", "patience", "length-penalty", "hallucination-silence-threshold", "vad-threshold"});
     return run_transcribe(args);
   }
   if (command == "dump-logits") {

@@ -19,6 +19,7 @@
 #include "model/ggml_file.h"
 #include "nn/whisper.h"
 #include "text/tokenizer.h"
+#include "vad/vad.h"
 
 namespace amanuensis::pipeline {
 
@@ -36,6 +37,9 @@ struct TranscribeOptions {
   bool condition_on_previous_text = true;
   std::string initial_prompt;
   bool word_timestamps = false;  // OpenAI semantics only
+  // Voice activity detection: only the stretches with speech are decoded (as
+  // faster-whisper's vad_filter); times stay those of the original recording.
+  std::optional<vad::VadOptions> vad;
   // Skip silent stretches longer than this (seconds) around suspected hallucinations;
   // needs word_timestamps.
   std::optional<double> hallucination_silence_threshold;
