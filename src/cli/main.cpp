@@ -15,7 +15,9 @@
 
 #include "audio/decode.h"
 #include "cli/args.h"
+#include "cli/bench.h"
 #include "common/error.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "mel/log_mel.h"
 #include "pipeline/output_formats.h"
@@ -29,6 +31,7 @@ constexpr const char* kUsage = R"(amanuensis - Whisper speech recognition
 usage:
   amanuensis transcribe --model MODEL.bin [options] FILE [FILE ...]   (FILE "-" reads standard input)
   amanuensis dump-logits --model MODEL.bin (--audio FILE.wav | --mel MEL.f32) --tokens ID,ID,... --out OUT.f32
+  amanuensis bench --model MODEL.bin [options]   (stage timings; --help for its options)
   amanuensis --help | --version
 
 transcribe options:
@@ -66,6 +69,7 @@ transcribe options:
   --pcm-channels N        channels of the raw PCM (default 1)
   --pcm-format FMT        s16 (default) or f32
   --threads N             compute threads (default: all cores)
+  --precision P           matrix arithmetic: auto (default), fp32 or bf16
 
 Audio files of any common format are decoded with FFmpeg's libraries (wav, flac, mp3,
 ogg/opus, m4a/aac, webm, mp4) and resampled to 16 kHz mono.
@@ -92,6 +96,7 @@ std::vector<float> temperature_schedule(const Args& args, bool fallback) {
 }
 
 void apply_common_options(const Args& args) {
+  if (auto precision = args.get("precision")) kernels::set_precision(kernels::parse_precision(*precision));
   if (auto threads = args.get("threads")) {
     const int n = args.get_int("threads", 0);
     if (n < 1) throw Error("--threads must be at least 1");
@@ -271,11 +276,13 @@ int run(const std::vector<std::string>& argv) {
               {"model", "output-format", "output-dir", "language", "task", "prompt", "sample-len", "suppress-tokens",
                "max-initial-timestamp", "compat", "threads", "temperature", "temperature-increment", "best-of", "seed",
                "compression-ratio-threshold", "logprob-threshold", "no-speech-threshold", "pcm-rate", "pcm-channels",
-               "pcm-format", "beam-size", "patience", "length-penalty", "hallucination-silence-threshold", "vad-threshold"});
+               "pcm-format", "beam-size", "patience", "length-penalty", "hallucination-silence-threshold", "vad-threshold", "precision"});
     return run_transcribe(args);
   }
+  if (command == "bench") return run_bench(rest);
   if (command == "dump-logits") {
-    Args args(rest, {}, {"model", "audio", "mel", "tokens", "out", "threads", "pcm-rate", "pcm-channels", "pcm-format"});
+    Args args(rest, {}, {"model", "audio", "mel", "tokens", "out", "threads", "pcm-rate", "pcm-channels", "pcm-format",
+                         "precision"});
     return run_dump_logits(args);
   }
   throw Error("unknown command '" + command + "' (try --help)");

@@ -51,9 +51,9 @@ bool cpu_has_native_bf16() {
 #endif
 }
 
-Precision resolve(Precision p) {
+Precision resolve(Precision p, bool quantized_weights) {
   if (p != Precision::Auto) return p;
-  return cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32;
+  return quantized_weights && cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32;
 }
 
 void set_precision(Precision p) { current_precision().store(p); }

@@ -28,8 +28,11 @@ std::string_view precision_name(Precision p);
 // Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX-BF16).
 bool cpu_has_native_bf16();
 
-// Auto resolves to Bf16 where the CPU has native bf16, else Fp32; others unchanged.
-Precision resolve(Precision p);
+// What Auto means for a model: Bf16 only where the CPU has native bf16 and the weights
+// are quantized (bf16 keeps their logits within the quantized tolerance of the
+// conformance suite, but not the f32/f16 one: see bench/README.md); else Fp32.
+// Fp32 and Bf16 are returned unchanged.
+Precision resolve(Precision p, bool quantized_weights = false);
 
 // The process-wide precision that loading a model uses unless told otherwise. Starts
 // as the environment variable AMANUENSIS_PRECISION (auto|fp32|bf16) when set, else Auto.
@@ -58,6 +61,10 @@ enum class Epilogue {
   Accumulate,  // y += r        (residual connections)
 };
 
+// How many input rows a matrix will mostly be multiplied with: a backend may keep a
+// second form for Few (decoder steps, which are memory-bound: one row, all weights).
+enum class RowsHint { Many, Few };
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -68,7 +75,7 @@ class Backend {
 
   // Takes a row-major float matrix (rows x cols) and its bias (empty, or rows values).
   virtual std::unique_ptr<PackedMatrix> pack(std::int64_t rows, std::int64_t cols, std::vector<float> values,
-                                             std::vector<float> bias) const = 0;
+                                             std::vector<float> bias, RowsHint hint = RowsHint::Many) const = 0;
 
   // y (m x w.rows()) <- epilogue(x (m x w.cols()) W^T + b).
   virtual void linear(std::span<const float> x, std::int64_t m, const PackedMatrix& w, std::span<float> y,
@@ -86,7 +93,7 @@ class Backend {
                           std::span<const float> beta) const = 0;
 };
 
-// The best backend available for `p` (after resolve): oneDNN when it is built in and
+// The best backend available for `p` (Auto as resolve(p)): oneDNN when it is built in and
 // can run that precision on this CPU, else the reference backend (which emulates bf16).
 // The environment variable AMANUENSIS_BACKEND=reference|onednn forces a choice.
 std::shared_ptr<const Backend> make_backend(Precision p = precision());

@@ -9,37 +9,45 @@ namespace amanuensis::nn {
 namespace {
 
 namespace cpu = kernels::cpu;
+using kernels::Backend;
+using kernels::Epilogue;
 
-LinearWeights linear_weights(const model::ModelFile& f, const std::string& prefix, bool has_bias = true) {
-  LinearWeights l;
-  l.weight = cpu::to_dense_matrix(f.tensor(prefix + ".weight"));
-  if (has_bias) l.bias = cpu::to_float_vector(f.tensor(prefix + ".bias"));
-  return l;
+using kernels::RowsHint;
+
+LinearWeights linear_weights(const Backend& backend, const model::ModelFile& f, const std::string& prefix,
+                             bool has_bias = true, RowsHint hint = RowsHint::Many) {
+  std::vector<float> bias;
+  if (has_bias) bias = cpu::to_float_vector(f.tensor(prefix + ".bias"));
+  auto dense = cpu::to_dense_matrix(f.tensor(prefix + ".weight"));
+  return {backend.pack(dense.rows, dense.cols, std::move(dense.values), std::move(bias), hint)};
 }
 
 NormWeights norm_weights(const model::ModelFile& f, const std::string& prefix) {
   return {cpu::to_float_vector(f.tensor(prefix + ".weight")), cpu::to_float_vector(f.tensor(prefix + ".bias"))};
 }
 
-AttentionWeights attention_weights(const model::ModelFile& f, const std::string& prefix) {
-  return {linear_weights(f, prefix + ".query"), linear_weights(f, prefix + ".key", false),
-          linear_weights(f, prefix + ".value"), linear_weights(f, prefix + ".out")};
+// `kv_hint`: keys/values of cross-attention are computed once per window from all frames.
+AttentionWeights attention_weights(const Backend& b, const model::ModelFile& f, const std::string& prefix,
+                                   RowsHint hint, RowsHint kv_hint) {
+  return {linear_weights(b, f, prefix + ".query", true, hint), linear_weights(b, f, prefix + ".key", false, kv_hint),
+          linear_weights(b, f, prefix + ".value", true, kv_hint), linear_weights(b, f, prefix + ".out", true, hint)};
 }
 
-BlockWeights block_weights(const model::ModelFile& f, const std::string& prefix, bool cross) {
+// Decoder blocks (`decoder`) run a few token rows at a time; encoder blocks a whole window.
+BlockWeights block_weights(const Backend& backend, const model::ModelFile& f, const std::string& prefix, bool decoder) {
+  const RowsHint hint = decoder ? RowsHint::Few : RowsHint::Many;
   BlockWeights b;
   b.attn_ln = norm_weights(f, prefix + ".attn_ln");
-  b.attn = attention_weights(f, prefix + ".attn");
-  if (cross) {
+  b.attn = attention_weights(backend, f, prefix + ".attn", hint, hint);
+  if (decoder) {
     b.cross_attn_ln = norm_weights(f, prefix + ".cross_attn_ln");
-    b.cross_attn = attention_weights(f, prefix + ".cross_attn");
+    b.cross_attn = attention_weights(backend, f, prefix + ".cross_attn", hint, RowsHint::Many);
   }
   b.mlp_ln = norm_weights(f, prefix + ".mlp_ln");
-  b.mlp_up = linear_weights(f, prefix + ".mlp.0");
-  b.mlp_down = linear_weights(f, prefix + ".mlp.2");
+  b.mlp_up = linear_weights(backend, f, prefix + ".mlp.0", true, hint);
+  b.mlp_down = linear_weights(backend, f, prefix + ".mlp.2", true, hint);
   return b;
 }
-
 
 // Shapes used by every block: x is n x d.
 struct Scratch {
@@ -47,38 +55,34 @@ struct Scratch {
 };
 
 // x += out_proj(attention(LN(x) queries against keys/values))
-void self_attention_sublayer(std::vector<float>& x, std::int64_t n, std::int64_t d, int n_head,
+void self_attention_sublayer(const Backend& be, std::vector<float>& x, std::int64_t n, std::int64_t d, int n_head,
                              const NormWeights& ln, const AttentionWeights& a, Scratch& s) {
   s.normed = x;
-  cpu::layer_norm(s.normed, n, ln.gamma, ln.beta);
+  be.layer_norm(s.normed, n, ln.gamma, ln.beta);
   s.q.resize(n * d);
   s.k.resize(n * d);
   s.v.resize(n * d);
   s.attended.resize(n * d);
-  cpu::linear(s.normed, n, a.query.weight, a.query.bias, s.q);
-  cpu::linear(s.normed, n, a.key.weight, {}, s.k);
-  cpu::linear(s.normed, n, a.value.weight, a.value.bias, s.v);
-  cpu::attention(s.q, n, s.k, s.v, n, n_head, d, -1, s.attended);
-  std::vector<float> projected(n * d);
-  cpu::linear(s.attended, n, a.out.weight, a.out.bias, projected);
-  cpu::add_in_place(x, projected);
+  be.linear(s.normed, n, *a.query.packed, s.q);
+  be.linear(s.normed, n, *a.key.packed, s.k);
+  be.linear(s.normed, n, *a.value.packed, s.v);
+  be.attention(s.q, n, s.k, s.v, n, n_head, d, -1, s.attended);
+  be.linear(s.attended, n, *a.out.packed, x, Epilogue::Accumulate);
 }
 
-void mlp_sublayer(std::vector<float>& x, std::int64_t n, std::int64_t d, const BlockWeights& b, Scratch& s) {
+// x += mlp.2(gelu(mlp.0(LN(x))))
+void mlp_sublayer(const Backend& be, std::vector<float>& x, std::int64_t n, const BlockWeights& b, Scratch& s) {
   s.normed = x;
-  cpu::layer_norm(s.normed, n, b.mlp_ln.gamma, b.mlp_ln.beta);
-  s.hidden.resize(n * b.mlp_up.weight.rows);
-  cpu::linear(s.normed, n, b.mlp_up.weight, b.mlp_up.bias, s.hidden);
-  cpu::gelu(s.hidden);
-  std::vector<float> projected(n * d);
-  cpu::linear(s.hidden, n, b.mlp_down.weight, b.mlp_down.bias, projected);
-  cpu::add_in_place(x, projected);
+  be.layer_norm(s.normed, n, b.mlp_ln.gamma, b.mlp_ln.beta);
+  s.hidden.resize(n * b.mlp_up.rows());
+  be.linear(s.normed, n, *b.mlp_up.packed, s.hidden, Epilogue::Gelu);
+  be.linear(s.hidden, n, *b.mlp_down.packed, x, Epilogue::Accumulate);
 }
 
 // Conv1d with kernel 3 and padding 1 over time-major input (n_in frames x channels),
 // as an im2col product; returns n_out frames x out channels, GELU applied.
-std::vector<float> conv3_gelu(std::span<const float> input, std::int64_t n_in, std::int64_t channels, int stride,
-                              const cpu::DenseMatrix& kernel, std::span<const float> bias) {
+std::vector<float> conv3_gelu(const Backend& be, std::span<const float> input, std::int64_t n_in,
+                              std::int64_t channels, int stride, const LinearWeights& kernel) {
   const std::int64_t n_out = (n_in + 2 - 3) / stride + 1;
   const std::int64_t patch = channels * 3;  // kernel row layout: [channel][tap]
   std::vector<float> columns(n_out * patch, 0.0f);
@@ -91,9 +95,8 @@ std::vector<float> conv3_gelu(std::span<const float> input, std::int64_t n_in, s
       for (std::int64_t c = 0; c < channels; ++c) col[c * 3 + tap] = in[c];
     }
   }
-  std::vector<float> out(n_out * kernel.rows);
-  cpu::linear(columns, n_out, kernel, bias, out);
-  cpu::gelu(out);
+  std::vector<float> out(n_out * kernel.rows());
+  be.linear(columns, n_out, *kernel.packed, out, Epilogue::Gelu);
   return out;
 }
 
@@ -119,25 +122,28 @@ void capture_scores(AttentionCapture& capture, int layer, std::span<const float>
 
 }  // namespace
 
-std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFile& f) {
+std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFile& f, const LoadOptions& options) {
   if (f.tensors().empty()) {
     throw Error(f.path().string() + " holds only a vocabulary (no tensors); it cannot transcribe");
   }
   auto w = std::make_shared<WhisperWeights>();
   const auto& hp = f.hparams();
   w->hparams = hp;
-  w->conv1 = cpu::to_dense_matrix(f.tensor("encoder.conv1.weight"));
-  w->conv1_bias = cpu::to_float_vector(f.tensor("encoder.conv1.bias"));
-  w->conv2 = cpu::to_dense_matrix(f.tensor("encoder.conv2.weight"));
-  w->conv2_bias = cpu::to_float_vector(f.tensor("encoder.conv2.bias"));
+  const auto wtype = hp.weight_type();
+  const bool quantized = model::is_quantized(wtype);
+  w->backend = kernels::make_backend(kernels::resolve(options.precision, quantized));
+  const Backend& be = *w->backend;
+  w->conv1 = linear_weights(be, f, "encoder.conv1");
+  w->conv2 = linear_weights(be, f, "encoder.conv2");
   w->encoder_positions = cpu::to_float_vector(f.tensor("encoder.positional_embedding"));
   for (int i = 0; i < hp.n_audio_layer; ++i)
-    w->encoder_blocks.push_back(block_weights(f, "encoder.blocks." + std::to_string(i), false));
+    w->encoder_blocks.push_back(block_weights(be, f, "encoder.blocks." + std::to_string(i), false));
   w->encoder_ln_post = norm_weights(f, "encoder.ln_post");
   w->token_embedding = cpu::to_dense_matrix(f.tensor("decoder.token_embedding.weight"));
+  w->logits = {be.pack(w->token_embedding.rows, w->token_embedding.cols, w->token_embedding.values, {}, RowsHint::Few)};
   w->decoder_positions = cpu::to_float_vector(f.tensor("decoder.positional_embedding"));
   for (int i = 0; i < hp.n_text_layer; ++i)
-    w->decoder_blocks.push_back(block_weights(f, "decoder.blocks." + std::to_string(i), true));
+    w->decoder_blocks.push_back(block_weights(be, f, "decoder.blocks." + std::to_string(i), true));
   w->decoder_ln = norm_weights(f, "decoder.ln");
   return w;
 }
@@ -154,28 +160,31 @@ AudioFeatures Encoder::encode(std::span<const float> mel) const {
   for (std::int64_t b = 0; b < hp.n_mels; ++b)
     for (std::int64_t t = 0; t < n_frames; ++t) frames[t * hp.n_mels + b] = mel[b * n_frames + t];
 
-  auto h1 = conv3_gelu(frames, n_frames, hp.n_mels, 1, w_->conv1, w_->conv1_bias);
-  auto x = conv3_gelu(h1, n_frames, d, 2, w_->conv2, w_->conv2_bias);
+  const Backend& be = *w_->backend;
+  auto h1 = conv3_gelu(be, frames, n_frames, hp.n_mels, 1, w_->conv1);
+  auto x = conv3_gelu(be, h1, n_frames, d, 2, w_->conv2);
   const std::int64_t n = hp.n_audio_ctx;  // 1500, or fewer for a reduced audio context
   x.resize(n * d);
   cpu::add_in_place(x, {w_->encoder_positions.data(), static_cast<std::size_t>(n * d)});
 
-  Scratch s;
+  // kept per thread: a window's activations are megabytes, and fresh pages cost faults
+  thread_local Scratch s;
   for (const auto& block : w_->encoder_blocks) {
-    self_attention_sublayer(x, n, d, hp.n_audio_head, block.attn_ln, block.attn, s);
-    mlp_sublayer(x, n, d, block, s);
+    self_attention_sublayer(be, x, n, d, hp.n_audio_head, block.attn_ln, block.attn, s);
+    mlp_sublayer(be, x, n, block, s);
   }
-  cpu::layer_norm(x, n, w_->encoder_ln_post.gamma, w_->encoder_ln_post.beta);
+  be.layer_norm(x, n, w_->encoder_ln_post.gamma, w_->encoder_ln_post.beta);
   return {n, d, std::move(x)};
 }
 
 CrossAttentionCache Decoder::cross_attention(const AudioFeatures& audio) const {
+  const Backend& be = *w_->backend;
   CrossAttentionCache cache;
   cache.n_ctx = audio.n_ctx;
   for (const auto& block : w_->decoder_blocks) {
     std::vector<float> k(audio.n_ctx * audio.d), v(audio.n_ctx * audio.d);
-    cpu::linear(audio.states, audio.n_ctx, block.cross_attn.key.weight, {}, k);
-    cpu::linear(audio.states, audio.n_ctx, block.cross_attn.value.weight, block.cross_attn.value.bias, v);
+    be.linear(audio.states, audio.n_ctx, *block.cross_attn.key.packed, k);
+    be.linear(audio.states, audio.n_ctx, *block.cross_attn.value.packed, v);
     cache.keys.push_back(std::move(k));
     cache.values.push_back(std::move(v));
   }
@@ -210,42 +219,40 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
     for (std::int64_t j = 0; j < d; ++j) x[i * d + j] = emb[j] + pos[j];
   }
 
+  const Backend& be = *w_->backend;
   Scratch s;
-  std::vector<float> projected(n * d);
   for (std::size_t layer = 0; layer < w_->decoder_blocks.size(); ++layer) {
     const auto& block = w_->decoder_blocks[layer];
     // masked self-attention over the cache plus the new tokens
     s.normed = x;
-    cpu::layer_norm(s.normed, n, block.attn_ln.gamma, block.attn_ln.beta);
+    be.layer_norm(s.normed, n, block.attn_ln.gamma, block.attn_ln.beta);
     s.q.resize(n * d);
     s.attended.resize(n * d);
-    cpu::linear(s.normed, n, block.attn.query.weight, block.attn.query.bias, s.q);
+    be.linear(s.normed, n, *block.attn.query.packed, s.q);
     std::span<float> k_new(cache.keys[layer].data() + n_past * d, n * d);
     std::span<float> v_new(cache.values[layer].data() + n_past * d, n * d);
-    cpu::linear(s.normed, n, block.attn.key.weight, {}, k_new);
-    cpu::linear(s.normed, n, block.attn.value.weight, block.attn.value.bias, v_new);
-    cpu::attention(s.q, n, cache.keys[layer], cache.values[layer], n_past + n, hp.n_text_head, d, n_past, s.attended);
-    cpu::linear(s.attended, n, block.attn.out.weight, block.attn.out.bias, projected);
-    cpu::add_in_place(x, projected);
+    be.linear(s.normed, n, *block.attn.key.packed, k_new);
+    be.linear(s.normed, n, *block.attn.value.packed, v_new);
+    be.attention(s.q, n, cache.keys[layer], cache.values[layer], n_past + n, hp.n_text_head, d, n_past, s.attended);
+    be.linear(s.attended, n, *block.attn.out.packed, x, Epilogue::Accumulate);
 
     // cross-attention against the window's audio
     s.normed = x;
-    cpu::layer_norm(s.normed, n, block.cross_attn_ln.gamma, block.cross_attn_ln.beta);
-    cpu::linear(s.normed, n, block.cross_attn.query.weight, block.cross_attn.query.bias, s.q);
-    cpu::attention(s.q, n, cross.keys[layer], cross.values[layer], cross.n_ctx, hp.n_text_head, d, -1, s.attended);
+    be.layer_norm(s.normed, n, block.cross_attn_ln.gamma, block.cross_attn_ln.beta);
+    be.linear(s.normed, n, *block.cross_attn.query.packed, s.q);
+    be.attention(s.q, n, cross.keys[layer], cross.values[layer], cross.n_ctx, hp.n_text_head, d, -1, s.attended);
     if (capture) capture_scores(*capture, static_cast<int>(layer), s.q, n, cross, layer, hp.n_text_head, d);
-    cpu::linear(s.attended, n, block.cross_attn.out.weight, block.cross_attn.out.bias, projected);
-    cpu::add_in_place(x, projected);
+    be.linear(s.attended, n, *block.cross_attn.out.packed, x, Epilogue::Accumulate);
 
-    mlp_sublayer(x, n, d, block, s);
+    mlp_sublayer(be, x, n, block, s);
   }
   cache.n_past = n_past + n;
 
-  cpu::layer_norm(x, n, w_->decoder_ln.gamma, w_->decoder_ln.beta);
+  be.layer_norm(x, n, w_->decoder_ln.gamma, w_->decoder_ln.beta);
   const std::int64_t first_row = all_rows ? 0 : n - 1;
   const std::int64_t rows = n - first_row;
   std::vector<float> logits(rows * hp.n_vocab);
-  cpu::linear({x.data() + first_row * d, static_cast<std::size_t>(rows * d)}, rows, w_->token_embedding, {}, logits);
+  be.linear({x.data() + first_row * d, static_cast<std::size_t>(rows * d)}, rows, *w_->logits.packed, logits);
   return logits;
 }
 

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/cpu/ops.h"
 #include "model/ggml_file.h"
 
@@ -17,9 +18,15 @@ namespace amanuensis::nn {
 
 using TokenId = std::int32_t;
 
+// A weight matrix with its bias (none for Whisper's key projections), packed by the backend.
 struct LinearWeights {
-  kernels::cpu::DenseMatrix weight;
-  std::vector<float> bias;  // empty for Whisper's bias-free key projections
+  std::unique_ptr<kernels::PackedMatrix> packed;
+  std::int64_t rows() const { return packed->rows(); }
+};
+
+struct LoadOptions {
+  // Arithmetic of the matrix products; the process-wide kernels::precision() by default.
+  kernels::Precision precision = kernels::precision();
 };
 
 struct NormWeights {
@@ -43,18 +50,20 @@ struct BlockWeights {
 
 struct WhisperWeights {
   model::HyperParams hparams;
-  kernels::cpu::DenseMatrix conv1, conv2;  // rows = out channels, cols = in channels * 3
-  std::vector<float> conv1_bias, conv2_bias;
+  std::shared_ptr<const kernels::Backend> backend;  // packed every LinearWeights below
+  LinearWeights conv1, conv2;  // rows = out channels, cols = in channels * 3
   std::vector<float> encoder_positions;  // n_audio_ctx x d
   std::vector<BlockWeights> encoder_blocks;
   NormWeights encoder_ln_post;
-  kernels::cpu::DenseMatrix token_embedding;  // n_vocab x d, also the output projection
+  kernels::cpu::DenseMatrix token_embedding;  // n_vocab x d, for the embedding lookup
+  LinearWeights logits;                       // the same matrix as the output projection
   std::vector<float> decoder_positions;       // n_text_ctx x d
   std::vector<BlockWeights> decoder_blocks;
   NormWeights decoder_ln;
 
-  // Converts every tensor of the file to float. Throws Error for a vocabulary-only file.
-  static std::shared_ptr<const WhisperWeights> load(const model::ModelFile& file);
+  // Converts every tensor of the file to float and hands the matrices to the backend
+  // for `options.precision`. Throws Error for a vocabulary-only file.
+  static std::shared_ptr<const WhisperWeights> load(const model::ModelFile& file, const LoadOptions& options = {});
 };
 
 // Encoder output for one window: n_ctx x d audio states.
@@ -88,6 +97,7 @@ class Encoder {
   explicit Encoder(std::shared_ptr<const WhisperWeights> weights) : w_(std::move(weights)) {}
   // `mel` is one window, [n_mels][3000] row-major.
   AudioFeatures encode(std::span<const float> mel) const;
+  const std::shared_ptr<const kernels::Backend>& backend() const { return w_->backend; }
 
  private:
   std::shared_ptr<const WhisperWeights> w_;
@@ -108,6 +118,7 @@ class Decoder {
 
   int n_vocab() const { return w_->hparams.n_vocab; }
   int n_text_ctx() const { return w_->hparams.n_text_ctx; }
+  const std::shared_ptr<const kernels::Backend>& backend() const { return w_->backend; }
 
  private:
   std::shared_ptr<const WhisperWeights> w_;

@@ -1,0 +1,266 @@
+#include "cli/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "audio/wav.h"
+#include "cli/args.h"
+#include "common/error.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/thread_pool.h"
+#include "mel/log_mel.h"
+#include "pipeline/transcriber.h"
+
+namespace amanuensis::cli {
+
+const char* const kBenchUsage = R"(amanuensis bench --model MODEL.bin [options]
+
+Times mel (30 s), the encoder (per 30 s window), the decoder (per token, one token per
+forward call, teacher-forced, tokens-per-second x audio seconds tokens) and the whole
+chain end to end over the audio's windows.
+
+options:
+  --audio FILE.wav          audio to time (default: --seconds of synthetic audio)
+  --seconds S               length of the synthetic audio (default 30)
+  --tokens-per-second N     decoded tokens per audio second (default 3)
+  --threads N               compute threads (default: all cores)
+  --precision P             auto (default), fp32 or bf16
+  --runs N                  timed repetitions of each stage; the median is reported (default 3)
+  --json                    print one JSON object instead of the table
+)";
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// CPU time of the whole process (all threads): on a busy machine wall time stretches
+// but this does not, so cpu / threads hints at the time on an idle one.
+double process_cpu_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const auto n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Deterministic speech-like noise: a few gliding tones under white noise.
+std::vector<float> synthetic_audio(double seconds) {
+  const auto n = static_cast<std::size_t>(seconds * audio::kSampleRate);
+  std::vector<float> s(n);
+  std::uint32_t state = 12345;
+  for (std::size_t i = 0; i < n; ++i) {
+    state = state * 1664525u + 1013904223u;
+    const double t = static_cast<double>(i) / audio::kSampleRate;
+    const double noise = (static_cast<double>(state >> 8) / 16777216.0 - 0.5) * 0.05;
+    const double f0 = 140.0 + 40.0 * std::sin(2.0 * M_PI * 0.7 * t);
+    s[i] = static_cast<float>(0.3 * std::sin(2.0 * M_PI * f0 * t) + 0.1 * std::sin(2.0 * M_PI * 3.0 * f0 * t) + noise);
+  }
+  return s;
+}
+
+// The mel window of 30 s starting at `first` sample (zero-padded like a single-window call).
+std::vector<float> window_mel(const pipeline::Model& model, std::span<const float> samples, std::size_t first) {
+  const std::size_t n = std::min<std::size_t>(mel::kChunkSamples, samples.size() - std::min(first, samples.size()));
+  return mel::log_mel_spectrogram(samples.subspan(first, n), model.file().mel_filters(), model.hparams().n_mels,
+                                  mel::kChunkSamples - n)
+      .data;
+}
+
+// Ordinary text tokens (below the special ids) standing in for decoded speech.
+std::vector<nn::TokenId> text_tokens(const pipeline::Model& model, int count) {
+  const int n_text = std::min(model.hparams().n_vocab, 50257);
+  std::vector<nn::TokenId> t(static_cast<std::size_t>(count));
+  for (int i = 0; i < count; ++i) t[i] = (1000 + 7919 * i) % n_text;
+  return t;
+}
+
+// The prompt a window starts with: start-of-transcript (and language/task when
+// multilingual) and no-timestamps, as the decoder feeds it in one call.
+std::vector<nn::TokenId> prompt_tokens(const pipeline::Model& model) {
+  const int v = model.hparams().n_vocab;
+  if (model.hparams().is_multilingual()) return {50258, 50259, 50359, 50363};
+  return {std::min(50257, v - 1), std::min(50362, v - 1)};
+}
+
+struct DecodeTiming {
+  double prompt_ms = 0.0;
+  double prompt_ms_cpu = 0.0;
+  double per_token_ms = 0.0;
+};
+
+// Feeds the prompt in one call and then `n_tokens` tokens one at a time.
+DecodeTiming decode_window(const pipeline::Model& model, const nn::CrossAttentionCache& cross, int n_tokens) {
+  const auto& dec = model.decoder();
+  auto cache = dec.new_cache();
+  const auto prompt = prompt_tokens(model);
+  const int room = dec.n_text_ctx() - static_cast<int>(prompt.size());
+  const auto tokens = text_tokens(model, std::min(n_tokens, room));
+  DecodeTiming t;
+  auto t0 = Clock::now();
+  const double cpu0 = process_cpu_ms();
+  dec.forward(prompt, cache, cross);
+  t.prompt_ms = ms_since(t0);
+  t.prompt_ms_cpu = process_cpu_ms() - cpu0;
+  t0 = Clock::now();
+  for (auto token : tokens) {
+    const auto logits = dec.forward({&token, 1}, cache, cross);
+    // the argmax a greedy decoder takes, so the logits are really consumed
+    volatile auto best = std::max_element(logits.begin(), logits.end()) - logits.begin();
+    (void)best;
+  }
+  t.per_token_ms = tokens.empty() ? 0.0 : ms_since(t0) / static_cast<double>(tokens.size());
+  return t;
+}
+
+}  // namespace
+
+int run_bench(const std::vector<std::string>& argv) {
+  for (const auto& a : argv)
+    if (a == "--help" || a == "-h") {
+      std::cout << kBenchUsage;
+      return 0;
+    }
+  Args args(argv, {"json"}, {"model", "audio", "seconds", "tokens-per-second", "threads", "precision", "runs"});
+  if (args.get("threads")) {
+    const int n = args.get_int("threads", 0);
+    if (n < 1) throw Error("--threads must be at least 1");
+    kernels::cpu::set_thread_count(n);
+  }
+  kernels::set_precision(kernels::parse_precision(args.get_or("precision", "auto")));
+  const double tokens_per_second = args.get_double("tokens-per-second", 3.0);
+  if (tokens_per_second < 0) throw Error("--tokens-per-second must not be negative");
+  const int runs = args.get_int("runs", 3);
+  if (runs < 1) throw Error("--runs must be at least 1");
+  const bool json = args.flag("json");
+
+  std::vector<float> samples;
+  if (auto path = args.get("audio")) {
+    samples = audio::read_wav_file(*path);
+  } else {
+    const double seconds = args.get_double("seconds", 30.0);
+    if (!(seconds > 0)) throw Error("--seconds must be positive");
+    samples = synthetic_audio(seconds);
+  }
+  if (samples.empty()) throw Error("the audio is empty");
+  const double audio_seconds = static_cast<double>(samples.size()) / audio::kSampleRate;
+
+  auto t0 = Clock::now();
+  const auto model = pipeline::Model::load(args.required("model"));
+  const double load_ms = ms_since(t0);
+  const auto& weights_backend = *model->encoder().backend();
+
+  // warm-up: every stage once (first-touch, primitive creation, caches)
+  {
+    const auto mel = window_mel(*model, samples, 0);
+    const auto features = model->encoder().encode(mel);
+    const auto cross = model->decoder().cross_attention(features);
+    decode_window(*model, cross, 4);
+  }
+
+  const auto mel30 = [&] {
+    std::vector<float> s(samples.begin(), samples.begin() + std::min<std::size_t>(samples.size(), mel::kChunkSamples));
+    return s;
+  }();
+  std::vector<double> mel_ms, enc_ms, cross_ms, tok_ms, prompt_ms, e2e_ms, enc_cpu_ms, tok_cpu_ms;
+  const int window_seconds = std::min(30, static_cast<int>(std::ceil(audio_seconds)));
+  const int tokens_per_window = static_cast<int>(std::lround(tokens_per_second * window_seconds));
+  std::vector<float> mel_window;
+  for (int r = 0; r < runs; ++r) {
+    t0 = Clock::now();
+    mel_window = window_mel(*model, mel30, 0);
+    mel_ms.push_back(ms_since(t0));
+    t0 = Clock::now();
+    double cpu0 = process_cpu_ms();
+    const auto features = model->encoder().encode(mel_window);
+    enc_ms.push_back(ms_since(t0));
+    enc_cpu_ms.push_back(process_cpu_ms() - cpu0);
+    t0 = Clock::now();
+    const auto cross = model->decoder().cross_attention(features);
+    cross_ms.push_back(ms_since(t0));
+    cpu0 = process_cpu_ms();
+    const auto d = decode_window(*model, cross, tokens_per_window);
+    tok_ms.push_back(d.per_token_ms);
+    tok_cpu_ms.push_back(tokens_per_window > 0 ? (process_cpu_ms() - cpu0 - d.prompt_ms_cpu) / tokens_per_window : 0.0);
+    prompt_ms.push_back(d.prompt_ms);
+  }
+
+  // end to end: every 30 s window of the audio, tokens-per-second x its length tokens
+  const std::size_t n_windows = (samples.size() + mel::kChunkSamples - 1) / mel::kChunkSamples;
+  int total_tokens = 0;
+  for (int r = 0; r < runs; ++r) {
+    total_tokens = 0;
+    t0 = Clock::now();
+    for (std::size_t w = 0; w < n_windows; ++w) {
+      const std::size_t first = w * mel::kChunkSamples;
+      const double seconds = std::min<double>(30.0, static_cast<double>(samples.size() - first) / audio::kSampleRate);
+      const auto mel = window_mel(*model, samples, first);
+      const auto features = model->encoder().encode(mel);
+      const auto cross = model->decoder().cross_attention(features);
+      const int n_tokens = static_cast<int>(std::lround(tokens_per_second * seconds));
+      decode_window(*model, cross, n_tokens);
+      total_tokens += n_tokens;
+    }
+    e2e_ms.push_back(ms_since(t0));
+  }
+
+  const double end_to_end = median(e2e_ms);
+  nlohmann::json out = {
+      {"model", args.required("model")},
+      {"backend", weights_backend.name()},
+      {"precision", std::string(kernels::precision_name(weights_backend.precision()))},
+      {"threads", kernels::cpu::thread_count()},
+      {"audio_seconds", audio_seconds},
+      {"windows", n_windows},
+      {"decoded_tokens", total_tokens},
+      {"load_ms", load_ms},
+      {"mel_ms", median(mel_ms)},
+      {"encoder_ms_per_window", median(enc_ms)},
+      {"cross_kv_ms_per_window", median(cross_ms)},
+      {"prompt_ms_per_window", median(prompt_ms)},
+      {"decoder_ms_per_token", median(tok_ms)},
+      {"end_to_end_ms", end_to_end},
+      {"encoder_cpu_ms_per_window", median(enc_cpu_ms)},
+      {"decoder_cpu_ms_per_token", median(tok_cpu_ms)},
+      {"realtime_factor", audio_seconds / (end_to_end / 1000.0)},
+      {"runs", runs},
+  };
+  if (json) {
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  std::printf("model      %s\n", out["model"].get<std::string>().c_str());
+  std::printf("backend    %s (%s), %d threads\n", out["backend"].get<std::string>().c_str(),
+              out["precision"].get<std::string>().c_str(), out["threads"].get<int>());
+  std::printf("audio      %.2f s, %zu window(s), %d tokens decoded, median of %d runs\n\n", audio_seconds, n_windows,
+              total_tokens, runs);
+  std::printf("%-28s %12s\n", "stage", "ms");
+  std::printf("%-28s %12.2f\n", "load", load_ms);
+  std::printf("%-28s %12.2f\n", "mel (30 s)", median(mel_ms));
+  std::printf("%-28s %12.2f\n", "encoder / window", median(enc_ms));
+  std::printf("%-28s %12.2f\n", "cross K/V / window", median(cross_ms));
+  std::printf("%-28s %12.2f\n", "decoder prompt / window", median(prompt_ms));
+  std::printf("%-28s %12.3f\n", "decoder / token", median(tok_ms));
+  std::printf("%-28s %12.2f\n", "end to end", end_to_end);
+  std::printf("%-28s %12.2f\n", "encoder CPU time / window", median(enc_cpu_ms));
+  std::printf("%-28s %12.3f\n", "decoder CPU time / token", median(tok_cpu_ms));
+  std::printf("%-28s %11.1fx\n", "realtime factor", audio_seconds / (end_to_end / 1000.0));
+  return 0;
+}
+
+}  // namespace amanuensis::cli

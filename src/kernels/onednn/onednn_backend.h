@@ -1,0 +1,20 @@
+// kernels/onednn: a Backend on oneDNN. Weights are reordered once into the layout the
+// matmul primitive prefers (bf16 on CPUs with AVX512_BF16/AMX, else fp32); linear layers
+// are matmul primitives with bias and fused GELU / residual-sum post-ops; attention is
+// blocked per head (a tile of queries against all keys: sgemm, softmax, sgemm), so the
+// full n x n score matrix of all heads never exists. Threads: the kernels/cpu pool shares
+// out row blocks x output-feature slices (the slices let a one-row decoder step use every
+// thread); each oneDNN call inside runs single-threaded.
+#pragma once
+
+#include <memory>
+
+#include "kernels/backend.h"
+
+namespace amanuensis::kernels::onednn {
+
+// A oneDNN backend for `p` (Fp32 or Bf16), or nullptr when this CPU cannot run that
+// precision through oneDNN's optimised matmul (checked with a small self-test).
+std::shared_ptr<const Backend> make_backend(Precision p);
+
+}  // namespace amanuensis::kernels::onednn
