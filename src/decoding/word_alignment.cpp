@@ -143,7 +143,14 @@ std::vector<float> median_filter_rows(std::span<const float> x, int rows, int co
   return out;
 }
 
-std::vector<WordTokens> split_into_words(const text::Tokenizer& tokenizer, std::span<const TokenId> tokens) {
+bool is_space_delimited(std::string_view language) {
+  for (std::string_view l : {"zh", "ja", "th", "lo", "my", "yue"})
+    if (language == l) return false;
+  return true;
+}
+
+std::vector<WordTokens> split_into_words(const text::Tokenizer& tokenizer, std::span<const TokenId> tokens,
+                                         bool space_delimited) {
   // whole characters first: a token that ends inside a UTF-8 character waits for the next
   std::vector<WordTokens> subwords;
   WordTokens current;
@@ -156,6 +163,7 @@ std::vector<WordTokens> split_into_words(const text::Tokenizer& tokenizer, std::
     }
   }
   if (!current.tokens.empty()) subwords.push_back(std::move(current));
+  if (!space_delimited) return subwords;
 
   std::vector<WordTokens> words;
   for (auto& sub : subwords) {
@@ -173,7 +181,8 @@ std::vector<WordTokens> split_into_words(const text::Tokenizer& tokenizer, std::
 
 std::vector<WordTiming> align_words(const text::Tokenizer& tokenizer, std::span<const TokenId> text_tokens,
                                     std::span<const float> attention, int n_heads, int n_tokens, int audio_positions,
-                                    int sot_sequence_length, std::span<const float> text_probabilities) {
+                                    int sot_sequence_length, std::span<const float> text_probabilities,
+                                    bool space_delimited) {
   if (text_tokens.empty() || n_heads <= 0 || audio_positions <= 0) return {};
   const std::size_t plane = static_cast<std::size_t>(n_tokens) * audio_positions;
   if (attention.size() != plane * n_heads) throw Error("internal: attention size does not match its shape");
@@ -208,7 +217,7 @@ std::vector<WordTiming> align_words(const text::Tokenizer& tokenizer, std::span<
 
   std::vector<TokenId> with_end(text_tokens.begin(), text_tokens.end());
   with_end.push_back(tokenizer.special().eot);
-  const auto words = split_into_words(tokenizer, with_end);
+  const auto words = split_into_words(tokenizer, with_end, space_delimited);
   if (words.size() <= 1) return {};
 
   // time of the path's first step into each token row

@@ -38,9 +38,12 @@ struct WordTokens {
   std::vector<TokenId> tokens;
 };
 
-// OpenAI's split_to_word_tokens for space-delimited languages: tokens are grouped into
-// whole UTF-8 characters, then into words that start at a space or punctuation.
-std::vector<WordTokens> split_into_words(const text::Tokenizer& tokenizer, std::span<const TokenId> tokens);
+// OpenAI's split_to_word_tokens: tokens are grouped into whole UTF-8 characters; for
+// space-delimited languages these are then joined into words that start at a space or
+// punctuation (Chinese, Japanese, Thai, Lao, Burmese and Cantonese keep the characters).
+std::vector<WordTokens> split_into_words(const text::Tokenizer& tokenizer, std::span<const TokenId> tokens,
+                                         bool space_delimited = true);
+bool is_space_delimited(std::string_view language);
 
 struct WordTiming {
   std::string word;
@@ -59,7 +62,8 @@ struct WordTiming {
 // per word.
 std::vector<WordTiming> align_words(const text::Tokenizer& tokenizer, std::span<const TokenId> text_tokens,
                                     std::span<const float> attention, int n_heads, int n_tokens, int audio_positions,
-                                    int sot_sequence_length, std::span<const float> text_probabilities);
+                                    int sot_sequence_length, std::span<const float> text_probabilities,
+                                    bool space_delimited = true);
 
 // OpenAI's merge_punctuations: leading marks join the next word, trailing marks the previous.
 void merge_punctuations(std::vector<WordTiming>& words, std::string_view prepended = "\"'“¿([{-",

@@ -363,6 +363,7 @@ Transcript transcribe_all(const Model& model, std::span<const float> samples, co
       WordTimingInput in{&model.decoder(), &tok, &cross, heads, decoder.initial_tokens({}), segment_size,
                          frames_to_seconds(seek)};
       if (!options.decode.timestamps) in.sot_sequence.pop_back();  // the alignment adds its own <|notimestamps|>
+      in.space_delimited = decoding::is_space_delimited(out.language);
       add_word_timestamps(fresh, in, last_speech_timestamp);
       const bool single_ending = ends_with_single_timestamp(tok, result.tokens);
       if (const auto end = last_word_end(fresh); !single_ending && end && *end > frames_to_seconds(seek)) {

@@ -58,7 +58,7 @@ std::vector<WordTiming> find_alignment(const WordTimingInput& in, std::span<cons
     }
   }
   return decoding::align_words(*in.tokenizer, text_tokens, attention, static_cast<int>(capture.scores.size()), n_tokens,
-                               positions, sot_length, probabilities);
+                               positions, sot_length, probabilities, in.space_delimited);
 }
 
 double median_word_duration(const std::vector<WordTiming>& words) {

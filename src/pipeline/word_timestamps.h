@@ -23,6 +23,7 @@ struct WordTimingInput {
   std::vector<text::TokenId> sot_sequence;  // [sot, language, task] as decoded (no prompt)
   int num_frames = 0;                       // mel frames of audio in the window
   double time_offset = 0.0;                 // seconds
+  bool space_delimited = true;              // false for zh, ja, th, lo, my, yue
 };
 
 // Fills `segments[i].words` (and may move segment starts/ends to the words, as OpenAI

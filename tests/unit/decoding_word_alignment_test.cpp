@@ -70,6 +70,15 @@ TEST(SplitIntoWords, SpacesAndPunctuationStartWords) {
   EXPECT_GT(long_word[0].tokens.size(), 1u);
 }
 
+TEST(SplitIntoWords, LanguagesWithoutSpacesKeepCharacters) {
+  const auto& tok = english();
+  const auto tokens = tok.encode(" And so");
+  EXPECT_EQ(split_into_words(tok, tokens, false).size(), tokens.size()) << "every whole-character token is a word";
+  EXPECT_FALSE(is_space_delimited("ja"));
+  EXPECT_FALSE(is_space_delimited("yue"));
+  EXPECT_TRUE(is_space_delimited("en"));
+}
+
 TEST(MergePunctuations, LikeOpenAI) {
   std::vector<WordTiming> words = {{" \"", {1}}, {"Hello", {2}}, {",", {3}}, {" world", {4}}, {".", {5}}, {"\"", {6}}};
   merge_punctuations(words);
