@@ -11,18 +11,28 @@ PACKAGES=(
   build-essential cmake pkg-config python3
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
   ffmpeg libdnnl-dev libavformat-dev libavcodec-dev libswresample-dev libavutil-dev
+  libboost-dev curl
 )
 
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm run the API tests with OpenAI's client (tests/api). Checked by command,
+# not by package: a Node.js from elsewhere ships its own npm, which Debian's npm conflicts with.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The API tests' npm packages, installed from the lock file when it changed.
+if [ ! -f tests/api/node_modules/.package-lock.json ] || [ tests/api/package-lock.json -nt tests/api/node_modules/.package-lock.json ]; then
+  (cd tests/api && npm ci --no-audit --no-fund --loglevel=error) || echo "setup: npm ci in tests/api failed; the OpenAI client test will be skipped" >&2
 fi
 
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null

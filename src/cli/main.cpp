@@ -16,6 +16,7 @@
 #include "audio/decode.h"
 #include "cli/args.h"
 #include "cli/bench.h"
+#include "cli/serve.h"
 #include "common/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
@@ -31,6 +32,7 @@ constexpr const char* kUsage = R"(amanuensis - Whisper speech recognition
 usage:
   amanuensis transcribe --model MODEL.bin [options] FILE [FILE ...]   (FILE "-" reads standard input)
   amanuensis dump-logits --model MODEL.bin (--audio FILE.wav | --mel MEL.f32) --tokens ID,ID,... --out OUT.f32
+  amanuensis serve --model MODEL.bin [--host ADDR] [--port N] [options]   (HTTP API, see below)
   amanuensis bench --model MODEL.bin [options]   (stage timings; --help for its options)
   amanuensis --help | --version
 
@@ -262,7 +264,7 @@ int run_dump_logits(const Args& args) {
 
 int run(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {
-    std::cout << kUsage;
+    std::cout << kUsage << "\n" << kServeUsage;
     return argv.empty() ? 2 : 0;
   }
   if (argv[0] == "--version") {
@@ -278,6 +280,9 @@ int run(const std::vector<std::string>& argv) {
                "compression-ratio-threshold", "logprob-threshold", "no-speech-threshold", "pcm-rate", "pcm-channels",
                "pcm-format", "beam-size", "patience", "length-penalty", "hallucination-silence-threshold", "vad-threshold", "precision"});
     return run_transcribe(args);
+  }
+  if (command == "serve") {
+    return run_serve(rest);
   }
   if (command == "bench") return run_bench(rest);
   if (command == "dump-logits") {

@@ -1,0 +1,104 @@
+#include "cli/serve.h"
+
+#include <cstdio>
+#include <iostream>
+
+#include "cli/args.h"
+#include "common/error.h"
+#include "kernels/cpu/thread_pool.h"
+#include "server/server.h"
+
+namespace amanuensis::cli {
+
+const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: POST /v1/audio/transcriptions,
+/v1/audio/translations; GET /v1/models, /health, /metrics):
+  --host ADDR             address to listen on (default 127.0.0.1)
+  --port N                port (default 8080; 0 = any free port, printed at start)
+  --threads N             compute threads (default: all cores)
+  --workers N             transcriptions running at once (default 1)
+  --max-queue-seconds S   audio waiting for a worker at most, else 429 (default 600)
+  --max-upload-mb N       largest upload accepted, else 413 (default 25)
+  --api-key KEY           require "Authorization: Bearer KEY" on /v1/*
+  --request-timeout S     seconds to send a request, and at most to wait in the queue (default 300)
+  --model-id NAME         model id reported by /v1/models (default: the file name)
+  decoding defaults of every request, as for transcribe: --language --sample-len --beam-size
+  --best-of --patience --length-penalty --no-fallback --temperature-increment --seed
+  --suppress-tokens --no-suppress-blank --no-context --compression-ratio-threshold
+  --logprob-threshold --no-speech-threshold --max-initial-timestamp
+)";
+
+namespace {
+
+int positive_int(const Args& args, const std::string& name, int fallback, int min) {
+  const int v = args.get_int(name, fallback);
+  if (v < min) throw Error("--" + name + " must be at least " + std::to_string(min));
+  return v;
+}
+
+}  // namespace
+
+int run_serve(const std::vector<std::string>& argv) {
+  Args args(argv, {"no-fallback", "no-context", "no-suppress-blank"},
+            {"model", "host", "port", "threads", "workers", "max-queue-seconds", "max-upload-mb", "api-key",
+             "request-timeout", "model-id", "io-threads", "language", "sample-len", "beam-size", "best-of", "patience",
+             "length-penalty", "temperature-increment", "seed", "suppress-tokens", "compression-ratio-threshold",
+             "logprob-threshold", "no-speech-threshold", "max-initial-timestamp"});
+  if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
+  server::ServerOptions o;
+  o.model_path = args.required("model");
+  o.host = args.get_or("host", "127.0.0.1");
+  const int port = args.get_int("port", 8080);
+  if (port < 0 || port > 65535) throw Error("--port must be between 0 and 65535");
+  o.port = static_cast<unsigned short>(port);
+  if (args.get("threads")) kernels::cpu::set_thread_count(positive_int(args, "threads", 1, 1));
+  o.workers = positive_int(args, "workers", 1, 1);
+  o.io_threads = positive_int(args, "io-threads", 2, 1);
+  o.max_queue_seconds = args.get_double("max-queue-seconds", 600.0);
+  if (!(o.max_queue_seconds > 0)) throw Error("--max-queue-seconds must be positive");
+  const int upload_mb = positive_int(args, "max-upload-mb", 25, 1);
+  o.max_upload_bytes = static_cast<std::size_t>(upload_mb) << 20;
+  o.api_key = args.get_or("api-key", "");
+  o.request_timeout = args.get_double("request-timeout", 300.0);
+  if (!(o.request_timeout > 0)) throw Error("--request-timeout must be positive");
+  o.model_id = args.get_or("model-id", "");
+
+  auto& t = o.defaults;
+  auto& d = t.decode;
+  d.language = args.get_or("language", "");
+  d.sample_len = args.get_int("sample-len", 0);
+  if (d.sample_len < 0) throw Error("--sample-len must be positive");
+  d.suppress_tokens = args.get_or("suppress-tokens", "-1");
+  d.suppress_blank = !args.flag("no-suppress-blank");
+  d.max_initial_timestamp = args.get_double("max-initial-timestamp", 1.0);
+  t.condition_on_previous_text = !args.flag("no-context");
+  t.best_of = positive_int(args, "best-of", 5, 1);
+  const int beam_size = args.get_int("beam-size", 5);
+  if (beam_size > 1) {
+    decoding::BeamOptions beam;
+    beam.beam_size = beam_size;
+    beam.patience = args.get_double("patience", 1.0);
+    if (args.get("length-penalty")) beam.length_penalty = args.get_double("length-penalty", 0.0);
+    t.beam = beam;
+  }
+  t.seed = static_cast<std::uint64_t>(args.get_int("seed", 0));
+  t.thresholds.compression_ratio = args.get_double("compression-ratio-threshold", 2.4);
+  t.thresholds.logprob = args.get_double("logprob-threshold", -1.0);
+  t.thresholds.no_speech = args.get_double("no-speech-threshold", 0.6);
+  o.temperature_fallback = !args.flag("no-fallback");
+  o.temperature_increment = args.get_double("temperature-increment", 0.2);
+  t.temperatures = {0.0f};
+  if (o.temperature_fallback && o.temperature_increment > 0)
+    for (double x = o.temperature_increment; x <= 1.0 + 1e-6; x += o.temperature_increment)
+      t.temperatures.push_back(static_cast<float>(x));
+
+  server::Server srv(o);
+  const int status = srv.run([&](unsigned short bound) {
+    std::printf("amanuensis serve: listening on http://%s:%u (model %s, loading)\n", o.host.c_str(),
+                static_cast<unsigned>(bound), o.model_path.string().c_str());
+    std::fflush(stdout);
+  });
+  std::fprintf(stderr, "amanuensis serve: stopped\n");
+  return status;
+}
+
+}  // namespace amanuensis::cli

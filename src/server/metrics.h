@@ -1,0 +1,45 @@
+// server: the counters and histograms behind GET /metrics, in Prometheus' text format.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace amanuensis::server {
+
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds);
+  void observe(double value);
+  // Appends the _bucket, _sum and _count lines of metric `name`.
+  void render(std::string& out, const std::string& name) const;
+
+ private:
+  std::vector<double> bounds_;
+  std::vector<std::uint64_t> counts_;  // per bucket (not cumulative); last = +Inf
+  double sum_ = 0.0;
+  std::uint64_t count_ = 0;
+};
+
+class Metrics {
+ public:
+  Metrics();
+  // One finished HTTP request: endpoint label (e.g. "/v1/audio/transcriptions"), status.
+  void record_request(const std::string& endpoint, int status, double latency_seconds);
+  // One transcription done: its audio length and time spent transcribing.
+  void record_transcription(double audio_seconds, double run_seconds);
+  // Gauges are read at render time.
+  std::string render(std::size_t queue_depth, double queued_audio_seconds, std::size_t active_requests,
+                     double uptime_seconds) const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::pair<std::string, int>, std::uint64_t> requests_;
+  double audio_seconds_ = 0.0;
+  Histogram latency_;
+  Histogram realtime_factor_;
+};
+
+}  // namespace amanuensis::server

@@ -1,0 +1,757 @@
+#include "server/server.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include "audio/decode.h"
+#include "common/error.h"
+#include "kernels/cpu/thread_pool.h"
+#include "pipeline/output_formats.h"
+#include "server/metrics.h"
+#include "server/multipart.h"
+#include "server/scheduler.h"
+
+namespace amanuensis::server {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+using Response = http::response<http::string_body>;
+
+// An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+struct ApiError {
+  int status = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::optional<std::string> param;
+  std::optional<std::string> code;
+  double retry_after = 0.0;
+};
+
+ApiError bad_request(std::string message, std::optional<std::string> param = std::nullopt) {
+  return {400, std::move(message), "invalid_request_error", std::move(param), std::nullopt};
+}
+
+std::string json_dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string error_body(const ApiError& e) {
+  json err = {{"message", e.message}, {"type", e.type}, {"param", nullptr}, {"code", nullptr}};
+  if (e.param) err["param"] = *e.param;
+  if (e.code) err["code"] = *e.code;
+  return json_dump({{"error", err}}) + "\n";
+}
+
+std::uint64_t fnv1a(std::string_view data, std::uint64_t h = 1469598103934665603ull) {
+  for (unsigned char c : data) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  return true;
+}
+
+// Constant-time comparison of the API key.
+bool same_secret(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % std::max<std::size_t>(1, b.size())]);
+  return diff == 0 && !b.empty();
+}
+
+// True when the peer has closed its side (or the socket failed): a best-effort check used
+// to drop queued jobs of clients that went away.
+bool peer_gone(int fd) {
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  if (::poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return true;
+  if (p.revents & POLLIN) {
+    char c;
+    const auto n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0;
+  }
+  return false;
+}
+
+std::string_view to_sv(beast::string_view s) { return {s.data(), s.size()}; }
+
+const char* kOpenAiFormats = "json, text, srt, verbose_json or vtt";
+
+}  // namespace
+
+class Session;
+
+class Server::Impl {
+ public:
+  explicit Impl(ServerOptions options)
+      : opt(std::move(options)), acceptor(ioc), signals(ioc), started(Clock::now()), started_unix(std::time(nullptr)) {
+    if (opt.model_id.empty()) opt.model_id = opt.model_path.empty() ? "whisper" : opt.model_path.stem().string();
+  }
+
+  int run(const std::function<void(unsigned short)>& on_listening);
+  void stop();
+  void register_session(const std::shared_ptr<Session>& s);
+
+  ServerOptions opt;
+  net::io_context ioc;
+  tcp::acceptor acceptor;
+  net::signal_set signals;
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  const Clock::time_point started;
+  const std::time_t started_unix;
+  Metrics metrics;
+  std::atomic<std::size_t> active_requests{0};
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> stop_requested{false};
+  std::atomic<int> exit_code{0};
+
+  std::mutex model_mutex;  // guards model and scheduler while loading
+  std::shared_ptr<const pipeline::Model> model;
+  std::shared_ptr<TranscriptionScheduler> scheduler;
+  std::thread loader;
+  std::thread stopper;
+
+  std::mutex sessions_mutex;
+  std::vector<std::weak_ptr<Session>> sessions;
+
+  std::shared_ptr<TranscriptionScheduler> current_scheduler() {
+    std::lock_guard lock(model_mutex);
+    return scheduler;
+  }
+  std::shared_ptr<const pipeline::Model> current_model() {
+    std::lock_guard lock(model_mutex);
+    return model;
+  }
+
+ private:
+  void do_accept();
+};
+
+// One HTTP connection: reads requests one after another (keep-alive), answers them, and
+// hands transcriptions to the scheduler without blocking the network threads.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, Server::Impl& server) : stream_(std::move(socket)), server_(server) {}
+
+  void start() {
+    net::dispatch(stream_.get_executor(), beast::bind_front_handler(&Session::do_read, shared_from_this()));
+  }
+
+  // Posted by Server::stop(): closes the connection when it waits for a new request.
+  void stop_if_idle() {
+    net::post(stream_.get_executor(), [self = shared_from_this()] {
+      if (self->idle_) {
+        beast::error_code ec;
+        self->stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+        self->stream_.socket().close(ec);
+      }
+    });
+  }
+
+ private:
+  void do_read() {
+    if (server_.stopping) return close();
+    parser_.emplace();
+    parser_->header_limit(64 * 1024);
+    parser_->body_limit(server_.opt.max_upload_bytes + (1u << 20));
+    idle_ = true;
+    stream_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(server_.opt.request_timeout)));
+    http::async_read_header(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_header, shared_from_this()));
+  }
+
+  void on_header(beast::error_code ec, std::size_t) {
+    idle_ = false;
+    if (ec) return on_read_error(ec);
+    request_start_ = Clock::now();
+    auto& req = parser_->get();
+    endpoint_ = endpoint_label(std::string(req.target()));
+    method_ = std::string(req.method_string());
+    version_ = req.version();
+    keep_alive_ = req.keep_alive();
+    // Answer what needs no body before reading it (and close: the body is left unread).
+    if (auto early = check_before_body(req)) return send_error(*early, /*close=*/!parser_->is_done());
+    if (auto len = parser_->content_length(); len && *len > server_.opt.max_upload_bytes + (1u << 20))
+      return send_error(too_large(), true);
+    if (iequals(to_sv(req[http::field::expect]), "100-continue")) {
+      auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, req.version());
+      http::async_write(stream_, *cont, [self = shared_from_this(), cont](beast::error_code ec, std::size_t) {
+        if (ec) return self->close();
+        self->read_body();
+      });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    http::async_read(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_read, shared_from_this()));
+  }
+
+  void on_read_error(beast::error_code ec) {
+    if (ec == http::error::body_limit) return send_error(too_large(), true);
+    if (ec.category() == http::make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
+        ec != http::error::partial_message) {
+      endpoint_ = "other";
+      method_ = "?";
+      keep_alive_ = false;
+      request_start_ = Clock::now();
+      return send_error(bad_request("malformed HTTP request: " + ec.message()), true);
+    }
+    close();  // end of stream, timeout, reset
+  }
+
+  void on_read(beast::error_code ec, std::size_t) {
+    if (ec) return on_read_error(ec);
+    request_ = parser_->release();
+    handle();
+  }
+
+  ApiError too_large() const {
+    ApiError e{413, "the upload is larger than the server's limit of " +
+                        std::to_string(server_.opt.max_upload_bytes >> 20) + " MB",
+               "invalid_request_error", std::string("file"), std::string("file_too_large")};
+    return e;
+  }
+
+  static std::string path_of(std::string_view target) {
+    const auto q = target.find('?');
+    return std::string(target.substr(0, q));
+  }
+
+  static std::string endpoint_label(const std::string& target) {
+    const auto path = path_of(target);
+    for (const char* known : {"/health", "/metrics", "/v1/models", "/v1/audio/transcriptions", "/v1/audio/translations"})
+      if (path == known) return path;
+    if (path.rfind("/v1/models/", 0) == 0) return "/v1/models/{id}";
+    return "other";
+  }
+
+  // Routing and authentication, from the headers alone.
+  std::optional<ApiError> check_before_body(const http::request_header<>& req) const {
+    const auto path = path_of(to_sv(req.target()));
+    const bool audio = path == "/v1/audio/transcriptions" || path == "/v1/audio/translations";
+    const bool get_path = path == "/health" || path == "/metrics" || path == "/v1/models" || path.rfind("/v1/models/", 0) == 0;
+    if (!audio && !get_path) {
+      return ApiError{404, "unknown path " + path, "invalid_request_error", std::nullopt, std::string("unknown_url")};
+    }
+    const bool method_ok = audio ? req.method() == http::verb::post
+                                 : (req.method() == http::verb::get || req.method() == http::verb::head);
+    if (!method_ok) {
+      return ApiError{405, "method " + std::string(req.method_string()) + " is not allowed on " + path + " (use " +
+                               (audio ? "POST" : "GET") + ")",
+                      "invalid_request_error", std::nullopt, std::string("method_not_allowed")};
+    }
+    if (!server_.opt.api_key.empty() && path.rfind("/v1/", 0) == 0) {
+      const std::string auth(req[http::field::authorization]);
+      const std::string prefix = "Bearer ";
+      const bool ok = auth.size() > prefix.size() && iequals(auth.substr(0, prefix.size()), prefix) &&
+                      same_secret(auth.substr(prefix.size()), server_.opt.api_key);
+      if (!ok) {
+        return ApiError{401,
+                        auth.empty() ? "missing API key: send the header 'Authorization: Bearer KEY'"
+                                     : "incorrect API key provided",
+                        "invalid_request_error", std::nullopt, std::string("invalid_api_key")};
+      }
+    }
+    return std::nullopt;
+  }
+
+  void handle() {
+    const auto path = path_of(to_sv(request_.target()));
+    try {
+      if (path == "/health") {
+        const json h = health();
+        return send_json(h, health_status_);
+      }
+      if (path == "/metrics") {
+        const auto stats = scheduler_stats();
+        return send_text(server_.metrics.render(stats.queued_jobs, stats.queued_audio_seconds, server_.active_requests,
+                                                seconds_up()),
+                         "text/plain; version=0.0.4; charset=utf-8", 200);
+      }
+      if (path == "/v1/models") return send_json({{"object", "list"}, {"data", json::array({model_object()})}}, 200);
+      if (path.rfind("/v1/models/", 0) == 0) {
+        if (path.substr(11) != server_.opt.model_id)
+          return send_error({404, "the model '" + path.substr(11) + "' does not exist", "invalid_request_error",
+                             std::string("model"), std::string("model_not_found")});
+        return send_json(model_object(), 200);
+      }
+      return start_transcription(path == "/v1/audio/translations");
+    } catch (const ApiError& e) {
+      return send_error(e);
+    } catch (const std::exception& e) {
+      return send_error({500, std::string("internal error: ") + e.what(), "server_error", std::nullopt, std::nullopt});
+    }
+  }
+
+  double seconds_up() const { return std::chrono::duration<double>(Clock::now() - server_.started).count(); }
+
+  SchedulerStats scheduler_stats() const {
+    auto s = server_.current_scheduler();
+    return s ? s->stats() : SchedulerStats{};
+  }
+
+  json model_object() const {
+    return {{"id", server_.opt.model_id}, {"object", "model"}, {"created", static_cast<std::int64_t>(server_.started_unix)},
+            {"owned_by", "amanuensis"}};
+  }
+
+  json health() {
+    const auto model = server_.current_model();
+    const auto stats = scheduler_stats();
+    json j = {{"status", model ? (server_.stopping ? "stopping" : "ok") : "loading"},
+              {"model", server_.opt.model_id},
+              {"threads", kernels::cpu::thread_count()},
+              {"workers", server_.opt.workers},
+              {"queue_depth", stats.queued_jobs},
+              {"queued_audio_seconds", stats.queued_audio_seconds},
+              {"active_requests", server_.active_requests.load()},
+              {"uptime_seconds", seconds_up()}};
+    if (model) {
+      j["n_vocab"] = model->hparams().n_vocab;
+      j["size"] = std::string(model->hparams().size_name());
+      j["multilingual"] = model->hparams().is_multilingual();
+    }
+    health_status_ = model && !server_.stopping ? 200 : 503;
+    return j;
+  }
+
+  // Parses the form, decodes the audio and queues the job; the answer is sent by
+  // finish_transcription when the scheduler is done.
+  void start_transcription(bool translate) {
+    auto scheduler = server_.current_scheduler();
+    if (!scheduler) throw ApiError{503, "the model is still loading; retry shortly", "server_error", std::nullopt,
+                                   std::string("model_loading")};
+    const auto content_type = std::string(request_[http::field::content_type]);
+    const auto boundary = multipart_boundary(content_type);
+    if (!boundary) throw bad_request("the request must be multipart/form-data (got '" + content_type + "')");
+    std::vector<FormPart> parts;
+    try {
+      parts = parse_multipart(request_.body(), *boundary);
+    } catch (const Error& e) {
+      throw bad_request(e.what());
+    }
+    const FormPart* file = nullptr;
+    std::string response_format = "json", language, prompt;
+    std::optional<double> temperature;
+    bool words = false, include_timing = false;
+    for (const auto& p : parts) {
+      const std::string value(p.data);
+      if (p.name == "file") {
+        file = &p;
+      } else if (p.name == "response_format") {
+        response_format = value;
+      } else if (p.name == "language") {
+        language = value;
+      } else if (p.name == "prompt") {
+        prompt = value;
+      } else if (p.name == "temperature") {
+        try {
+          std::size_t used = 0;
+          temperature = std::stod(value, &used);
+          if (used != value.size()) throw std::invalid_argument(value);
+        } catch (const std::exception&) {
+          throw bad_request("temperature must be a number between 0 and 1", "temperature");
+        }
+        if (!(*temperature >= 0.0 && *temperature <= 1.0))
+          throw bad_request("temperature must be a number between 0 and 1", "temperature");
+      } else if (p.name == "timestamp_granularities[]" || p.name == "timestamp_granularities") {
+        if (value == "word") {
+          words = true;
+        } else if (value != "segment") {
+          throw bad_request("timestamp_granularities must be 'segment' or 'word' (got '" + value + "')",
+                            "timestamp_granularities");
+        }
+      } else if (p.name == "include_timing") {
+        include_timing = value == "true" || value == "1";
+      }
+      // "model" and unknown fields are accepted and ignored: the server has one model.
+    }
+    if (!file) throw bad_request("the form has no 'file' field with the audio", "file");
+    if (file->data.size() > server_.opt.max_upload_bytes) throw too_large();
+    static const std::set<std::string> formats = {"json", "text", "srt", "verbose_json", "vtt"};
+    if (!formats.count(response_format))
+      throw bad_request("response_format must be " + std::string(kOpenAiFormats) + " (got '" + response_format + "')",
+                        "response_format");
+    if (file->data.empty()) throw bad_request("the audio file is empty", "file");
+    if (words && server_.opt.defaults.decode.semantics != decoding::Semantics::OpenAI)
+      throw bad_request("word timestamps need OpenAI semantics", "timestamp_granularities");
+
+    const auto decode_start = Clock::now();
+    std::shared_ptr<std::vector<float>> samples;
+    try {
+      samples = std::make_shared<std::vector<float>>(audio::decode_audio(std::as_bytes(std::span(file->data))));
+    } catch (const Error& e) {
+      throw bad_request(std::string("could not decode the audio file: ") + e.what(), "file");
+    }
+    if (samples->empty()) throw bad_request("the audio file has no samples", "file");
+    decode_seconds_ = std::chrono::duration<double>(Clock::now() - decode_start).count();
+
+    Job job;
+    job.samples = samples;
+    auto& o = job.options;
+    o = server_.opt.defaults;
+    o.decode.task = translate ? "translate" : "transcribe";
+    if (!language.empty()) o.decode.language = language;
+    if (!prompt.empty()) o.initial_prompt = prompt;
+    if (temperature) {
+      o.temperatures = {static_cast<float>(*temperature)};
+      if (server_.opt.temperature_fallback && server_.opt.temperature_increment > 0)
+        for (double t = *temperature + server_.opt.temperature_increment; t <= 1.0 + 1e-6;
+             t += server_.opt.temperature_increment)
+          o.temperatures.push_back(static_cast<float>(t));
+    }
+    if (words) o.word_timestamps = true;
+    // Seeded by the request's content: the same request always gives the same output.
+    std::uint64_t seed = fnv1a(file->data, server_.opt.defaults.seed ^ 1469598103934665603ull);
+    seed = fnv1a(o.decode.task + "|" + o.decode.language + "|" + prompt + "|" + std::to_string(temperature.value_or(-1)),
+                 seed);
+    o.seed = seed;
+    o.progress = nullptr;
+    const int fd = stream_.socket().native_handle();
+    const auto deadline = request_start_ + std::chrono::duration_cast<Clock::duration>(
+                                               std::chrono::duration<double>(server_.opt.request_timeout));
+    client_gone_ = std::make_shared<std::atomic<bool>>(false);
+    job.cancelled = [fd, deadline, gone = client_gone_] {
+      if (peer_gone(fd)) {
+        *gone = true;
+        return true;
+      }
+      return Clock::now() > deadline;
+    };
+    job.on_complete = [self = shared_from_this()] {
+      net::post(self->stream_.get_executor(), [self] { self->finish_transcription(); });
+    };
+    response_format_ = response_format;
+    words_ = words;
+    include_timing_ = include_timing;
+    audio_seconds_ = static_cast<double>(samples->size()) / 16000.0;
+    request_.body().clear();
+    request_.body().shrink_to_fit();
+    try {
+      future_ = scheduler->submit(std::move(job));
+    } catch (const QueueFull& e) {
+      ApiError err{429, e.what(), "rate_limit_exceeded", std::nullopt, std::string("queue_full")};
+      err.retry_after = e.retry_after_seconds;
+      throw err;
+    } catch (const ShuttingDown& e) {
+      throw ApiError{503, e.what(), "server_error", std::nullopt, std::string("shutting_down")};
+    }
+    ++server_.active_requests;
+  }
+
+  void finish_transcription() {
+    --server_.active_requests;
+    try {
+      answer_transcription();
+    } catch (const std::exception& e) {
+      send_error({500, std::string("internal error: ") + e.what(), "server_error", std::nullopt, std::nullopt});
+    }
+  }
+
+  void answer_transcription() {
+    JobResult result;
+    try {
+      result = future_.get();
+    } catch (const Error& e) {
+      return send_error(bad_request(e.what()));
+    } catch (const std::exception& e) {
+      return send_error({500, std::string("transcription failed: ") + e.what(), "server_error", std::nullopt, std::nullopt});
+    }
+    if (result.dropped && client_gone_ && *client_gone_) {
+      // The client went away while its job waited: nobody to answer. Counted as 499
+      // ("client closed request", as nginx says).
+      server_.metrics.record_request(endpoint_, 499, std::chrono::duration<double>(Clock::now() - request_start_).count());
+      if (server_.opt.log_requests) std::fprintf(stderr, "amanuensis serve: %s %s 499 (client gone, job dropped)\n", method_.c_str(), endpoint_.c_str());
+      return close();
+    }
+    if (result.dropped) {
+      return send_error({504, "the request waited longer than the server's timeout before a worker was free",
+                         "server_error", std::nullopt, std::string("timeout")},
+                        true);
+    }
+    server_.metrics.record_transcription(audio_seconds_, result.run_seconds);
+    const auto& t = result.transcript;
+    json timing = {{"queue_seconds", result.queue_seconds},
+                   {"decode_audio_seconds", decode_seconds_},
+                   {"transcription_seconds", result.run_seconds},
+                   {"audio_seconds", audio_seconds_}};
+    auto res = std::make_shared<Response>(http::status::ok, version_);
+    std::string body, type = "text/plain; charset=utf-8";
+    if (response_format_ == "json") {
+      json j = {{"text", t.text}};
+      if (include_timing_) j["timing"] = timing;
+      body = json_dump(j) + "\n";
+      type = "application/json";
+    } else if (response_format_ == "verbose_json") {
+      json j = json::parse(pipeline::render(t, pipeline::OutputFormat::VerboseJson));
+      if (words_) {
+        json all = json::array();
+        for (const auto& s : t.segments)
+          for (const auto& w : s.words) all.push_back({{"word", w.word}, {"start", w.start}, {"end", w.end}});
+        j["words"] = all;
+      }
+      if (include_timing_) j["timing"] = timing;
+      body = json_dump(j) + "\n";
+      type = "application/json";
+    } else if (response_format_ == "text") {
+      body = t.text + "\n";
+    } else if (response_format_ == "srt") {
+      body = pipeline::render(t, pipeline::OutputFormat::Srt);
+    } else {
+      body = pipeline::render(t, pipeline::OutputFormat::Vtt);
+      type = "text/vtt; charset=utf-8";
+    }
+    if (include_timing_) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "queue;dur=%.1f, decode;dur=%.1f, transcribe;dur=%.1f",
+                    result.queue_seconds * 1000, decode_seconds_ * 1000, result.run_seconds * 1000);
+      res->set("Server-Timing", buf);
+    }
+    res->set(http::field::content_type, type);
+    res->body() = std::move(body);
+    send(res, false);
+  }
+
+  void send_json(const json& j, int status) { send_text(json_dump(j) + "\n", "application/json", status); }
+
+  void send_text(std::string body, const std::string& type, int status) {
+    auto res = std::make_shared<Response>(static_cast<http::status>(status), version_);
+    res->set(http::field::content_type, type);
+    res->body() = method_ == "HEAD" ? std::string() : std::move(body);
+    send(res, false);
+  }
+
+  void send_error(const ApiError& e, bool close_after = false) {
+    auto res = std::make_shared<Response>(static_cast<http::status>(e.status), version_);
+    res->set(http::field::content_type, "application/json");
+    if (e.status == 429 || e.status == 503) res->set(http::field::retry_after, std::to_string(static_cast<int>(std::ceil(std::max(1.0, e.retry_after)))));
+    if (e.status == 405) res->set(http::field::allow, endpoint_.rfind("/v1/audio/", 0) == 0 ? "POST" : "GET, HEAD");
+    if (e.status == 401) res->set(http::field::www_authenticate, "Bearer");
+    res->body() = error_body(e);
+    send(res, close_after);
+  }
+
+  void send(const std::shared_ptr<Response>& res, bool close_after) {
+    const bool keep_alive = !close_after && !server_.stopping && keep_alive_;
+    res->set(http::field::server, "amanuensis");
+    res->keep_alive(keep_alive);
+    res->prepare_payload();
+    const int status = static_cast<int>(res->result_int());
+    const double latency = std::chrono::duration<double>(Clock::now() - request_start_).count();
+    server_.metrics.record_request(endpoint_, status, latency);
+    if (server_.opt.log_requests) {
+      std::fprintf(stderr, "amanuensis serve: %s %s %d %.3f s\n", method_.c_str(),
+                   endpoint_.c_str(), status, latency);
+    }
+    stream_.expires_after(std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(server_.opt.request_timeout)));
+    http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, std::size_t) {
+      if (ec) return self->close();
+      self->request_ = {};
+      if (!keep_alive) return self->linger_close();
+      self->do_read();
+    });
+  }
+
+  // Closes after an answer sent before the whole request was read: stops sending, then
+  // reads and discards what the client still sends for a short while, so that it gets
+  // the answer rather than a connection reset.
+  void linger_close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) return close();
+    drained_ = 0;
+    stream_.expires_after(std::chrono::seconds(2));
+    drain();
+  }
+
+  void drain() {
+    drain_buffer_.resize(64 * 1024);
+    stream_.async_read_some(net::buffer(drain_buffer_), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+      self->drained_ += n;
+      if (ec || self->drained_ > self->server_.opt.max_upload_bytes + (8u << 20)) return self->close();
+      self->drain();
+    });
+  }
+
+  void close() {
+    idle_ = false;
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.socket().close(ec);
+  }
+
+  beast::tcp_stream stream_;
+  Server::Impl& server_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::request<http::string_body> request_;
+  bool idle_ = false;
+  Clock::time_point request_start_ = Clock::now();
+  std::string endpoint_ = "other";
+  std::string method_ = "?";
+  unsigned version_ = 11;
+  bool keep_alive_ = false;
+  int health_status_ = 200;
+  // the transcription in progress
+  std::future<JobResult> future_;
+  std::string response_format_;
+  bool words_ = false;
+  bool include_timing_ = false;
+  double audio_seconds_ = 0.0;
+  double decode_seconds_ = 0.0;
+  std::shared_ptr<std::atomic<bool>> client_gone_;
+  std::vector<char> drain_buffer_;
+  std::size_t drained_ = 0;
+};
+
+void Server::Impl::register_session(const std::shared_ptr<Session>& s) {
+  std::lock_guard lock(sessions_mutex);
+  std::erase_if(sessions, [](const auto& w) { return w.expired(); });
+  sessions.push_back(s);
+}
+
+void Server::Impl::do_accept() {
+  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+    if (!acceptor.is_open() || stopping) return;
+    if (!ec) {
+      beast::error_code opt_ec;
+      socket.set_option(tcp::no_delay(true), opt_ec);
+      auto session = std::make_shared<Session>(std::move(socket), *this);
+      register_session(session);
+      session->start();
+    } else if (ec == net::error::no_descriptors) {
+      // out of file descriptors: back off briefly instead of spinning
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    do_accept();
+  });
+}
+
+int Server::Impl::run(const std::function<void(unsigned short)>& on_listening) {
+  beast::error_code ec;
+  const auto address = net::ip::make_address(opt.host, ec);
+  if (ec) throw Error("--host: '" + opt.host + "' is not an IP address");
+  const tcp::endpoint endpoint(address, opt.port);
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) throw Error("cannot listen on " + opt.host + ":" + std::to_string(opt.port) + ": " + ec.message());
+  work.emplace(net::make_work_guard(ioc));
+  if (opt.handle_signals) {
+    signals.add(SIGINT);
+    signals.add(SIGTERM);
+    signals.async_wait([this](beast::error_code ec, int) {
+      if (!ec) stop();
+    });
+  }
+  do_accept();
+  if (on_listening) on_listening(acceptor.local_endpoint().port());
+
+  auto start_scheduler = [this](std::shared_ptr<const pipeline::Model> m) {
+    auto s = std::make_shared<WorkerPoolScheduler>(m, opt.workers, opt.max_queue_seconds);
+    std::lock_guard lock(model_mutex);
+    model = std::move(m);
+    scheduler = std::move(s);
+  };
+  if (opt.model) {
+    start_scheduler(opt.model);
+  } else {
+    loader = std::thread([this, start_scheduler] {
+      try {
+        const auto t0 = Clock::now();
+        auto m = pipeline::Model::load(opt.model_path);
+        start_scheduler(std::move(m));
+        std::fprintf(stderr, "amanuensis serve: loaded %s in %.2f s\n", opt.model_path.string().c_str(),
+                     std::chrono::duration<double>(Clock::now() - t0).count());
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "amanuensis serve: cannot load the model: %s\n", e.what());
+        exit_code = 1;
+        stop();
+      }
+    });
+  }
+
+  // A handler that throws must not take the server down: log it and go on.
+  auto run_loop = [this] {
+    for (;;) {
+      try {
+        ioc.run();
+        return;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "amanuensis serve: unexpected error: %s\n", e.what());
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 1; i < std::max(1, opt.io_threads); ++i) threads.emplace_back(run_loop);
+  run_loop();
+  for (auto& t : threads) t.join();
+  if (stopper.joinable()) stopper.join();
+  if (loader.joinable()) loader.join();
+  if (auto s = current_scheduler()) s->shutdown();
+  return exit_code;
+}
+
+void Server::Impl::stop() {
+  if (stop_requested.exchange(true)) return;
+  net::post(ioc, [this] {
+    stopping = true;
+    beast::error_code ec;
+    acceptor.close(ec);
+    signals.cancel(ec);
+    {
+      std::lock_guard lock(sessions_mutex);
+      for (auto& w : sessions)
+        if (auto s = w.lock()) s->stop_if_idle();
+    }
+    // Finish every accepted job (their answers are posted to the network threads), then
+    // let the network threads end once the last answer is written.
+    stopper = std::thread([this] {
+      if (loader.joinable() && loader.get_id() != std::this_thread::get_id()) loader.join();
+      if (auto s = current_scheduler()) s->shutdown();
+      net::post(ioc, [this] { work.reset(); });
+    });
+  });
+}
+
+Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Server::~Server() {
+  if (impl_->stopper.joinable()) impl_->stopper.join();
+  if (impl_->loader.joinable()) impl_->loader.join();
+}
+int Server::run(const std::function<void(unsigned short)>& on_listening) { return impl_->run(on_listening); }
+void Server::stop() { impl_->stop(); }
+
+}  // namespace amanuensis::server

@@ -1,0 +1,94 @@
+// Exercises `amanuensis serve` with OpenAI's official Node.js client.
+// usage: node client.mjs BASE_URL API_KEY AUDIO_FILE   (BASE_URL like http://127.0.0.1:8080/v1)
+// Prints one line per check and a closing "N passed, N failed"; exits 1 on any failure.
+import fs from 'node:fs';
+import OpenAI from 'openai';
+
+const [baseURL, apiKey, audioPath] = process.argv.slice(2);
+if (!baseURL || !apiKey || !audioPath) {
+  console.error('usage: node client.mjs BASE_URL API_KEY AUDIO_FILE');
+  process.exit(2);
+}
+
+const client = new OpenAI({ baseURL, apiKey, maxRetries: 0, timeout: 120_000 });
+let passed = 0;
+let failed = 0;
+
+async function check(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok   ${name}`);
+  } catch (e) {
+    failed++;
+    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
+  }
+}
+
+function assert(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+await check('models.list names the loaded model', async () => {
+  const page = await client.models.list();
+  assert(page.data.length === 1 && typeof page.data[0].id === 'string' && page.data[0].id.length > 0,
+    `unexpected models: ${JSON.stringify(page.data)}`);
+});
+
+let jsonText;
+await check('transcriptions.create, response_format json', async () => {
+  const r = await client.audio.transcriptions.create({ file: fs.createReadStream(audioPath), model: 'whisper-1' });
+  assert(typeof r.text === 'string', `no text in ${JSON.stringify(r)}`);
+  jsonText = r.text;
+});
+
+await check('transcriptions.create, response_format text', async () => {
+  const r = await client.audio.transcriptions.create({
+    file: fs.createReadStream(audioPath), model: 'whisper-1', response_format: 'text',
+  });
+  assert(typeof r === 'string', `expected a string, got ${typeof r}`);
+  if (jsonText !== undefined) assert(r.trim() === jsonText.trim(), `text ${JSON.stringify(r)} != json ${JSON.stringify(jsonText)}`);
+});
+
+await check('transcriptions.create, verbose_json with word timestamps', async () => {
+  const r = await client.audio.transcriptions.create({
+    file: fs.createReadStream(audioPath), model: 'whisper-1', response_format: 'verbose_json',
+    timestamp_granularities: ['word', 'segment'], temperature: 0,
+  });
+  assert(Array.isArray(r.segments), 'no segments');
+  assert(Array.isArray(r.words), 'no words');
+  assert(typeof r.duration === 'number' && r.duration > 0, 'no duration');
+});
+
+await check('translations.create', async () => {
+  const r = await client.audio.translations.create({ file: fs.createReadStream(audioPath), model: 'whisper-1' });
+  assert(typeof r.text === 'string', `no text in ${JSON.stringify(r)}`);
+});
+
+await check('a wrong API key is refused with 401 (AuthenticationError)', async () => {
+  const bad = new OpenAI({ baseURL, apiKey: apiKey + '-wrong', maxRetries: 0 });
+  try {
+    await bad.audio.transcriptions.create({ file: fs.createReadStream(audioPath), model: 'whisper-1' });
+  } catch (e) {
+    assert(e instanceof OpenAI.AuthenticationError, `expected AuthenticationError, got ${e}`);
+    assert(e.status === 401, `status ${e.status}`);
+    return;
+  }
+  throw new Error('the request was accepted');
+});
+
+await check('a bad response_format is refused with 400 (BadRequestError)', async () => {
+  try {
+    await client.audio.transcriptions.create({
+      file: fs.createReadStream(audioPath), model: 'whisper-1', response_format: 'docx',
+    });
+  } catch (e) {
+    assert(e instanceof OpenAI.BadRequestError, `expected BadRequestError, got ${e}`);
+    assert(e.error && e.error.param === 'response_format', `error body ${JSON.stringify(e.error)}`);
+    return;
+  }
+  throw new Error('the request was accepted');
+});
+
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);

@@ -1,0 +1,606 @@
+// End-to-end tests of `amanuensis serve`: the server runs as a child process on a free
+// loopback port (--port 0; it prints the port), and requests go through curl. Covers every
+// endpoint, every response_format, each error status, reproducible output, graceful stop
+// on SIGTERM with requests in flight, and OpenAI's official Node.js client (tests/api).
+//
+// Servers run with --threads 1 --sample-len 8 --beam-size 1 --no-fallback: the micro
+// model has random weights, and the tests are about the HTTP layer.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "test_paths.h"
+
+namespace amanuensis {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr const char* kKey = "test-secret";
+
+fs::path audio(const std::string& name) { return testing::conformance_dir() / "audio" / name; }
+
+const fs::path& scratch() {
+  static const fs::path dir = [] {
+    auto d = fs::temp_directory_path() / ("amanuensis_server_test_" + std::to_string(::getpid()));
+    fs::create_directories(d);
+    std::atexit([] {
+      std::error_code ec;
+      fs::remove_all(fs::temp_directory_path() / ("amanuensis_server_test_" + std::to_string(::getpid())), ec);
+    });
+    return d;
+  }();
+  return dir;
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string run_command(const std::string& command, int* status = nullptr) {
+  std::string out;
+  FILE* p = ::popen(command.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int st = ::pclose(p);
+  if (status) *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return out;
+}
+
+// A server child process.
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::vector<std::string> extra) {
+    std::vector<std::string> args = {testing::cli_path().string(), "serve", "--model",
+                                     testing::model_path("micro.en-f16").string(), "--port", "0", "--threads", "1",
+                                     "--sample-len", "8", "--beam-size", "1", "--no-fallback"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    int out[2];
+    if (::pipe(out) != 0) return;
+    log_ = scratch() / ("server_" + std::to_string(++counter_) + ".log");
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(out[1], STDOUT_FILENO);
+      const int err = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (err >= 0) ::dup2(err, STDERR_FILENO);
+      ::close(out[0]);
+      ::close(out[1]);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    // The first line says "... listening on http://127.0.0.1:PORT ..."
+    std::string line;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+      pollfd p{out[0], POLLIN, 0};
+      if (::poll(&p, 1, 200) <= 0) continue;
+      char c[256];
+      const auto n = ::read(out[0], c, sizeof c);
+      if (n <= 0) break;
+      line.append(c, static_cast<std::size_t>(n));
+    }
+    ::close(out[0]);
+    const auto at = line.find("127.0.0.1:");
+    if (at != std::string::npos) port_ = std::atoi(line.c_str() + at + 10);
+    // Wait for the model to load.
+    for (int i = 0; i < 300 && port_ > 0; ++i) {
+      if (run_command("curl -s -o /dev/null -w '%{http_code}' " + url("/health")) == "200") {
+        ready_ = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  bool ready() const { return ready_; }
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
+  std::string log() const { return read_file(log_); }
+
+  // Waits (bounded) for the process to exit; returns its exit status, or -1.
+  int wait_exit(int seconds) {
+    for (int i = 0; i < seconds * 20; ++i) {
+      int st = 0;
+      if (::waitpid(pid_, &st, WNOHANG) == pid_) {
+        reaped_ = true;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return -1;
+  }
+
+ private:
+  static inline int counter_ = 0;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  bool ready_ = false;
+  bool reaped_ = false;
+  fs::path log_;
+};
+
+struct HttpResult {
+  int status = 0;
+  std::string headers;
+  std::string body;
+  json as_json() const { return json::parse(body, nullptr, false); }
+  std::string error_code() const {
+    auto j = as_json();
+    if (!j.is_object() || !j.contains("error")) return "<no error body>";
+    return j["error"]["code"].is_string() ? j["error"]["code"].get<std::string>() : "<null>";
+  }
+};
+
+// curl with the given arguments (already quoted as needed).
+HttpResult curl(const std::string& args) {
+  static int n = 0;
+  const auto body = scratch() / ("body_" + std::to_string(++n));
+  const auto headers = scratch() / ("headers_" + std::to_string(n));
+  const std::string code = run_command("curl -s --max-time 120 -o " + quote(body.string()) + " -D " +
+                                       quote(headers.string()) + " -w '%{http_code}' " + args);
+  HttpResult r;
+  r.status = std::atoi(code.c_str());
+  r.headers = read_file(headers);
+  r.body = read_file(body);
+  return r;
+}
+
+std::string auth() { return std::string("-H 'Authorization: Bearer ") + kKey + "' "; }
+
+std::string form_file(const fs::path& file) { return "-F " + quote("file=@" + file.string()) + " "; }
+
+HttpResult transcribe(const ServerProcess& s, const std::string& fields, const fs::path& file = audio("jfk.wav"),
+                      const std::string& endpoint = "/v1/audio/transcriptions") {
+  return curl(auth() + form_file(file) + "-F model=whisper-1 " + fields + " " + quote(s.url(endpoint)));
+}
+
+// Sends raw bytes and returns what comes back until the server closes (bounded).
+std::string raw_exchange(int port, const std::string& bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    (void)!::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    ::shutdown(fd, SHUT_WR);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 200) <= 0) continue;
+      char buf[4096];
+      const auto n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      out.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = new ServerProcess({"--api-key", kKey, "--max-upload-mb", "1", "--workers", "2"});
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override { ASSERT_TRUE(server_->ready()) << "the server did not start:\n" << server_->log(); }
+  static inline ServerProcess* server_ = nullptr;
+};
+
+TEST_F(ServerTest, HealthReportsTheModel) {
+  const auto r = curl(quote(server_->url("/health")));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto j = r.as_json();
+  EXPECT_EQ(j["status"], "ok");
+  EXPECT_EQ(j["model"], "micro.en-f16");
+  EXPECT_EQ(j["n_vocab"], 51864);
+  EXPECT_TRUE(j["size"].is_string());
+  EXPECT_EQ(j["threads"], 1);
+  EXPECT_EQ(j["workers"], 2);
+  EXPECT_TRUE(j["queue_depth"].is_number());
+  EXPECT_TRUE(j["active_requests"].is_number());
+  EXPECT_GE(j["uptime_seconds"].get<double>(), 0.0);
+}
+
+TEST_F(ServerTest, ModelsListsTheLoadedModel) {
+  const auto r = curl(auth() + quote(server_->url("/v1/models")));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto j = r.as_json();
+  EXPECT_EQ(j["object"], "list");
+  ASSERT_EQ(j["data"].size(), 1u);
+  EXPECT_EQ(j["data"][0]["id"], "micro.en-f16");
+  EXPECT_EQ(j["data"][0]["object"], "model");
+  EXPECT_EQ(curl(auth() + quote(server_->url("/v1/models/micro.en-f16"))).status, 200);
+  EXPECT_EQ(curl(auth() + quote(server_->url("/v1/models/gpt-9"))).status, 404);
+}
+
+TEST_F(ServerTest, JsonFormat) {
+  const auto r = transcribe(*server_, "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.headers.find("application/json"), std::string::npos);
+  const auto j = r.as_json();
+  ASSERT_TRUE(j.is_object()) << r.body;
+  EXPECT_TRUE(j["text"].is_string());
+  EXPECT_FALSE(j.contains("timing"));
+}
+
+TEST_F(ServerTest, TextFormatMatchesJson) {
+  const auto t = transcribe(*server_, "-F response_format=text");
+  const auto j = transcribe(*server_, "-F response_format=json");
+  ASSERT_EQ(t.status, 200) << t.body;
+  EXPECT_NE(t.headers.find("text/plain"), std::string::npos);
+  EXPECT_EQ(t.body, j.as_json()["text"].get<std::string>() + "\n");
+}
+
+TEST_F(ServerTest, VerboseJsonFormat) {
+  const auto r = transcribe(*server_, "-F response_format=verbose_json");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto j = r.as_json();
+  EXPECT_EQ(j["task"], "transcribe");
+  EXPECT_EQ(j["language"], "en");
+  EXPECT_NEAR(j["duration"].get<double>(), 11.0, 0.1);
+  EXPECT_TRUE(j["segments"].is_array());
+  EXPECT_FALSE(j.contains("words"));
+}
+
+TEST_F(ServerTest, WordGranularityAddsWords) {
+  const auto r = transcribe(*server_, "-F response_format=verbose_json -F 'timestamp_granularities[]=word' "
+                                      "-F 'timestamp_granularities[]=segment'");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto j = r.as_json();
+  ASSERT_TRUE(j["words"].is_array()) << r.body;
+  for (const auto& w : j["words"]) {
+    EXPECT_TRUE(w["word"].is_string());
+    EXPECT_LE(w["start"].get<double>(), w["end"].get<double>());
+  }
+}
+
+TEST_F(ServerTest, SrtAndVttFormats) {
+  const auto srt = transcribe(*server_, "-F response_format=srt");
+  ASSERT_EQ(srt.status, 200) << srt.body;
+  const auto vtt = transcribe(*server_, "-F response_format=vtt");
+  ASSERT_EQ(vtt.status, 200) << vtt.body;
+  EXPECT_EQ(vtt.body.rfind("WEBVTT", 0), 0u) << vtt.body;
+  EXPECT_EQ(srt.body.find("WEBVTT"), std::string::npos);
+  // Both show the same cues; srt numbers them and uses a decimal comma.
+  if (srt.body.find("-->") != std::string::npos) {
+    EXPECT_EQ(srt.body.rfind("1\n", 0), 0u) << srt.body;
+    EXPECT_NE(srt.body.find(","), std::string::npos);
+    EXPECT_NE(vtt.body.find("-->"), std::string::npos);
+  }
+}
+
+TEST_F(ServerTest, IncludeTimingBreaksDownTheRequest) {
+  const auto r = transcribe(*server_, "-F include_timing=true");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto t = r.as_json()["timing"];
+  ASSERT_TRUE(t.is_object()) << r.body;
+  for (const char* key : {"queue_seconds", "decode_audio_seconds", "transcription_seconds"}) {
+    ASSERT_TRUE(t[key].is_number()) << key;
+    EXPECT_GE(t[key].get<double>(), 0.0);
+  }
+  EXPECT_NE(r.headers.find("Server-Timing"), std::string::npos);
+}
+
+TEST_F(ServerTest, TheSameRequestGivesTheSameOutput) {
+  for (const std::string fields : {"-F response_format=verbose_json", "-F response_format=verbose_json -F temperature=0.7"}) {
+    const auto a = transcribe(*server_, fields, audio("speech-5s.wav"));
+    const auto b = transcribe(*server_, fields, audio("speech-5s.wav"));
+    ASSERT_EQ(a.status, 200) << a.body;
+    EXPECT_EQ(a.body, b.body) << fields;
+  }
+}
+
+TEST_F(ServerTest, OtherAudioFormatsAreDecoded) {
+  if (run_command("command -v ffmpeg").empty()) GTEST_SKIP() << "no ffmpeg to make the file";
+  const auto flac = scratch() / "jfk-44k1-stereo.flac";
+  int status = -1;
+  run_command("ffmpeg -nostdin -loglevel error -y -i " + quote(audio("jfk-44k1-stereo.wav").string()) + " " +
+                  quote(flac.string()) + " 2>&1",
+              &status);
+  ASSERT_EQ(status, 0);
+  const auto r = transcribe(*server_, "-F response_format=verbose_json", flac);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NEAR(r.as_json()["duration"].get<double>(), 11.0, 0.1);
+}
+
+TEST_F(ServerTest, Translations) {
+  const auto r = transcribe(*server_, "-F response_format=verbose_json", audio("speech-1s.wav"), "/v1/audio/translations");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.as_json()["task"], "translate");
+}
+
+TEST_F(ServerTest, BadRequestsAre400WithOpenAiErrorBodies) {
+  const auto garbage = scratch() / "garbage.wav";
+  std::ofstream(garbage) << "this is not audio at all, just some text pretending to be a file";
+  const auto empty = scratch() / "empty.wav";
+  std::ofstream(empty).flush();
+  struct Case {
+    std::string name;
+    HttpResult result;
+    std::string param;
+  };
+  const std::vector<Case> cases = {
+      {"no file", curl(auth() + "-F model=whisper-1 " + quote(server_->url("/v1/audio/transcriptions"))), "file"},
+      {"bad response_format", transcribe(*server_, "-F response_format=docx"), "response_format"},
+      {"bad temperature", transcribe(*server_, "-F temperature=hot"), "temperature"},
+      {"temperature out of range", transcribe(*server_, "-F temperature=3"), "temperature"},
+      {"bad granularity", transcribe(*server_, "-F 'timestamp_granularities[]=letter'"), "timestamp_granularities"},
+      {"not audio", transcribe(*server_, "", garbage), "file"},
+      {"empty audio", transcribe(*server_, "", empty), "file"},
+      {"not multipart", curl(auth() + "-H 'Content-Type: application/json' --data '{\"file\": 1}' " +
+                             quote(server_->url("/v1/audio/transcriptions"))), ""},
+      {"truncated multipart", curl(auth() + "-H 'Content-Type: multipart/form-data; boundary=zz' --data-binary "
+                                            "$'--zz\\r\\nContent-Disposition: form-data; name=\"file\"\\r\\n\\r\\nabc' " +
+                                   quote(server_->url("/v1/audio/transcriptions"))), ""},
+  };
+  for (const auto& c : cases) {
+    EXPECT_EQ(c.result.status, 400) << c.name << ": " << c.result.body;
+    const auto j = c.result.as_json();
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << c.name << ": " << c.result.body;
+    const auto& e = j["error"];
+    EXPECT_TRUE(e["message"].is_string()) << c.name;
+    EXPECT_EQ(e["type"], "invalid_request_error") << c.name;
+    EXPECT_TRUE(e.contains("param") && e.contains("code")) << c.name;
+    if (!c.param.empty()) {
+      EXPECT_EQ(e["param"], c.param) << c.name;
+    }
+  }
+}
+
+TEST_F(ServerTest, UploadOverTheLimitIs413) {
+  const auto big = scratch() / "big.wav";
+  {
+    std::ofstream out(big, std::ios::binary);
+    out << std::string(3u << 20, 'x');
+  }
+  const auto r = transcribe(*server_, "", big);
+  EXPECT_EQ(r.status, 413) << r.body;
+  EXPECT_EQ(r.error_code(), "file_too_large");
+}
+
+TEST_F(ServerTest, MissingOrWrongKeyIs401) {
+  const auto none = curl("-F " + quote("file=@" + audio("jfk.wav").string()) + " " +
+                         quote(server_->url("/v1/audio/transcriptions")));
+  EXPECT_EQ(none.status, 401) << none.body;
+  EXPECT_EQ(none.error_code(), "invalid_api_key");
+  const auto wrong = curl("-H 'Authorization: Bearer nope' " + quote(server_->url("/v1/models")));
+  EXPECT_EQ(wrong.status, 401) << wrong.body;
+  EXPECT_EQ(curl(quote(server_->url("/health"))).status, 200);  // health needs no key
+}
+
+TEST_F(ServerTest, UnknownPathIs404AndWrongMethodIs405) {
+  const auto missing = curl(auth() + quote(server_->url("/v1/audio/speech")));
+  EXPECT_EQ(missing.status, 404) << missing.body;
+  EXPECT_EQ(missing.error_code(), "unknown_url");
+  const auto get = curl(auth() + quote(server_->url("/v1/audio/transcriptions")));
+  EXPECT_EQ(get.status, 405) << get.body;
+  EXPECT_NE(get.headers.find("Allow: POST"), std::string::npos) << get.headers;
+  const auto post = curl("-X POST -d x " + quote(server_->url("/health")));
+  EXPECT_EQ(post.status, 405) << post.body;
+}
+
+TEST_F(ServerTest, MalformedHttpNeverCrashesTheServer) {
+  const std::vector<std::string> inputs = {
+      "GARBAGE\r\n\r\n",
+      "GET / HTTP/9.9\r\n\r\n",
+      "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+      "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+      std::string("\0\1\2\3\xff\xfe", 6),
+      "GET /health HTTP/1.1\r\nHost: x\r\nX: " + std::string(100000, 'a') + "\r\n\r\n",
+      "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-secret\r\n"
+      "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 20\r\n\r\n--b\r\n\r\n\r\n--b--\r\n",
+      "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort",
+  };
+  for (const auto& in : inputs) {
+    const auto out = raw_exchange(server_->port(), in);
+    if (!out.empty()) {
+      EXPECT_EQ(out.rfind("HTTP/1.1 ", 0), 0u) << out.substr(0, 200);
+      EXPECT_EQ(out.find("HTTP/1.1 5"), std::string::npos) << out.substr(0, 200);
+    }
+  }
+  EXPECT_EQ(raw_exchange(server_->port(), "GARBAGE\r\n\r\n").rfind("HTTP/1.1 400", 0), 0u);
+  EXPECT_EQ(curl(quote(server_->url("/health"))).status, 200);
+}
+
+TEST_F(ServerTest, MetricsInPrometheusFormat) {
+  (void)transcribe(*server_, "");
+  const auto r = curl(quote(server_->url("/metrics")));
+  ASSERT_EQ(r.status, 200);
+  EXPECT_NE(r.headers.find("text/plain"), std::string::npos);
+  for (const char* s : {"# TYPE amanuensis_requests_total counter",
+                        "amanuensis_requests_total{endpoint=\"/v1/audio/transcriptions\",status=\"200\"}",
+                        "# TYPE amanuensis_audio_seconds_total counter", "# TYPE amanuensis_request_duration_seconds histogram",
+                        "amanuensis_request_duration_seconds_bucket{le=\"+Inf\"}", "# TYPE amanuensis_realtime_factor histogram",
+                        "# TYPE amanuensis_queue_depth gauge", "amanuensis_active_requests"}) {
+    EXPECT_NE(r.body.find(s), std::string::npos) << s;
+  }
+}
+
+TEST_F(ServerTest, OpenAiNodeClient) {
+  const fs::path api_dir = fs::path(__FILE__).parent_path().parent_path() / "api";
+  if (run_command("command -v node") .empty()) GTEST_SKIP() << "node is not installed (scripts/setup.sh installs it)";
+  if (!fs::exists(api_dir / "node_modules" / "openai")) GTEST_SKIP() << "run npm ci in tests/api (scripts/setup.sh does)";
+  int status = -1;
+  const auto out = run_command("node " + quote((api_dir / "client.mjs").string()) + " " + quote(server_->url("/v1")) + " " +
+                                   kKey + " " + quote(audio("speech-5s.wav").string()) + " 2>&1",
+                               &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find(" passed, 0 failed"), std::string::npos) << out;
+}
+
+TEST_F(ServerTest, LoadTestScriptRuns) {
+  const fs::path api_dir = fs::path(__FILE__).parent_path().parent_path() / "api";
+  if (run_command("command -v node").empty()) GTEST_SKIP() << "node is not installed (scripts/setup.sh installs it)";
+  int status = -1;
+  const auto out = run_command("node " + quote((api_dir / "loadtest.mjs").string()) + " " + quote(server_->url("")) + " " +
+                                   quote(audio("speech-5s.wav").string()) +
+                                   " --requests 4 --concurrency 2 --api-key " + kKey + " 2>&1",
+                               &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("status {\"200\":4}"), std::string::npos) << out;
+  EXPECT_NE(out.find("real-time factor"), std::string::npos) << out;
+}
+
+// A queue bounded to one second of audio with one worker: of several long requests sent
+// at once, one runs, one waits, and the others are refused with 429 and Retry-After.
+TEST(ServerQueue, FullQueueIs429WithRetryAfter) {
+  ServerProcess s({"--workers", "1", "--max-queue-seconds", "1"});
+  ASSERT_TRUE(s.ready()) << s.log();
+  const auto file = audio("speech-75s.wav");
+  std::string cmd;
+  constexpr int kRequests = 6;
+  for (int i = 0; i < kRequests; ++i) {
+    cmd += "curl -s --max-time 120 -o /dev/null -D " + quote((scratch() / ("q" + std::to_string(i))).string()) +
+           " -w '%{http_code}\\n' -F " + quote("file=@" + file.string()) + " -F model=whisper-1 " +
+           quote(s.url("/v1/audio/transcriptions")) + " & ";
+  }
+  cmd += "wait";
+  const auto out = run_command(cmd);
+  int ok = 0, full = 0;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line == "200") ++ok;
+    if (line == "429") ++full;
+  }
+  EXPECT_EQ(ok + full, kRequests) << out;
+  EXPECT_GE(ok, 1);
+  EXPECT_GE(full, 1) << out;
+  bool retry_after = false;
+  for (int i = 0; i < kRequests; ++i) {
+    const auto h = read_file(scratch() / ("q" + std::to_string(i)));
+    if (h.find(" 429") != std::string::npos) retry_after = retry_after || h.find("Retry-After: ") != std::string::npos;
+  }
+  EXPECT_TRUE(retry_after);
+}
+
+// A client that gives up while its job waits in the queue: the job is dropped before it
+// starts (counted under status 499 in /metrics), and the others are answered.
+TEST(ServerQueue, JobsOfClientsThatLeftAreDropped) {
+  ServerProcess s({"--workers", "1"});
+  ASSERT_TRUE(s.ready()) << s.log();
+  const auto file = audio("speech-75s.wav");
+  std::string cmd;
+  for (int i = 0; i < 3; ++i) {  // about 0.5 s of work each, one after another
+    cmd += "curl -s --max-time 120 -o /dev/null -w '%{http_code}\\n' -F " + quote("file=@" + file.string()) + " " +
+           quote(s.url("/v1/audio/transcriptions")) + " & ";
+  }
+  cmd += "wait";
+  FILE* clients = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(clients, nullptr);
+  int accepted = 0;
+  for (int i = 0; i < 500 && accepted < 3; ++i) {
+    const auto h = json::parse(curl(quote(s.url("/health"))).body, nullptr, false);
+    accepted = h.is_object() ? h["active_requests"].get<int>() : 0;
+    if (accepted < 3) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // This one gives up after 0.5 s, while at least two long jobs are still ahead of it.
+  int curl_status = -1;  // 28: curl's timeout
+  const auto gave_up = run_command("curl -s --max-time 0.5 -o /dev/null -w '%{http_code}' -F " +
+                                       quote("file=@" + file.string()) + " " + quote(s.url("/v1/audio/transcriptions")),
+                                   &curl_status);
+  std::string out;
+  char buf[256];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, clients)) > 0) out.append(buf, n);
+  ::pclose(clients);
+  EXPECT_EQ(out, "200\n200\n200\n");
+  if (accepted < 3 || curl_status != 28) GTEST_SKIP() << "the machine was too slow or too fast for this timing test (accepted " << accepted << ", the early client got " << gave_up << ")";
+  const std::string dropped = "amanuensis_requests_total{endpoint=\"/v1/audio/transcriptions\",status=\"499\"} 1";
+  std::string metrics;
+  for (int i = 0; i < 100 && metrics.find(dropped) == std::string::npos; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    metrics = curl(quote(s.url("/metrics"))).body;
+  }
+  EXPECT_NE(metrics.find(dropped), std::string::npos) << metrics << s.log();
+}
+
+// SIGTERM with requests in flight (one running, two queued): all three complete with 200,
+// then the server exits 0 and takes no new connection.
+TEST(ServerShutdown, SigtermFinishesRequestsInFlight) {
+  ServerProcess s({"--workers", "1"});
+  ASSERT_TRUE(s.ready()) << s.log();
+  const auto file = audio("speech-75s.wav");
+  std::string cmd;
+  constexpr int kRequests = 3;
+  for (int i = 0; i < kRequests; ++i) {
+    cmd += "curl -s --max-time 120 -o /dev/null -w '%{http_code}\\n' -F " + quote("file=@" + file.string()) + " " +
+           quote(s.url("/v1/audio/transcriptions")) + " & ";
+  }
+  cmd += "wait";
+  FILE* clients = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(clients, nullptr);
+  // Wait (bounded) until the server has accepted all of them.
+  int accepted = 0;
+  for (int i = 0; i < 500 && accepted < kRequests; ++i) {
+    const auto h = json::parse(curl(quote(s.url("/health"))).body, nullptr, false);
+    accepted = h.is_object() ? h["active_requests"].get<int>() : 0;
+    if (accepted < kRequests) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ::kill(s.pid(), SIGTERM);
+  std::string out;
+  char buf[256];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, clients)) > 0) out.append(buf, n);
+  ::pclose(clients);
+  EXPECT_EQ(s.wait_exit(60), 0) << s.log();
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), kRequests) << out;
+  if (accepted == kRequests) {
+    EXPECT_EQ(out, "200\n200\n200\n") << s.log();
+  } else {
+    std::cerr << "note: only " << accepted << " requests were accepted before SIGTERM\n";
+  }
+  EXPECT_NE(s.log().find("stopped"), std::string::npos) << s.log();
+  EXPECT_EQ(curl(quote(s.url("/health"))).status, 0);  // nobody listens any more
+}
+
+}  // namespace
+}  // namespace amanuensis
