@@ -16,6 +16,7 @@
 #include "audio/decode.h"
 #include "cli/args.h"
 #include "cli/bench.h"
+#include "cli/decoding_flags.h"
 #include "cli/serve.h"
 #include "common/error.h"
 #include "kernels/backend.h"
@@ -40,28 +41,11 @@ transcribe options:
   --output-format FMT     txt (default), json, verbose_json, srt, vtt or tsv
   --output-dir DIR        write one file per input (NAME.FMT) instead of printing
   --no-timestamps         decode without timestamp tokens
-  --language CODE         spoken language for multilingual models (default: detected)
   --task TASK             transcribe (default) or translate
   --prompt TEXT           initial prompt (previous-context text)
-  --no-context            do not condition a window on the text of the previous ones
-  --sample-len N          tokens sampled per window at most (default n_text_ctx/2 = 224)
-  --suppress-tokens IDS   comma-separated ids to suppress; -1 = non-speech symbols (default -1)
-  --no-suppress-blank     allow a blank or end-of-text as the first token
-  --max-initial-timestamp S   latest first timestamp in seconds (default 1.0)
   --compat whisper.cpp    follow whisper.cpp's whisper_full() instead of OpenAI's transcribe():
                           its suppressed tokens and timestamp rules, 220 tokens per window,
                           no temperature fallback, its context, segmentation and seeking
-  --temperature T         first decoding temperature (default 0)
-  --temperature-increment T   fallback step (default 0.2)
-  --no-fallback           never retry a window at a higher temperature
-  --best-of N             sampled candidates at temperatures above 0 (default 5)
-  --beam-size N           beams at temperature 0 (default 5; 1 or 0 = greedy)
-  --patience X            beam search patience (default 1.0)
-  --length-penalty X      rank beams by ((5 + length) / 6) ** X instead of length
-  --seed N                seed of the sampling generator (default 0; runs are reproducible)
-  --compression-ratio-threshold X  fallback above this gzip ratio (default 2.4)
-  --logprob-threshold X   fallback below this average log-probability (default -1.0)
-  --no-speech-threshold X skip a window above this no-speech probability (default 0.6)
   --vad                   decode only the stretches with speech (built-in detector)
   --vad-threshold X       speech score threshold of the detector (default 0.5)
   --word-timestamps       word-level times from cross-attention alignment (verbose_json "words")
@@ -87,15 +71,6 @@ std::vector<float> read_audio(const std::string& path, const Args& args) {
                                args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1));
 }
 
-std::vector<float> temperature_schedule(const Args& args, bool fallback) {
-  const double start = args.get_double("temperature", 0.0);
-  const double step = args.get_double("temperature-increment", 0.2);
-  if (start < 0 || start > 1.0) throw Error("--temperature must be between 0 and 1");
-  if (!fallback || step <= 0) return {static_cast<float>(start)};
-  std::vector<float> temperatures;
-  for (double t = start; t <= 1.0 + 1e-6; t += step) temperatures.push_back(static_cast<float>(t));
-  return temperatures;
-}
 
 void apply_common_options(const Args& args) {
   if (auto precision = args.get("precision")) kernels::set_precision(kernels::parse_precision(*precision));
@@ -106,36 +81,14 @@ void apply_common_options(const Args& args) {
   }
 }
 
-pipeline::TranscribeOptions transcribe_options(const Args& args, const pipeline::Model& model) {
+pipeline::TranscribeOptions transcribe_options(const Args& args) {
   pipeline::TranscribeOptions o;
-  auto& d = o.decode;
-  d.semantics = decoding::parse_semantics(args.get_or("compat", "openai"));
-  const bool whisper_cpp = d.semantics == decoding::Semantics::WhisperCpp;
-  d.timestamps = !args.flag("no-timestamps");
-  d.language = args.get_or("language", "");
-  d.task = args.get_or("task", "transcribe");
-  d.sample_len = args.get_int("sample-len", whisper_cpp ? model.hparams().n_text_ctx / 2 - 4 : 0);
-  if (d.sample_len < 0) throw Error("--sample-len must be positive");
-  d.suppress_tokens = args.get_or("suppress-tokens", whisper_cpp ? "" : "-1");
-  d.suppress_blank = !args.flag("no-suppress-blank");
-  d.max_initial_timestamp = args.get_double("max-initial-timestamp", 1.0);
-  o.condition_on_previous_text = !args.flag("no-context");
+  o.decode.semantics = decoding::parse_semantics(args.get_or("compat", "openai"));
+  const bool whisper_cpp = o.decode.semantics == decoding::Semantics::WhisperCpp;
+  apply_decoding_flags(args, whisper_cpp, o);
+  o.decode.timestamps = !args.flag("no-timestamps");
+  o.decode.task = args.get_or("task", "transcribe");
   o.initial_prompt = args.get_or("prompt", "");
-  o.temperatures = temperature_schedule(args, !(args.flag("no-fallback") || whisper_cpp));
-  o.best_of = args.get_int("best-of", 5);
-  const int beam_size = args.get_int("beam-size", whisper_cpp ? 0 : 5);
-  if (beam_size > 1) {
-    decoding::BeamOptions beam;
-    beam.beam_size = beam_size;
-    beam.patience = args.get_double("patience", 1.0);
-    if (args.get("length-penalty")) beam.length_penalty = args.get_double("length-penalty", 0.0);
-    o.beam = beam;
-  }
-  if (o.best_of < 1) throw Error("--best-of must be at least 1");
-  o.seed = static_cast<std::uint64_t>(args.get_int("seed", 0));
-  o.thresholds.compression_ratio = args.get_double("compression-ratio-threshold", 2.4);
-  o.thresholds.logprob = args.get_double("logprob-threshold", -1.0);
-  o.thresholds.no_speech = args.get_double("no-speech-threshold", 0.6);
   o.word_timestamps = args.flag("word-timestamps");
   if (args.flag("vad")) {
     vad::VadOptions v;
@@ -185,7 +138,7 @@ int run_transcribe(const Args& args) {
   if (args.positional().empty()) throw Error("transcribe needs at least one audio file");
   const auto format = pipeline::parse_output_format(args.get_or("output-format", "txt"));
   const auto model = pipeline::Model::load(args.required("model"));
-  const auto options = transcribe_options(args, *model);
+  const auto options = transcribe_options(args);
   int failures = 0;
   for (const auto& file : args.positional()) {
     try {
@@ -264,7 +217,7 @@ int run_dump_logits(const Args& args) {
 
 int run(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {
-    std::cout << kUsage << "\n" << kServeUsage;
+    std::cout << kUsage << "\n" << kDecodingUsage << "\n" << kServeUsage;
     return argv.empty() ? 2 : 0;
   }
   if (argv[0] == "--version") {
@@ -274,11 +227,10 @@ int run(const std::vector<std::string>& argv) {
   const std::string command = argv[0];
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
   if (command == "transcribe") {
-    Args args(rest, {"no-timestamps", "no-context", "no-suppress-blank", "no-fallback", "word-timestamps", "vad"},
-              {"model", "output-format", "output-dir", "language", "task", "prompt", "sample-len", "suppress-tokens",
-               "max-initial-timestamp", "compat", "threads", "temperature", "temperature-increment", "best-of", "seed",
-               "compression-ratio-threshold", "logprob-threshold", "no-speech-threshold", "pcm-rate", "pcm-channels",
-               "pcm-format", "beam-size", "patience", "length-penalty", "hallucination-silence-threshold", "vad-threshold", "precision"});
+    Args args(rest, with({"no-timestamps", "word-timestamps", "vad"}, kDecodingFlags),
+              with({"model", "output-format", "output-dir", "task", "prompt", "compat", "threads", "pcm-rate",
+                    "pcm-channels", "pcm-format", "hallucination-silence-threshold", "vad-threshold", "precision"},
+                   kDecodingOptions));
     return run_transcribe(args);
   }
   if (command == "serve") {

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/args.h"
+#include "cli/decoding_flags.h"
 #include "common/error.h"
 #include "kernels/cpu/thread_pool.h"
 #include "server/server.h"
@@ -21,10 +22,7 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --api-key KEY           require "Authorization: Bearer KEY" on /v1/*
   --request-timeout S     seconds to send a request, and at most to wait in the queue (default 300)
   --model-id NAME         model id reported by /v1/models (default: the file name)
-  decoding defaults of every request, as for transcribe: --language --sample-len --beam-size
-  --best-of --patience --length-penalty --no-fallback --temperature-increment --seed
-  --suppress-tokens --no-suppress-blank --no-context --compression-ratio-threshold
-  --logprob-threshold --no-speech-threshold --max-initial-timestamp
+  and the decoding options above: the defaults of every request
 )";
 
 namespace {
@@ -38,11 +36,10 @@ int positive_int(const Args& args, const std::string& name, int fallback, int mi
 }  // namespace
 
 int run_serve(const std::vector<std::string>& argv) {
-  Args args(argv, {"no-fallback", "no-context", "no-suppress-blank"},
-            {"model", "host", "port", "threads", "workers", "max-queue-seconds", "max-upload-mb", "api-key",
-             "request-timeout", "model-id", "io-threads", "language", "sample-len", "beam-size", "best-of", "patience",
-             "length-penalty", "temperature-increment", "seed", "suppress-tokens", "compression-ratio-threshold",
-             "logprob-threshold", "no-speech-threshold", "max-initial-timestamp"});
+  Args args(argv, kDecodingFlags,
+            with({"model", "host", "port", "threads", "workers", "max-queue-seconds", "max-upload-mb", "api-key",
+                  "request-timeout", "model-id", "io-threads"},
+                 kDecodingOptions));
   if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
   server::ServerOptions o;
   o.model_path = args.required("model");
@@ -62,34 +59,10 @@ int run_serve(const std::vector<std::string>& argv) {
   if (!(o.request_timeout > 0)) throw Error("--request-timeout must be positive");
   o.model_id = args.get_or("model-id", "");
 
-  auto& t = o.defaults;
-  auto& d = t.decode;
-  d.language = args.get_or("language", "");
-  d.sample_len = args.get_int("sample-len", 0);
-  if (d.sample_len < 0) throw Error("--sample-len must be positive");
-  d.suppress_tokens = args.get_or("suppress-tokens", "-1");
-  d.suppress_blank = !args.flag("no-suppress-blank");
-  d.max_initial_timestamp = args.get_double("max-initial-timestamp", 1.0);
-  t.condition_on_previous_text = !args.flag("no-context");
-  t.best_of = positive_int(args, "best-of", 5, 1);
-  const int beam_size = args.get_int("beam-size", 5);
-  if (beam_size > 1) {
-    decoding::BeamOptions beam;
-    beam.beam_size = beam_size;
-    beam.patience = args.get_double("patience", 1.0);
-    if (args.get("length-penalty")) beam.length_penalty = args.get_double("length-penalty", 0.0);
-    t.beam = beam;
-  }
-  t.seed = static_cast<std::uint64_t>(args.get_int("seed", 0));
-  t.thresholds.compression_ratio = args.get_double("compression-ratio-threshold", 2.4);
-  t.thresholds.logprob = args.get_double("logprob-threshold", -1.0);
-  t.thresholds.no_speech = args.get_double("no-speech-threshold", 0.6);
+  apply_decoding_flags(args, /*whisper_cpp=*/false, o.defaults);
+  // a request's own temperature starts the fallback schedule
   o.temperature_fallback = !args.flag("no-fallback");
   o.temperature_increment = args.get_double("temperature-increment", 0.2);
-  t.temperatures = {0.0f};
-  if (o.temperature_fallback && o.temperature_increment > 0)
-    for (double x = o.temperature_increment; x <= 1.0 + 1e-6; x += o.temperature_increment)
-      t.temperatures.push_back(static_cast<float>(x));
 
   server::Server srv(o);
   const int status = srv.run([&](unsigned short bound) {

@@ -61,7 +61,9 @@ WindowDecoder::WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& 
   rules_.suppress_blank = options_.suppress_blank;
   rules_.max_initial_timestamp = options_.max_initial_timestamp;
   rules_.suppress = suppressed_tokens(tokenizer_, options_.suppress_tokens, options_.semantics, options_.timestamps);
-  sample_len_ = options_.sample_len > 0 ? options_.sample_len : decoder_.n_text_ctx() / 2;
+  // OpenAI samples n_text_ctx/2 tokens at most, whisper.cpp 4 fewer
+  const int default_len = decoder_.n_text_ctx() / 2 - (options_.semantics == Semantics::WhisperCpp ? 4 : 0);
+  sample_len_ = options_.sample_len > 0 ? options_.sample_len : default_len;
 }
 
 std::vector<TokenId> WindowDecoder::initial_tokens(std::span<const TokenId> prompt) const {

@@ -20,7 +20,7 @@ struct DecodeOptions {
   std::string task = "transcribe";  // or "translate"
   std::string language = "en";      // ignored by English-only models; "" = detect
   bool timestamps = true;
-  int sample_len = 0;               // tokens sampled at most; 0 = n_text_ctx / 2 (224)
+  int sample_len = 0;               // tokens sampled at most; 0 = n_text_ctx / 2 (224; whisper.cpp: 220)
   bool suppress_blank = true;
   std::string suppress_tokens = "-1";
   double max_initial_timestamp = 1.0;

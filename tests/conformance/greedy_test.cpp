@@ -97,7 +97,9 @@ void expect_same_segments(const pipeline::Transcript& ours, const nlohmann::json
     const auto& r = ref_run["segments"][i];
     EXPECT_EQ(std::lround(s.start * 100), reported_start(r["t0"].get<long>(), ours)) << "segment " << i;
     EXPECT_EQ(std::lround(s.end * 100), reported_time(r["t1"].get<long>(), ours)) << "segment " << i;
-    if (i > 0) EXPECT_GE(s.start, ours.segments[i - 1].end) << "segment times must be monotonic";
+    if (i > 0) {
+      EXPECT_GE(s.start, ours.segments[i - 1].end) << "segment times must be monotonic";
+    }
     EXPECT_EQ(s.tokens, r["tokens"].get<std::vector<TokenId>>()) << "segment " << i;
   }
 }
