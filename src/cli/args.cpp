@@ -1,5 +1,7 @@
 #include "cli/args.h"
 
+#include <type_traits>
+
 #include "common/error.h"
 
 namespace amanuensis::cli {
@@ -50,27 +52,38 @@ std::string Args::required(const std::string& name) const {
   throw Error("missing required option --" + name);
 }
 
+namespace {
+
+// The whole value must be a number of the requested kind.
+template <typename T>
+std::optional<T> parse_number(const std::string& text) {
+  try {
+    std::size_t used = 0;
+    T value;
+    if constexpr (std::is_integral_v<T>) {
+      value = std::stoi(text, &used);
+    } else {
+      value = std::stod(text, &used);
+    }
+    if (used == text.size()) return value;
+  } catch (const std::exception&) {
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 int Args::get_int(const std::string& name, int fallback) const {
   auto v = get(name);
   if (!v) return fallback;
-  try {
-    std::size_t used = 0;
-    int value = std::stoi(*v, &used);
-    if (used == v->size()) return value;
-  } catch (const std::exception&) {
-  }
+  if (auto n = parse_number<int>(*v)) return *n;
   throw Error("option --" + name + " needs a whole number, got '" + *v + "'");
 }
 
 double Args::get_double(const std::string& name, double fallback) const {
   auto v = get(name);
   if (!v) return fallback;
-  try {
-    std::size_t used = 0;
-    double value = std::stod(*v, &used);
-    if (used == v->size()) return value;
-  } catch (const std::exception&) {
-  }
+  if (auto n = parse_number<double>(*v)) return *n;
   throw Error("option --" + name + " needs a number, got '" + *v + "'");
 }
 

@@ -168,7 +168,7 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
   caches.push_back(decoder.new_cache());
   std::vector<std::vector<float>> logits;
   logits.push_back(decoder.forward(initial_tokens.first(sot_index + 1), caches[0], audio));
-  result.no_speech_prob = std::exp(log_softmax(logits[0])[sp.no_speech]);
+  result.no_speech_prob = std::exp(log_probability(logits[0], sp.no_speech));
   if (sot_index + 1 < initial_tokens.size()) {
     logits[0] = decoder.forward(initial_tokens.subspan(sot_index + 1), caches[0], audio);
   }

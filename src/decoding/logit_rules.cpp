@@ -67,15 +67,12 @@ void timestamp_rules(std::span<float> logits, std::span<const TokenId> sampled, 
   }
 
   // when timestamps together are likelier than any single text token, emit a timestamp
-  const auto logprobs = log_softmax(logits);
-  double max_text = -INFINITY;
-  for (long i = 0; i < sp.timestamp_begin; ++i) max_text = std::max<double>(max_text, logprobs[i]);
-  double ts_max = -INFINITY;
-  for (long i = sp.timestamp_begin; i < n_vocab; ++i) ts_max = std::max<double>(ts_max, logprobs[i]);
-  if (ts_max == -INFINITY) return;
-  double ts_sum = 0.0;
-  for (long i = sp.timestamp_begin; i < n_vocab; ++i) ts_sum += std::exp(static_cast<double>(logprobs[i]) - ts_max);
-  if (ts_max + std::log(ts_sum) > max_text) mask_range(logits, 0, sp.timestamp_begin);
+  // (both sides share the row's normaliser, so it cancels out of the comparison)
+  const double timestamps = log_sum_exp(logits.subspan(sp.timestamp_begin));
+  if (timestamps == -INFINITY) return;
+  const auto text = logits.first(sp.timestamp_begin);
+  const float max_text = *std::max_element(text.begin(), text.end());
+  if (timestamps > max_text) mask_range(logits, 0, sp.timestamp_begin);
 }
 
 }  // namespace
@@ -147,12 +144,21 @@ void apply_logit_rules(std::span<float> logits, std::span<const TokenId> sampled
   apply_timestamp_rules(logits, sampled, rules, tokenizer);
 }
 
-std::vector<float> log_softmax(std::span<const float> logits) {
+double log_sum_exp(std::span<const float> logits) {
   float max = -INFINITY;
   for (float v : logits) max = std::max(max, v);
+  if (max == -INFINITY) return -INFINITY;
   double sum = 0.0;
   for (float v : logits) sum += std::exp(static_cast<double>(v) - max);
-  const double log_sum = max + std::log(sum);
+  return max + std::log(sum);
+}
+
+float log_probability(std::span<const float> logits, TokenId id) {
+  return static_cast<float>(logits[id] - log_sum_exp(logits));
+}
+
+std::vector<float> log_softmax(std::span<const float> logits) {
+  const double log_sum = log_sum_exp(logits);
   std::vector<float> out(logits.size());
   for (std::size_t i = 0; i < logits.size(); ++i) out[i] = static_cast<float>(logits[i] - log_sum);
   return out;

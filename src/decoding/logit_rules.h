@@ -45,5 +45,9 @@ void apply_timestamp_rules(std::span<float> logits, std::span<const TokenId> sam
 
 // log_softmax of a row (in double for the sums, returned as float).
 std::vector<float> log_softmax(std::span<const float> logits);
+// log(sum(exp(logits))) in double; -inf for an empty or fully masked row.
+double log_sum_exp(std::span<const float> logits);
+// log_softmax(logits)[id] without building the whole row.
+float log_probability(std::span<const float> logits, TokenId id);
 
 }  // namespace amanuensis::decoding

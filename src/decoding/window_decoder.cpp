@@ -30,7 +30,7 @@ TokenId sample(std::span<const float> logits, float temperature, std::mt19937_64
 }
 
 float probability_of(std::span<const float> raw_logits, TokenId id) {
-  return std::exp(log_softmax(raw_logits)[id]);
+  return std::exp(log_probability(raw_logits, id));
 }
 
 }  // namespace
@@ -111,7 +111,7 @@ WindowResult WindowDecoder::decode(const nn::CrossAttentionCache& audio, std::sp
     if (filter) filter(step, result.tokens, logits);
     apply_timestamp_rules(logits, result.tokens, rules_, tokenizer_);
     const TokenId chosen = temperature > 0.0f ? sample(logits, temperature, rng) : argmax(logits);
-    const float logprob = log_softmax(logits)[chosen];
+    const float logprob = log_probability(logits, chosen);
     if (std::isfinite(logprob)) result.sum_logprob += logprob;
     if (chosen == sp.eot) {
       result.reached_end_of_text = true;

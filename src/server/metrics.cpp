@@ -37,6 +37,21 @@ Metrics::Metrics()
     : latency_({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}),
       realtime_factor_({0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10}) {}
 
+namespace {
+
+// The # HELP and # TYPE lines of one metric family.
+void header(std::string& out, const std::string& name, const char* type, const char* help) {
+  out += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+}
+
+// A family with a single unlabelled sample.
+void sample(std::string& out, const std::string& name, const char* type, const char* help, const std::string& value) {
+  header(out, name, type, help);
+  out += name + " " + value + "\n";
+}
+
+}  // namespace
+
 void Metrics::record_request(const std::string& endpoint, int status, double latency_seconds) {
   std::lock_guard lock(mutex_);
   ++requests_[{endpoint, status}];
@@ -53,32 +68,21 @@ std::string Metrics::render(std::size_t queue_depth, double queued_audio_seconds
                             double uptime_seconds) const {
   std::lock_guard lock(mutex_);
   std::string out;
-  out += "# HELP amanuensis_requests_total HTTP requests answered, by endpoint and status code.\n";
-  out += "# TYPE amanuensis_requests_total counter\n";
+  header(out, "amanuensis_requests_total", "counter", "HTTP requests answered, by endpoint and status code.");
   for (const auto& [key, count] : requests_)
     out += "amanuensis_requests_total{endpoint=\"" + key.first + "\",status=\"" + std::to_string(key.second) + "\"} " +
            std::to_string(count) + "\n";
-  out += "# HELP amanuensis_audio_seconds_total Seconds of audio transcribed.\n";
-  out += "# TYPE amanuensis_audio_seconds_total counter\n";
-  out += "amanuensis_audio_seconds_total " + number(audio_seconds_) + "\n";
-  out += "# HELP amanuensis_request_duration_seconds Time from a complete request to its response.\n";
-  out += "# TYPE amanuensis_request_duration_seconds histogram\n";
+  sample(out, "amanuensis_audio_seconds_total", "counter", "Seconds of audio transcribed.", number(audio_seconds_));
+  header(out, "amanuensis_request_duration_seconds", "histogram", "Time from a complete request to its response.");
   latency_.render(out, "amanuensis_request_duration_seconds");
-  out += "# HELP amanuensis_realtime_factor Transcription time per second of audio.\n";
-  out += "# TYPE amanuensis_realtime_factor histogram\n";
+  header(out, "amanuensis_realtime_factor", "histogram", "Transcription time per second of audio.");
   realtime_factor_.render(out, "amanuensis_realtime_factor");
-  out += "# HELP amanuensis_queue_depth Transcription jobs waiting for a worker.\n";
-  out += "# TYPE amanuensis_queue_depth gauge\n";
-  out += "amanuensis_queue_depth " + std::to_string(queue_depth) + "\n";
-  out += "# HELP amanuensis_queue_audio_seconds Seconds of audio waiting for a worker.\n";
-  out += "# TYPE amanuensis_queue_audio_seconds gauge\n";
-  out += "amanuensis_queue_audio_seconds " + number(queued_audio_seconds) + "\n";
-  out += "# HELP amanuensis_active_requests Transcription requests accepted and not yet answered.\n";
-  out += "# TYPE amanuensis_active_requests gauge\n";
-  out += "amanuensis_active_requests " + std::to_string(active_requests) + "\n";
-  out += "# HELP amanuensis_uptime_seconds Seconds since the server started.\n";
-  out += "# TYPE amanuensis_uptime_seconds gauge\n";
-  out += "amanuensis_uptime_seconds " + number(uptime_seconds) + "\n";
+  sample(out, "amanuensis_queue_depth", "gauge", "Transcription jobs waiting for a worker.", std::to_string(queue_depth));
+  sample(out, "amanuensis_queue_audio_seconds", "gauge", "Seconds of audio waiting for a worker.",
+         number(queued_audio_seconds));
+  sample(out, "amanuensis_active_requests", "gauge", "Transcription requests accepted and not yet answered.",
+         std::to_string(active_requests));
+  sample(out, "amanuensis_uptime_seconds", "gauge", "Seconds since the server started.", number(uptime_seconds));
   return out;
 }
 
