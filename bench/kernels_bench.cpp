@@ -1,8 +1,10 @@
 // Microbenchmarks of the compute backends on Whisper's shapes: the linear layers of
-// tiny (d 384) and base (d 512) over a 1500-frame window and for one decoder token, and
-// encoder self-attention / decoder cross-attention. Run with --benchmark_format=json.
+// tiny (d 384) and base (d 512) over a 1500-frame window and for one decoder token,
+// tiny's decoder layers and logits for 1..64 token rows at once (continuous batching),
+// and encoder self-attention / decoder cross-attention. Run with --benchmark_format=json.
 // Each benchmark is registered once per available backend (reference-fp32, onednn-fp32,
-// onednn-bf16 where the CPU has it); counters report GFLOP/s.
+// onednn-bf16 where the CPU has it); counters report GFLOP/s, and items/s for linear
+// layers counts input rows (so 1 / items_per_second is the cost of one row).
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -45,6 +47,7 @@ void BM_linear(benchmark::State& state, std::shared_ptr<const kernels::Backend> 
   }
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * m * k * n, benchmark::Counter::kIsIterationInvariantRate,
                                                   benchmark::Counter::kIs1000);
+  state.SetItemsProcessed(state.iterations() * m);
 }
 
 void BM_attention(benchmark::State& state, std::shared_ptr<const kernels::Backend> backend, std::int64_t n_q,
@@ -73,6 +76,22 @@ std::vector<std::shared_ptr<const kernels::Backend>> backends() {
   return list;
 }
 
+// A decoder step of continuous batching: one row per sequence, m = 1..64, through
+// matrices packed for few rows with f16-exact weights (an f16 model's decoder). Named
+// few_m<m>_<n>x<k> (n output features of k inputs).
+void register_batched_decoder(const std::shared_ptr<const kernels::Backend>& backend, const std::string& prefix) {
+  struct Matrix {
+    std::int64_t n, k;
+  };
+  for (const Matrix w : {Matrix{384, 384}, Matrix{1536, 384}, Matrix{384, 1536}, Matrix{51864, 384}})
+    for (const std::int64_t m : {1, 4, 16, 32, 64}) {
+      const std::string name = prefix + "few_m" + std::to_string(m) + "_" + std::to_string(w.n) + "x" + std::to_string(w.k);
+      benchmark::RegisterBenchmark(name.c_str(), BM_linear, backend, m, w.k, w.n, kernels::Epilogue::Store, true)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+    }
+}
+
 void register_all() {
   struct Shape {
     const char* model;
@@ -92,6 +111,7 @@ void register_all() {
       reg_linear("linear_1500x" + std::to_string(f) + "x" + std::to_string(d) + "_acc", 1500, f, d, kernels::Epilogue::Accumulate);
       reg_linear("linear_1x" + std::to_string(d) + "x" + std::to_string(f), 1, d, f, kernels::Epilogue::Gelu);
       reg_linear("logits_1x" + std::to_string(d) + "x51864", 1, d, 51864, kernels::Epilogue::Store);
+      if (s.d == 384) register_batched_decoder(backend, p);
       benchmark::RegisterBenchmark((p + "attention_enc_1500x1500").c_str(), BM_attention, backend, 1500, 1500, s.heads, d)
           ->Unit(benchmark::kMillisecond)->UseRealTime();
       benchmark::RegisterBenchmark((p + "attention_cross_1x1500").c_str(), BM_attention, backend, 1, 1500, s.heads, d)

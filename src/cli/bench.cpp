@@ -34,6 +34,9 @@ options:
   --threads N               compute threads (default: all cores)
   --precision P             auto (default), fp32 or bf16
   --runs N                  timed repetitions of each stage; the median is reported (default 3)
+  --batch-sizes LIST        batched decoder steps to time: sequences per step, each with its
+                            own KV cache and window (what the server's batching runs;
+                            default 1,4,16,64)
   --json                    print one JSON object instead of the table
 )";
 
@@ -128,6 +131,58 @@ DecodeTiming decode_window(const pipeline::Model& model, const nn::CrossAttentio
   return t;
 }
 
+struct BatchTiming {
+  int sequences = 0;
+  double ms_per_step = 0.0;
+};
+
+// One decoder step over `n` sequences, each at its own position (a few tokens apart) with
+// its own KV cache and its own copy of the window's audio, as requests batched together.
+BatchTiming time_batched_step(const pipeline::Model& model, const nn::CrossAttentionCache& cross, int n, int runs) {
+  const auto& dec = model.decoder();
+  const int steps_per_run = 8;
+  std::vector<nn::CrossAttentionCache> audio(static_cast<std::size_t>(n), cross);
+  std::vector<nn::KvCache> caches;
+  std::vector<std::vector<float>> logits(static_cast<std::size_t>(n), std::vector<float>(dec.n_vocab()));
+  const auto prompt = prompt_tokens(model);
+  const auto filler = text_tokens(model, 32 + n);
+  for (int i = 0; i < n; ++i) {
+    caches.push_back(dec.new_cache());
+    dec.forward(prompt, caches.back(), audio[static_cast<std::size_t>(i)]);
+    const auto at = std::span(filler).first(static_cast<std::size_t>(1 + i % 32));
+    dec.forward(at, caches.back(), audio[static_cast<std::size_t>(i)]);
+  }
+  std::vector<nn::SequenceStep> batch(static_cast<std::size_t>(n));
+  std::vector<double> ms;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = Clock::now();
+    for (int s = 0; s < steps_per_run; ++s) {
+      for (std::size_t i = 0; i < batch.size(); ++i) batch[i] = {filler[i % filler.size()], &caches[i], &audio[i], logits[i]};
+      dec.step(batch);
+    }
+    ms.push_back(ms_since(t0) / steps_per_run);
+  }
+  return {n, median(ms)};
+}
+
+std::vector<int> parse_batch_sizes(const std::string& list) {
+  std::vector<int> sizes;
+  std::size_t start = 0;
+  while (start <= list.size()) {
+    const auto comma = std::min(list.find(',', start), list.size());
+    const std::string item = list.substr(start, comma - start);
+    int n = 0;
+    try {
+      n = std::stoi(item);
+    } catch (const std::exception&) {
+    }
+    if (n < 1 || n > 256) throw Error("--batch-sizes wants numbers from 1 to 256 separated by commas (got '" + item + "')");
+    sizes.push_back(n);
+    start = comma + 1;
+  }
+  return sizes;
+}
+
 }  // namespace
 
 int run_bench(const std::vector<std::string>& argv) {
@@ -136,7 +191,7 @@ int run_bench(const std::vector<std::string>& argv) {
       std::cout << kBenchUsage;
       return 0;
     }
-  Args args(argv, {"json"}, {"model", "audio", "seconds", "tokens-per-second", "threads", "precision", "runs"});
+  Args args(argv, {"json"}, {"model", "audio", "seconds", "tokens-per-second", "threads", "precision", "runs", "batch-sizes"});
   if (args.get("threads")) {
     const int n = args.get_int("threads", 0);
     if (n < 1) throw Error("--threads must be at least 1");
@@ -148,6 +203,7 @@ int run_bench(const std::vector<std::string>& argv) {
   const int runs = args.get_int("runs", 3);
   if (runs < 1) throw Error("--runs must be at least 1");
   const bool json = args.flag("json");
+  const auto batch_sizes = parse_batch_sizes(args.get_or("batch-sizes", "1,4,16,64"));
 
   std::vector<float> samples;
   if (auto path = args.get("audio")) {
@@ -219,6 +275,17 @@ int run_bench(const std::vector<std::string>& argv) {
     e2e_ms.push_back(ms_since(t0));
   }
 
+  std::vector<BatchTiming> batched;
+  {
+    const auto cross = model->decoder().cross_attention(model->encoder().encode(mel_window));
+    for (int n : batch_sizes) batched.push_back(time_batched_step(*model, cross, n, runs));
+  }
+  nlohmann::json batch_json = nlohmann::json::array();
+  for (const auto& b : batched)
+    batch_json.push_back({{"sequences", b.sequences},
+                          {"ms_per_step", b.ms_per_step},
+                          {"ms_per_sequence", b.ms_per_step / b.sequences}});
+
   const double end_to_end = median(e2e_ms);
   nlohmann::json out = {
       {"model", args.required("model")},
@@ -238,6 +305,7 @@ int run_bench(const std::vector<std::string>& argv) {
       {"encoder_cpu_ms_per_window", median(enc_cpu_ms)},
       {"decoder_cpu_ms_per_token", median(tok_cpu_ms)},
       {"realtime_factor", audio_seconds / (end_to_end / 1000.0)},
+      {"decoder_batched_steps", batch_json},
       {"runs", runs},
   };
   if (json) {
@@ -260,6 +328,9 @@ int run_bench(const std::vector<std::string>& argv) {
   std::printf("%-28s %12.2f\n", "encoder CPU time / window", median(enc_cpu_ms));
   std::printf("%-28s %12.3f\n", "decoder CPU time / token", median(tok_cpu_ms));
   std::printf("%-28s %11.1fx\n", "realtime factor", audio_seconds / (end_to_end / 1000.0));
+  std::printf("\n%-28s %12s %16s\n", "batched decoder step", "ms / step", "ms / sequence");
+  for (const auto& b : batched)
+    std::printf("%4d sequences %13s %12.2f %16.3f\n", b.sequences, "", b.ms_per_step, b.ms_per_step / b.sequences);
   return 0;
 }
 

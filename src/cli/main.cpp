@@ -17,6 +17,7 @@
 #include "cli/args.h"
 #include "cli/bench.h"
 #include "cli/decoding_flags.h"
+#include "cli/loadtest.h"
 #include "cli/serve.h"
 #include "common/error.h"
 #include "kernels/backend.h"
@@ -35,6 +36,7 @@ usage:
   amanuensis dump-logits --model MODEL.bin (--audio FILE.wav | --mel MEL.f32) --tokens ID,ID,... --out OUT.f32
   amanuensis serve --model MODEL.bin [--host ADDR] [--port N] [options]   (HTTP API, see below)
   amanuensis bench --model MODEL.bin [options]   (stage timings; --help for its options)
+  amanuensis loadtest --url http://HOST:PORT [options] FILE [FILE ...]   (load a running server, see below)
   amanuensis --help | --version
 
 transcribe options:
@@ -217,7 +219,7 @@ int run_dump_logits(const Args& args) {
 
 int run(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {
-    std::cout << kUsage << "\n" << kDecodingUsage << "\n" << kServeUsage;
+    std::cout << kUsage << "\n" << kDecodingUsage << "\n" << kServeUsage << "\n" << kLoadtestUsage;
     return argv.empty() ? 2 : 0;
   }
   if (argv[0] == "--version") {
@@ -237,6 +239,7 @@ int run(const std::vector<std::string>& argv) {
     return run_serve(rest);
   }
   if (command == "bench") return run_bench(rest);
+  if (command == "loadtest") return run_loadtest(rest);
   if (command == "dump-logits") {
     Args args(rest, {}, {"model", "audio", "mel", "tokens", "out", "threads", "pcm-rate", "pcm-channels", "pcm-format",
                          "precision"});

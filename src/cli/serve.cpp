@@ -16,8 +16,9 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --host ADDR             address to listen on (default 127.0.0.1)
   --port N                port (default 8080; 0 = any free port, printed at start)
   --threads N             compute threads (default: all cores)
-  --workers N             transcriptions running at once (default 1)
-  --max-queue-seconds S   audio waiting for a worker at most, else 429 (default 600)
+  --workers N             transcriptions decoded at once; their decoder steps run as one
+                          batch and their encoder windows share one queue (default 8)
+  --max-queue-seconds S   audio waiting for a free slot at most, else 429 (default 600)
   --max-upload-mb N       largest upload accepted, else 413 (default 25)
   --api-key KEY           require "Authorization: Bearer KEY" on /v1/*
   --request-timeout S     seconds to send a request, and at most to wait in the queue (default 300)
@@ -48,7 +49,7 @@ int run_serve(const std::vector<std::string>& argv) {
   if (port < 0 || port > 65535) throw Error("--port must be between 0 and 65535");
   o.port = static_cast<unsigned short>(port);
   if (args.get("threads")) kernels::cpu::set_thread_count(positive_int(args, "threads", 1, 1));
-  o.workers = positive_int(args, "workers", 1, 1);
+  o.workers = positive_int(args, "workers", 8, 1);
   o.io_threads = positive_int(args, "io-threads", 2, 1);
   o.max_queue_seconds = args.get_double("max-queue-seconds", 600.0);
   if (!(o.max_queue_seconds > 0)) throw Error("--max-queue-seconds must be positive");

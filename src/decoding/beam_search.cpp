@@ -151,7 +151,7 @@ std::size_t rank_candidates(std::span<const double> sum_logprobs, std::span<cons
 BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::Tokenizer& tokenizer,
                                         const LogitRules& rules, std::span<const TokenId> initial_tokens,
                                         int sample_len, const nn::CrossAttentionCache& audio,
-                                        const BeamOptions& options, const LogitsFilter& filter) {
+                                        const BeamOptions& options, const LogitsFilter& filter, nn::Runner& runner) {
   const int wanted = max_candidates(options);  // validates the options
   const auto& sp = tokenizer.special();
   const auto sot_at = std::find(initial_tokens.begin(), initial_tokens.end(), sp.sot);
@@ -167,11 +167,14 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
   std::vector<nn::KvCache> caches;
   caches.push_back(decoder.new_cache());
   std::vector<std::vector<float>> logits;
-  logits.push_back(decoder.forward(initial_tokens.first(sot_index + 1), caches[0], audio));
-  result.no_speech_prob = std::exp(log_probability(logits[0], sp.no_speech));
-  if (sot_index + 1 < initial_tokens.size()) {
-    logits[0] = decoder.forward(initial_tokens.subspan(sot_index + 1), caches[0], audio);
-  }
+  logits.emplace_back();
+  runner.run(nn::Work::Forward, [&] {
+    logits[0] = decoder.forward(initial_tokens.first(sot_index + 1), caches[0], audio);
+    result.no_speech_prob = std::exp(log_probability(logits[0], sp.no_speech));
+    if (sot_index + 1 < initial_tokens.size()) {
+      logits[0] = decoder.forward(initial_tokens.subspan(sot_index + 1), caches[0], audio);
+    }
+  });
 
   std::vector<BeamHypothesis> live(1);
   std::vector<BeamHypothesis> finished;
@@ -221,9 +224,10 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
       } else if (!spare.empty()) {
         next_caches.push_back(std::move(spare.back()));
         spare.pop_back();
-        next_caches.back() = caches[c.source];
+        decoder.copy_cache(caches[c.source], next_caches.back());
       } else {
-        next_caches.push_back(caches[c.source]);
+        next_caches.push_back(decoder.new_cache());
+        decoder.copy_cache(caches[c.source], next_caches.back());
       }
     }
     std::vector<bool> taken(caches.size(), false);
@@ -233,11 +237,14 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
     }
     caches = std::move(next_caches);
 
+    // every live beam advances in one step
     logits.resize(live.size());
+    std::vector<nn::SequenceStep> batch(live.size());
     for (std::size_t j = 0; j < live.size(); ++j) {
-      const TokenId last[] = {live[j].tokens.back()};
-      logits[j] = decoder.forward(last, caches[j], audio);
+      logits[j].resize(static_cast<std::size_t>(decoder.n_vocab()));
+      batch[j] = {live[j].tokens.back(), &caches[j], &audio, logits[j]};
     }
+    runner.step(decoder, batch);
   }
 
   // finalize: live beams make up for missing finished candidates
@@ -259,8 +266,9 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
 
 WindowResult beam_search(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, const LogitRules& rules,
                          std::span<const TokenId> initial_tokens, int sample_len, const nn::CrossAttentionCache& audio,
-                         const BeamOptions& options, const LogitsFilter& filter) {
-  auto output = beam_search_candidates(decoder, tokenizer, rules, initial_tokens, sample_len, audio, options, filter);
+                         const BeamOptions& options, const LogitsFilter& filter, nn::Runner& runner) {
+  auto output =
+      beam_search_candidates(decoder, tokenizer, rules, initial_tokens, sample_len, audio, options, filter, runner);
   auto& best = output.candidates[output.best];
   WindowResult result;
   result.temperature = 0.0f;

@@ -94,12 +94,13 @@ struct BeamSearchOutput {
 // `sample_len` tokens are sampled (and no more than fit in n_text_ctx). The logit rules
 // are applied per beam with that beam's own sampled tokens, in the order of
 // WindowDecoder::decode (suppression, `filter`, timestamp rules). Whisper.cpp's
-// end-of-audio stop is not applied. Costs one decoder forward per live beam per step;
-// each beam owns a KV cache, copied when a beam forks.
+// end-of-audio stop is not applied. The live beams advance in one decoder step (through
+// `runner`); each beam owns a KV cache, copied when a beam forks.
 BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::Tokenizer& tokenizer,
                                         const LogitRules& rules, std::span<const TokenId> initial_tokens,
                                         int sample_len, const nn::CrossAttentionCache& audio,
-                                        const BeamOptions& options = {}, const LogitsFilter& filter = {});
+                                        const BeamOptions& options = {}, const LogitsFilter& filter = {},
+                                        nn::Runner& runner = nn::direct_runner());
 
 // The same, as the chosen candidate: its tokens, best_timestamp (the likeliest timestamp
 // of the step that produced each token in its own beam, -1 when all were masked; the
@@ -108,6 +109,7 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
 // reached_end_of_text (false for a live beam added at the end), temperature 0.
 WindowResult beam_search(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, const LogitRules& rules,
                          std::span<const TokenId> initial_tokens, int sample_len, const nn::CrossAttentionCache& audio,
-                         const BeamOptions& options = {}, const LogitsFilter& filter = {});
+                         const BeamOptions& options = {}, const LogitsFilter& filter = {},
+                         nn::Runner& runner = nn::direct_runner());
 
 }  // namespace amanuensis::decoding

@@ -36,20 +36,22 @@ float probability_of(std::span<const float> raw_logits, TokenId id) {
 }  // namespace
 
 LanguageGuess detect_language(const nn::Decoder& decoder, const text::Tokenizer& tokenizer,
-                              const nn::CrossAttentionCache& audio) {
+                              const nn::CrossAttentionCache& audio, nn::Runner& runner) {
   if (!tokenizer.is_multilingual()) throw Error("language detection needs a multilingual model");
   const auto& sp = tokenizer.special();
   auto cache = decoder.new_cache();
   const TokenId sot[] = {sp.sot};
-  const auto logits = decoder.forward(sot, cache, audio);
+  std::vector<float> logits;
+  runner.run(nn::Work::Forward, [&] { logits = decoder.forward(sot, cache, audio); });
   const auto languages = std::span(logits).subspan(sp.first_language, sp.n_languages);
   const auto probabilities = log_softmax(languages);
   const TokenId best = argmax(languages);
   return {std::string(tokenizer.language_code(sp.first_language + best)), std::exp(probabilities[best])};
 }
 
-WindowDecoder::WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, DecodeOptions options)
-    : decoder_(decoder), tokenizer_(tokenizer), options_(std::move(options)) {
+WindowDecoder::WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, DecodeOptions options,
+                             nn::Runner& runner)
+    : decoder_(decoder), tokenizer_(tokenizer), options_(std::move(options)), runner_(runner) {
   if (options_.task != "transcribe" && options_.task != "translate") {
     throw Error("unknown task '" + options_.task + "' (use transcribe or translate)");
   }
@@ -88,6 +90,14 @@ std::vector<TokenId> WindowDecoder::initial_tokens(std::span<const TokenId> prom
 WindowResult WindowDecoder::decode(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
                                    float temperature, std::uint64_t seed, const LogitsFilter& filter,
                                    int frames_left) const {
+  const std::uint64_t seeds[] = {seed};
+  return std::move(decode_candidates(audio, prompt, temperature, seeds, filter, frames_left).front());
+}
+
+std::vector<WindowResult> WindowDecoder::decode_candidates(const nn::CrossAttentionCache& audio,
+                                                           std::span<const TokenId> prompt, float temperature,
+                                                           std::span<const std::uint64_t> seeds,
+                                                           const LogitsFilter& filter, int frames_left) const {
   const auto& sp = tokenizer_.special();
   const auto initial = initial_tokens(prompt);
   const auto sot_index = static_cast<std::size_t>(std::find(initial.begin(), initial.end(), sp.sot) - initial.begin());
@@ -97,55 +107,95 @@ WindowResult WindowDecoder::decode(const nn::CrossAttentionCache& audio, std::sp
   const TokenId end_of_audio_timestamp =
       options_.semantics == Semantics::WhisperCpp ? sp.timestamp_begin + std::max(1, (frames_left - 10 + 1) / 2) : -1;
 
-  WindowResult result;
-  result.temperature = temperature;
-  std::mt19937_64 rng(seed);
-  auto cache = decoder_.new_cache();
-  // Decode up to <|startoftranscript|> first: its logits give the no-speech probability.
-  auto logits = decoder_.forward(std::span(initial).first(sot_index + 1), cache, audio);
-  result.no_speech_prob = probability_of(logits, sp.no_speech);
-  if (sot_index + 1 < initial.size()) logits = decoder_.forward(std::span(initial).subspan(sot_index + 1), cache, audio);
+  // The prompt once for all candidates: identical rows give identical logits.
+  auto prompt_cache = decoder_.new_cache();
+  std::vector<float> prompt_logits;
+  float no_speech_prob = 0.0f;
+  runner_.run(nn::Work::Forward, [&] {
+    // up to <|startoftranscript|> first: its logits give the no-speech probability
+    prompt_logits = decoder_.forward(std::span(initial).first(sot_index + 1), prompt_cache, audio);
+    no_speech_prob = probability_of(prompt_logits, sp.no_speech);
+    if (sot_index + 1 < initial.size())
+      prompt_logits = decoder_.forward(std::span(initial).subspan(sot_index + 1), prompt_cache, audio);
+  });
 
-  for (int step = 0; step < max_tokens; ++step) {
-    apply_suppression(logits, result.tokens, rules_, tokenizer_);
-    if (filter) filter(step, result.tokens, logits);
-    apply_timestamp_rules(logits, result.tokens, rules_, tokenizer_);
-    const TokenId chosen = temperature > 0.0f ? sample(logits, temperature, rng) : argmax(logits);
-    const float logprob = log_probability(logits, chosen);
-    if (std::isfinite(logprob)) result.sum_logprob += logprob;
-    if (chosen == sp.eot) {
-      result.reached_end_of_text = true;
-      break;
+  struct Candidate {
+    WindowResult result;
+    std::mt19937_64 rng;
+    nn::KvCache cache;
+    std::vector<float> logits;
+    bool done = false;
+  };
+  std::vector<Candidate> candidates(seeds.size());
+  for (std::size_t i = 0; i < seeds.size(); ++i) {
+    auto& c = candidates[i];
+    c.result.temperature = temperature;
+    c.result.no_speech_prob = no_speech_prob;
+    c.rng.seed(seeds[i]);
+    if (i + 1 < seeds.size()) {
+      c.cache = decoder_.new_cache();
+      decoder_.copy_cache(prompt_cache, c.cache);
+    } else {
+      c.cache = std::move(prompt_cache);
     }
-    result.tokens.push_back(chosen);
-    result.best_timestamp.push_back(tokenizer_.is_timestamp(chosen) ? chosen : likeliest_timestamp(logits, sp.timestamp_begin));
-    if (end_of_audio_timestamp >= 0 && chosen >= end_of_audio_timestamp) {
-      result.reached_end_of_text = true;  // whisper.cpp counts this as a completed window
-      break;
-    }
-    if (step + 1 < max_tokens) {
-      const TokenId next[] = {chosen};
-      logits = decoder_.forward(next, cache, audio);
-    }
+    c.logits = prompt_logits;
   }
-  result.avg_logprob = result.sum_logprob / (static_cast<double>(result.tokens.size()) + 1.0);
-  return result;
+
+  std::vector<nn::SequenceStep> batch;
+  for (int step = 0; step < max_tokens; ++step) {
+    batch.clear();
+    for (auto& c : candidates) {
+      if (c.done) continue;
+      auto& logits = c.logits;
+      auto& result = c.result;
+      apply_suppression(logits, result.tokens, rules_, tokenizer_);
+      if (filter) filter(step, result.tokens, logits);
+      apply_timestamp_rules(logits, result.tokens, rules_, tokenizer_);
+      const TokenId chosen = temperature > 0.0f ? sample(logits, temperature, c.rng) : argmax(logits);
+      const float logprob = log_probability(logits, chosen);
+      if (std::isfinite(logprob)) result.sum_logprob += logprob;
+      if (chosen == sp.eot) {
+        result.reached_end_of_text = c.done = true;
+        continue;
+      }
+      result.tokens.push_back(chosen);
+      result.best_timestamp.push_back(tokenizer_.is_timestamp(chosen) ? chosen
+                                                                       : likeliest_timestamp(logits, sp.timestamp_begin));
+      if (end_of_audio_timestamp >= 0 && chosen >= end_of_audio_timestamp) {
+        result.reached_end_of_text = c.done = true;  // whisper.cpp counts this as a completed window
+        continue;
+      }
+      if (step + 1 < max_tokens) batch.push_back({chosen, &c.cache, &audio, logits});
+    }
+    if (batch.empty()) break;
+    runner_.step(decoder_, batch);
+  }
+  std::vector<WindowResult> results;
+  results.reserve(candidates.size());
+  for (auto& c : candidates) {
+    c.result.avg_logprob = c.result.sum_logprob / (static_cast<double>(c.result.tokens.size()) + 1.0);
+    results.push_back(std::move(c.result));
+  }
+  return results;
 }
 
 WindowResult WindowDecoder::decode_best_of(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
                                            float temperature, int candidates, std::uint64_t seed,
                                            const LogitsFilter& filter, int frames_left) const {
-  WindowResult best;
+  std::vector<std::uint64_t> seeds(static_cast<std::size_t>(std::max(1, candidates)));
+  for (std::size_t i = 0; i < seeds.size(); ++i) seeds[i] = seed + i;
+  auto results = decode_candidates(audio, prompt, temperature, seeds, filter, frames_left);
+  std::size_t best = 0;
   double best_score = -INFINITY;
-  for (int i = 0; i < std::max(1, candidates); ++i) {
-    auto result = decode(audio, prompt, temperature, seed + static_cast<std::uint64_t>(i), filter, frames_left);
-    const double score = result.sum_logprob / std::max<double>(1.0, static_cast<double>(result.tokens.size()));
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    const double score = r.sum_logprob / std::max<double>(1.0, static_cast<double>(r.tokens.size()));
     if (score > best_score) {
       best_score = score;
-      best = std::move(result);
+      best = i;
     }
   }
-  return best;
+  return std::move(results[best]);
 }
 
 }  // namespace amanuensis::decoding

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "decoding/logit_rules.h"
+#include "nn/runner.h"
 #include "nn/whisper.h"
 #include "text/tokenizer.h"
 
@@ -49,11 +50,13 @@ struct LanguageGuess {
 // OpenAI's detect_language(): the likeliest language token after <|startoftranscript|>.
 // Throws Error for an English-only model.
 LanguageGuess detect_language(const nn::Decoder& decoder, const text::Tokenizer& tokenizer,
-                              const nn::CrossAttentionCache& audio);
+                              const nn::CrossAttentionCache& audio, nn::Runner& runner = nn::direct_runner());
 
 class WindowDecoder {
  public:
-  WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, DecodeOptions options);
+  // The decoder's calls go through `runner` (the server's batching scheduler, or directly).
+  WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, DecodeOptions options,
+                nn::Runner& runner = nn::direct_runner());
 
   // The tokens that start decoding: [<|startofprev|> prompt...] <|startoftranscript|>
   // [<|lang|> <|task|>] [<|notimestamps|>]. `prompt` is cut to its last n_text_ctx/2 - 1
@@ -74,14 +77,23 @@ class WindowDecoder {
                               float temperature, int candidates, std::uint64_t seed,
                               const LogitsFilter& filter = {}, int frames_left = 1 << 30) const;
 
+  // One decode per seed, advanced together (one decoder step for all per token, the
+  // prompt computed once): each result is what decode() gives for that seed, up to the
+  // rounding of their shared cross-attention.
+  std::vector<WindowResult> decode_candidates(const nn::CrossAttentionCache& audio, std::span<const TokenId> prompt,
+                                              float temperature, std::span<const std::uint64_t> seeds,
+                                              const LogitsFilter& filter = {}, int frames_left = 1 << 30) const;
+
   const LogitRules& rules() const { return rules_; }
   const nn::Decoder& decoder() const { return decoder_; }
+  nn::Runner& runner() const { return runner_; }
   int sample_len() const { return sample_len_; }
 
  private:
   const nn::Decoder& decoder_;
   const text::Tokenizer& tokenizer_;
   DecodeOptions options_;
+  nn::Runner& runner_;
   LogitRules rules_;
   int sample_len_ = 0;
 };

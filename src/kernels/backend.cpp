@@ -51,6 +51,29 @@ bool cpu_has_native_bf16() {
 #endif
 }
 
+std::vector<std::string> cpu_features() {
+  std::vector<std::string> found;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  // __builtin_cpu_supports wants string literals
+#define AMANUENSIS_FEATURE(name) \
+  if (__builtin_cpu_supports(name)) found.emplace_back(name);
+  AMANUENSIS_FEATURE("avx")
+  AMANUENSIS_FEATURE("avx2")
+  AMANUENSIS_FEATURE("fma")
+  AMANUENSIS_FEATURE("f16c")
+  AMANUENSIS_FEATURE("avx512f")
+  AMANUENSIS_FEATURE("avx512bw")
+  AMANUENSIS_FEATURE("avx512vnni")
+  AMANUENSIS_FEATURE("avx512bf16")
+  AMANUENSIS_FEATURE("amx-tile")
+  AMANUENSIS_FEATURE("amx-bf16")
+  AMANUENSIS_FEATURE("amx-int8")
+#undef AMANUENSIS_FEATURE
+#endif
+  return found;
+}
+
 Precision resolve(Precision p, bool quantized_weights) {
   if (p != Precision::Auto) return p;
   return quantized_weights && cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32;

@@ -28,6 +28,10 @@ std::string_view precision_name(Precision p);
 // Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX-BF16).
 bool cpu_has_native_bf16();
 
+// The instruction-set extensions of this CPU that the kernels can use (avx2, fma, f16c,
+// avx512f, avx512bf16, amx-bf16, ...), for /health and logs.
+std::vector<std::string> cpu_features();
+
 // What Auto means for a model: Bf16 only where the CPU has native bf16 and the weights
 // are quantized (bf16 keeps their logits within the quantized tolerance of the
 // conformance suite, but not the f32/f16 one: see bench/README.md); else Fp32.
@@ -61,8 +65,12 @@ enum class Epilogue {
   Accumulate,  // y += r        (residual connections)
 };
 
-// How many input rows a matrix will mostly be multiplied with: a backend may keep a
-// second form for Few (decoder steps, which are memory-bound: one row, all weights).
+// How many input rows a matrix will mostly be multiplied with: Few for decoder steps
+// (one row per sequence, up to a few dozen sequences batched together; memory-bound:
+// every weight read once per step), Many for whole windows.
+// Few also promises determinism per row: each row of linear()'s result with a Few
+// matrix is bitwise the same whatever m is, whatever the other rows hold and however
+// many threads share the work, so a sequence decodes to the same tokens alone or batched.
 enum class RowsHint { Many, Few };
 
 class Backend {

@@ -1,6 +1,8 @@
 #include "nn/whisper.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "common/error.h"
@@ -200,6 +202,21 @@ KvCache Decoder::new_cache() const {
   return cache;
 }
 
+void Decoder::embed(TokenId token, std::int64_t position, std::span<float> out) const {
+  const auto emb = w_->token_embedding.row(token);
+  const float* pos = w_->decoder_positions.data() + position * static_cast<std::int64_t>(out.size());
+  for (std::size_t j = 0; j < out.size(); ++j) out[j] = emb[j] + pos[j];
+}
+
+void Decoder::copy_cache(const KvCache& from, KvCache& to) const {
+  const auto used = static_cast<std::ptrdiff_t>(from.n_past * w_->hparams.n_text_state);
+  for (std::size_t layer = 0; layer < from.keys.size(); ++layer) {
+    std::copy_n(from.keys[layer].begin(), used, to.keys[layer].begin());
+    std::copy_n(from.values[layer].begin(), used, to.values[layer].begin());
+  }
+  to.n_past = from.n_past;
+}
+
 std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& cache, const CrossAttentionCache& cross,
                                     bool all_rows, AttentionCapture* capture) const {
   if (capture) capture->scores.assign(capture->heads.size(), {});
@@ -214,9 +231,7 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
   std::vector<float> x(n * d);
   for (std::int64_t i = 0; i < n; ++i) {
     if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) throw Error("token id " + std::to_string(tokens[i]) + " out of range");
-    auto emb = w_->token_embedding.row(tokens[i]);
-    const float* pos = w_->decoder_positions.data() + (n_past + i) * d;
-    for (std::int64_t j = 0; j < d; ++j) x[i * d + j] = emb[j] + pos[j];
+    embed(tokens[i], n_past + i, {x.data() + i * d, static_cast<std::size_t>(d)});
   }
 
   const Backend& be = *w_->backend;
@@ -254,6 +269,111 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
   std::vector<float> logits(rows * hp.n_vocab);
   be.linear({x.data() + first_row * d, static_cast<std::size_t>(rows * d)}, rows, *w_->logits.packed, logits);
   return logits;
+}
+
+void Decoder::check_step(std::span<const SequenceStep> steps) const {
+  const auto& hp = w_->hparams;
+  for (const auto& step : steps) {
+    if (!step.cache || !step.cross || step.logits.size() < static_cast<std::size_t>(hp.n_vocab))
+      throw Error("internal: a decoder step needs a cache, audio and room for the logits");
+    if (step.token < 0 || step.token >= hp.n_vocab) throw Error("token id " + std::to_string(step.token) + " out of range");
+    if (step.cache->n_past + 1 > hp.n_text_ctx) {
+      throw Error("token sequence of " + std::to_string(step.cache->n_past + 1) +
+                  " exceeds the model's text context of " + std::to_string(hp.n_text_ctx));
+    }
+  }
+}
+
+namespace {
+
+// Sequences of a step that attend to the same audio, in order of first appearance.
+std::vector<std::vector<std::size_t>> group_by_audio(std::span<const SequenceStep> steps) {
+  std::vector<std::vector<std::size_t>> groups;
+  std::vector<const CrossAttentionCache*> keys;
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    const auto at = std::find(keys.begin(), keys.end(), steps[i].cross);
+    if (at == keys.end()) {
+      keys.push_back(steps[i].cross);
+      groups.push_back({i});
+    } else {
+      groups[static_cast<std::size_t>(at - keys.begin())].push_back(i);
+    }
+  }
+  return groups;
+}
+
+void copy_rows(std::span<const float> from, std::span<const std::size_t> rows, std::int64_t d, std::span<float> to,
+               bool gather) {
+  for (std::size_t j = 0; j < rows.size(); ++j) {
+    const float* src = gather ? from.data() + rows[j] * d : from.data() + j * d;
+    float* dst = gather ? to.data() + j * d : to.data() + rows[j] * d;
+    std::memcpy(dst, src, static_cast<std::size_t>(d) * sizeof(float));
+  }
+}
+
+}  // namespace
+
+void Decoder::step(std::span<const SequenceStep> steps) const {
+  check_step(steps);
+  if (steps.empty()) return;
+  const auto& hp = w_->hparams;
+  const auto m = static_cast<std::int64_t>(steps.size());
+  const std::int64_t d = hp.n_text_state;
+  std::vector<float> x(m * d);
+  for (std::int64_t i = 0; i < m; ++i)
+    embed(steps[i].token, steps[i].cache->n_past, {x.data() + i * d, static_cast<std::size_t>(d)});
+  const auto groups = group_by_audio(steps);
+
+  const Backend& be = *w_->backend;
+  Scratch s;
+  std::vector<float> group_q, group_out;
+  for (std::size_t layer = 0; layer < w_->decoder_blocks.size(); ++layer) {
+    const auto& block = w_->decoder_blocks[layer];
+    // masked self-attention: each sequence over its own cache
+    s.normed = x;
+    be.layer_norm(s.normed, m, block.attn_ln.gamma, block.attn_ln.beta);
+    s.q.resize(m * d);
+    s.k.resize(m * d);
+    s.v.resize(m * d);
+    s.attended.resize(m * d);
+    be.linear(s.normed, m, *block.attn.query.packed, s.q);
+    be.linear(s.normed, m, *block.attn.key.packed, s.k);
+    be.linear(s.normed, m, *block.attn.value.packed, s.v);
+    for (std::int64_t i = 0; i < m; ++i) {
+      KvCache& cache = *steps[i].cache;
+      const std::int64_t n_past = cache.n_past;
+      std::memcpy(cache.keys[layer].data() + n_past * d, s.k.data() + i * d, d * sizeof(float));
+      std::memcpy(cache.values[layer].data() + n_past * d, s.v.data() + i * d, d * sizeof(float));
+      be.attention({s.q.data() + i * d, static_cast<std::size_t>(d)}, 1, cache.keys[layer], cache.values[layer],
+                   n_past + 1, hp.n_text_head, d, n_past, {s.attended.data() + i * d, static_cast<std::size_t>(d)});
+    }
+    be.linear(s.attended, m, *block.attn.out.packed, x, Epilogue::Accumulate);
+
+    // cross-attention: the queries of sequences with the same audio in one call
+    s.normed = x;
+    be.layer_norm(s.normed, m, block.cross_attn_ln.gamma, block.cross_attn_ln.beta);
+    be.linear(s.normed, m, *block.cross_attn.query.packed, s.q);
+    for (const auto& group : groups) {
+      const CrossAttentionCache& cross = *steps[group.front()].cross;
+      const auto rows = static_cast<std::int64_t>(group.size());
+      group_q.resize(rows * d);
+      group_out.resize(rows * d);
+      copy_rows(s.q, group, d, group_q, /*gather=*/true);
+      be.attention(group_q, rows, cross.keys[layer], cross.values[layer], cross.n_ctx, hp.n_text_head, d, -1,
+                   group_out);
+      copy_rows(group_out, group, d, s.attended, /*gather=*/false);
+    }
+    be.linear(s.attended, m, *block.cross_attn.out.packed, x, Epilogue::Accumulate);
+
+    mlp_sublayer(be, x, m, block, s);
+  }
+  for (const auto& step : steps) ++step.cache->n_past;
+
+  be.layer_norm(x, m, w_->decoder_ln.gamma, w_->decoder_ln.beta);
+  std::vector<float> logits(m * hp.n_vocab);
+  be.linear(x, m, *w_->logits.packed, logits);
+  for (std::int64_t i = 0; i < m; ++i)
+    std::copy_n(logits.data() + i * hp.n_vocab, hp.n_vocab, steps[i].logits.data());
 }
 
 }  // namespace amanuensis::nn

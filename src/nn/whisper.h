@@ -92,6 +92,16 @@ struct AttentionCapture {
   std::vector<std::vector<float>> scores;  // filled by Decoder::forward, in `heads` order
 };
 
+// One sequence of a batched decoder step: `token` is appended to the sequence in `cache`
+// (at position cache->n_past), which attends to the audio in `cross`; the next-token
+// logits (n_vocab values) are written to `logits`.
+struct SequenceStep {
+  TokenId token = 0;
+  KvCache* cache = nullptr;
+  const CrossAttentionCache* cross = nullptr;
+  std::span<float> logits;
+};
+
 class Encoder {
  public:
   explicit Encoder(std::shared_ptr<const WhisperWeights> weights) : w_(std::move(weights)) {}
@@ -109,6 +119,9 @@ class Decoder {
 
   CrossAttentionCache cross_attention(const AudioFeatures& audio) const;
   KvCache new_cache() const;
+  // Copies the filled positions of `from` into `to` (a cache of new_cache()): what a
+  // sequence that forks needs, without the unused rest of the context.
+  void copy_cache(const KvCache& from, KvCache& to) const;
 
   // Appends `tokens` to the sequence held by `cache` (positions n_past, n_past+1, ...) and
   // returns logits: tokens.size() x n_vocab rows when `all_rows`, else only the last row.
@@ -116,11 +129,23 @@ class Decoder {
   std::vector<float> forward(std::span<const TokenId> tokens, KvCache& cache, const CrossAttentionCache& cross,
                              bool all_rows = false, AttentionCapture* capture = nullptr) const;
 
+  // Advances several sequences by one token each in one pass over the weights: the
+  // matrix products take one row per sequence, attention runs per sequence (sequences
+  // that share a CrossAttentionCache share its reads). A sequence's logits do not depend
+  // on the other sequences of the step. Throws Error, before changing any cache, when a
+  // token is out of range or a sequence is full.
+  void step(std::span<const SequenceStep> steps) const;
+  // The checks of step() alone.
+  void check_step(std::span<const SequenceStep> steps) const;
+
   int n_vocab() const { return w_->hparams.n_vocab; }
   int n_text_ctx() const { return w_->hparams.n_text_ctx; }
   const std::shared_ptr<const kernels::Backend>& backend() const { return w_->backend; }
 
  private:
+  // The decoder's input row: token embedding plus the position's embedding.
+  void embed(TokenId token, std::int64_t position, std::span<float> out) const;
+
   std::shared_ptr<const WhisperWeights> w_;
 };
 

@@ -216,7 +216,8 @@ Decoded decode_with_fallback(const decoding::WindowDecoder& decoder, const text:
       decoded.result = decoder.decode_best_of(audio, prompt, t, options.best_of, seed, options.logits_filter, frames_left);
     } else if (options.beam) {
       decoded.result = decoding::beam_search(decoder.decoder(), tok, decoder.rules(), decoder.initial_tokens(prompt),
-                                             decoder.sample_len(), audio, *options.beam, options.logits_filter);
+                                             decoder.sample_len(), audio, *options.beam, options.logits_filter,
+                                             decoder.runner());
     } else {
       decoded.result = decoder.decode(audio, prompt, 0.0f, 0, options.logits_filter, frames_left);
     }
@@ -225,6 +226,13 @@ Decoded decode_with_fallback(const decoding::WindowDecoder& decoder, const text:
     if (!decoding::needs_fallback(decoded.quality, options.thresholds)) break;
   }
   return decoded;
+}
+
+// The window's audio states, kept as the decoder's cross-attention keys and values.
+nn::CrossAttentionCache encode_window(const Model& model, nn::Runner& runner, std::span<const float> mel_window) {
+  nn::CrossAttentionCache cross;
+  runner.run(nn::Work::Encode, [&] { cross = model.decoder().cross_attention(model.encoder().encode(mel_window)); });
+  return cross;
 }
 
 }  // namespace
@@ -303,6 +311,7 @@ Transcript transcribe(const Model& model, std::span<const float> samples, const 
 namespace {
 
 Transcript transcribe_all(const Model& model, std::span<const float> samples, const TranscribeOptions& options) {
+  nn::Runner& runner = options.runner ? *options.runner : nn::direct_runner();
   const auto semantics = options.decode.semantics;
   const auto& tok = model.tokenizer();
   const int n_mels = model.hparams().n_mels;
@@ -323,12 +332,12 @@ Transcript transcribe_all(const Model& model, std::span<const float> samples, co
     decode_options.language = "en";
   } else if (decode_options.language.empty() || decode_options.language == "auto") {
     // OpenAI detects the language once, from the first 30 s
-    const auto first = model.encoder().encode(window_at(mel, 0, content_frames, semantics));
-    decode_options.language = decoding::detect_language(model.decoder(), tok, model.decoder().cross_attention(first)).code;
+    const auto first = encode_window(model, runner, window_at(mel, 0, content_frames, semantics));
+    decode_options.language = decoding::detect_language(model.decoder(), tok, first, runner).code;
   }
   out.language = decode_options.language;
   SegmentBuilder builder(tok, out);
-  decoding::WindowDecoder decoder(model.decoder(), tok, decode_options);
+  decoding::WindowDecoder decoder(model.decoder(), tok, decode_options, runner);
 
   std::vector<TokenId> all_tokens = options.initial_prompt.empty() ? std::vector<TokenId>{}
                                                                    : tok.encode(" " + options.initial_prompt);
@@ -338,8 +347,7 @@ Transcript transcribe_all(const Model& model, std::span<const float> samples, co
   int seek = 0;
   while (seek + min_remaining < content_frames) {
     const int segment_size = std::min(kWindowFrames, content_frames - seek);
-    const auto features = model.encoder().encode(window_at(mel, seek, content_frames, semantics));
-    const auto cross = model.decoder().cross_attention(features);
+    const auto cross = encode_window(model, runner, window_at(mel, seek, content_frames, semantics));
     std::span<const TokenId> prompt(all_tokens.data() + prompt_reset_since, all_tokens.size() - prompt_reset_since);
     const auto [result, quality] = decode_with_fallback(decoder, tok, cross, prompt, options, seek, content_frames - seek);
     out.window_seeks.push_back(seek);
@@ -361,7 +369,7 @@ Transcript transcribe_all(const Model& model, std::span<const float> samples, co
     if (options.word_timestamps && semantics == Semantics::OpenAI) {
       const std::span<Segment> fresh(out.segments.data() + first_new, out.segments.size() - first_new);
       WordTimingInput in{&model.decoder(), &tok, &cross, heads, decoder.initial_tokens({}), segment_size,
-                         frames_to_seconds(seek)};
+                         frames_to_seconds(seek), true, &runner};
       if (!options.decode.timestamps) in.sot_sequence.pop_back();  // the alignment adds its own <|notimestamps|>
       in.space_delimited = decoding::is_space_delimited(out.language);
       add_word_timestamps(fresh, in, last_speech_timestamp);

@@ -17,6 +17,7 @@
 #include "decoding/quality.h"
 #include "decoding/window_decoder.h"
 #include "model/ggml_file.h"
+#include "nn/runner.h"
 #include "nn/whisper.h"
 #include "text/tokenizer.h"
 #include "vad/vad.h"
@@ -44,6 +45,8 @@ struct TranscribeOptions {
   // needs word_timestamps.
   std::optional<double> hallucination_silence_threshold;
   decoding::LogitsFilter logits_filter;  // applied at every step of every decode
+  // Executes the network calls (the server's batching scheduler); nullptr: directly.
+  nn::Runner* runner = nullptr;
   // Called after every window with the seconds of audio done and in total.
   std::function<void(double done, double total)> progress;
 };

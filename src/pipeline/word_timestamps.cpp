@@ -34,7 +34,10 @@ std::vector<WordTiming> find_alignment(const WordTimingInput& in, std::span<cons
   nn::AttentionCapture capture;
   for (const auto& h : in.heads) capture.heads.push_back({h.layer, h.head});
   auto cache = in.decoder->new_cache();
-  const auto logits = in.decoder->forward(tokens, cache, *in.audio, /*all_rows=*/true, &capture);
+  std::vector<float> logits;
+  nn::Runner& runner = in.runner ? *in.runner : nn::direct_runner();
+  runner.run(nn::Work::Forward,
+             [&] { logits = in.decoder->forward(tokens, cache, *in.audio, /*all_rows=*/true, &capture); });
 
   const int n_tokens = static_cast<int>(tokens.size());
   const int n_vocab = in.decoder->n_vocab();

@@ -8,6 +8,7 @@
 
 #include "decoding/window_decoder.h"
 #include "decoding/word_alignment.h"
+#include "nn/runner.h"
 #include "nn/whisper.h"
 #include "text/tokenizer.h"
 
@@ -24,6 +25,7 @@ struct WordTimingInput {
   int num_frames = 0;                       // mel frames of audio in the window
   double time_offset = 0.0;                 // seconds
   bool space_delimited = true;              // false for zh, ja, th, lo, my, yue
+  nn::Runner* runner = nullptr;             // runs the alignment pass; nullptr: directly
 };
 
 // Fills `segments[i].words` (and may move segment starts/ends to the words, as OpenAI

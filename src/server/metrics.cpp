@@ -1,6 +1,9 @@
 #include "server/metrics.h"
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <fstream>
 
 namespace amanuensis::server {
 
@@ -14,12 +17,14 @@ std::string number(double v) {
 
 Histogram::Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
 
-void Histogram::observe(double value) {
+void Histogram::observe(double value) { observe_many(value, 1); }
+
+void Histogram::observe_many(double value, std::uint64_t times) {
   std::size_t i = 0;
   while (i < bounds_.size() && value > bounds_[i]) ++i;
-  ++counts_[i];
-  sum_ += value;
-  ++count_;
+  counts_[i] += times;
+  sum_ += value * static_cast<double>(times);
+  count_ += times;
 }
 
 void Histogram::render(std::string& out, const std::string& name) const {
@@ -50,6 +55,24 @@ void sample(std::string& out, const std::string& name, const char* type, const c
   out += name + " " + value + "\n";
 }
 
+// Resident set size of this process; 0 where /proc is not there. statm's second field
+// counts pages, so a load test can watch for leaks without parsing /proc/self/status.
+std::uint64_t resident_memory_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::uint64_t size_pages = 0, resident_pages = 0;
+  if (!(statm >> size_pages >> resident_pages)) return 0;
+  return resident_pages * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// A histogram family of batch sizes from the scheduler's size -> count table.
+void batch_histogram(std::string& out, const std::string& name, const char* help,
+                     const std::map<int, std::uint64_t>& counts) {
+  Histogram h({1, 2, 4, 8, 16, 32, 64, 128});
+  for (const auto& [size, n] : counts) h.observe_many(size, n);
+  header(out, name, "histogram", help);
+  h.render(out, name);
+}
+
 }  // namespace
 
 void Metrics::record_request(const std::string& endpoint, int status, double latency_seconds) {
@@ -64,7 +87,7 @@ void Metrics::record_transcription(double audio_seconds, double run_seconds) {
   if (audio_seconds > 0) realtime_factor_.observe(run_seconds / audio_seconds);
 }
 
-std::string Metrics::render(std::size_t queue_depth, double queued_audio_seconds, std::size_t active_requests,
+std::string Metrics::render(const pipeline::SchedulerStats& scheduler, std::size_t active_requests,
                             double uptime_seconds) const {
   std::lock_guard lock(mutex_);
   std::string out;
@@ -77,12 +100,21 @@ std::string Metrics::render(std::size_t queue_depth, double queued_audio_seconds
   latency_.render(out, "amanuensis_request_duration_seconds");
   header(out, "amanuensis_realtime_factor", "histogram", "Transcription time per second of audio.");
   realtime_factor_.render(out, "amanuensis_realtime_factor");
-  sample(out, "amanuensis_queue_depth", "gauge", "Transcription jobs waiting for a worker.", std::to_string(queue_depth));
-  sample(out, "amanuensis_queue_audio_seconds", "gauge", "Seconds of audio waiting for a worker.",
-         number(queued_audio_seconds));
+  sample(out, "amanuensis_queue_depth", "gauge", "Transcription jobs waiting for a slot.",
+         std::to_string(scheduler.queued_jobs));
+  sample(out, "amanuensis_queue_audio_seconds", "gauge", "Seconds of audio waiting for a slot.",
+         number(scheduler.queued_audio_seconds));
+  sample(out, "amanuensis_active_transcriptions", "gauge", "Transcriptions running (batched together).",
+         std::to_string(scheduler.active_jobs));
+  batch_histogram(out, "amanuensis_encoder_batch_windows", "Encoder windows run in one turn of the compute thread.",
+                  scheduler.batches.encoder_windows);
+  batch_histogram(out, "amanuensis_decoder_batch_sequences", "Sequences advanced by one batched decoder step.",
+                  scheduler.batches.decoder_sequences);
   sample(out, "amanuensis_active_requests", "gauge", "Transcription requests accepted and not yet answered.",
          std::to_string(active_requests));
   sample(out, "amanuensis_uptime_seconds", "gauge", "Seconds since the server started.", number(uptime_seconds));
+  sample(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+         std::to_string(resident_memory_bytes()));
   return out;
 }
 

@@ -7,12 +7,15 @@
 #include <string>
 #include <vector>
 
+#include "pipeline/scheduler.h"
+
 namespace amanuensis::server {
 
 class Histogram {
  public:
   explicit Histogram(std::vector<double> bounds);
   void observe(double value);
+  void observe_many(double value, std::uint64_t times);
   // Appends the _bucket, _sum and _count lines of metric `name`.
   void render(std::string& out, const std::string& name) const;
 
@@ -30,8 +33,9 @@ class Metrics {
   void record_request(const std::string& endpoint, int status, double latency_seconds);
   // One transcription done: its audio length and time spent transcribing.
   void record_transcription(double audio_seconds, double run_seconds);
-  // Gauges are read at render time.
-  std::string render(std::size_t queue_depth, double queued_audio_seconds, std::size_t active_requests,
+  // Gauges and the scheduler's batch counts are read at render time,
+  // process_resident_memory_bytes from /proc/self/statm.
+  std::string render(const pipeline::SchedulerStats& scheduler, std::size_t active_requests,
                      double uptime_seconds) const;
 
  private:

@@ -23,11 +23,12 @@
 
 #include "audio/decode.h"
 #include "common/error.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "pipeline/output_formats.h"
 #include "server/metrics.h"
 #include "server/multipart.h"
-#include "server/scheduler.h"
+#include "pipeline/scheduler.h"
 
 namespace amanuensis::server {
 
@@ -37,6 +38,12 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
+using pipeline::Job;
+using pipeline::JobResult;
+using pipeline::QueueFull;
+using pipeline::SchedulerStats;
+using pipeline::ShuttingDown;
+using pipeline::TranscriptionScheduler;
 
 namespace {
 
@@ -294,7 +301,7 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       if (path == "/metrics") {
         const auto stats = scheduler_stats();
-        return send_text(server_.metrics.render(stats.queued_jobs, stats.queued_audio_seconds, server_.active_requests,
+        return send_text(server_.metrics.render(stats, server_.active_requests,
                                                 seconds_up()),
                          "text/plain; version=0.0.4; charset=utf-8", 200);
       }
@@ -331,13 +338,16 @@ class Session : public std::enable_shared_from_this<Session> {
     json j = {{"status", model ? (server_.stopping ? "stopping" : "ok") : "loading"},
               {"model", server_.opt.model_id},
               {"threads", kernels::cpu::thread_count()},
+              {"cpu_features", kernels::cpu_features()},
               {"workers", server_.opt.workers},
+              {"active_transcriptions", stats.active_jobs},
               {"queue_depth", stats.queued_jobs},
               {"queued_audio_seconds", stats.queued_audio_seconds},
               {"active_requests", server_.active_requests.load()},
               {"uptime_seconds", seconds_up()}};
     if (model) {
       j["n_vocab"] = model->hparams().n_vocab;
+      j["backend"] = model->encoder().backend()->name();
       j["size"] = std::string(model->hparams().size_name());
       j["multilingual"] = model->hparams().is_multilingual();
     }
@@ -448,6 +458,9 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       return Clock::now() > deadline;
     };
+    // once running, only a client that left stops the work (long files may run past the
+    // queueing deadline)
+    job.abandoned = [fd, gone = client_gone_] { return *gone || (*gone = peer_gone(fd)); };
     job.on_complete = [self = shared_from_this()] {
       net::post(self->stream_.get_executor(), [self] { self->finish_transcription(); });
     };
@@ -495,7 +508,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return close();
     }
     if (result.dropped) {
-      return send_error({504, "the request waited longer than the server's timeout before a worker was free",
+      return send_error({504, "the request waited in the queue longer than the server's timeout (--request-timeout)",
                          "server_error", std::nullopt, std::string("timeout")},
                         true);
     }
@@ -504,6 +517,10 @@ class Session : public std::enable_shared_from_this<Session> {
     json timing = {{"queue_seconds", result.queue_seconds},
                    {"decode_audio_seconds", decode_seconds_},
                    {"transcription_seconds", result.run_seconds},
+                   {"encoder_seconds", result.encoder_seconds},
+                   {"decoder_seconds", result.decoder_seconds},
+                   {"mel_and_rules_seconds",
+                    std::max(0.0, result.run_seconds - result.encoder_seconds - result.decoder_seconds)},
                    {"audio_seconds", audio_seconds_}};
     auto res = std::make_shared<Response>(http::status::ok, version_);
     std::string body, type = "text/plain; charset=utf-8";
@@ -532,9 +549,10 @@ class Session : public std::enable_shared_from_this<Session> {
       type = "text/vtt; charset=utf-8";
     }
     if (include_timing_) {
-      char buf[160];
-      std::snprintf(buf, sizeof buf, "queue;dur=%.1f, decode;dur=%.1f, transcribe;dur=%.1f",
-                    result.queue_seconds * 1000, decode_seconds_ * 1000, result.run_seconds * 1000);
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "queue;dur=%.1f, decode;dur=%.1f, transcribe;dur=%.1f, encoder;dur=%.1f, decoder;dur=%.1f",
+                    result.queue_seconds * 1000, decode_seconds_ * 1000, result.run_seconds * 1000,
+                    result.encoder_seconds * 1000, result.decoder_seconds * 1000);
       res->set("Server-Timing", buf);
     }
     res->set(http::field::content_type, type);
@@ -680,7 +698,7 @@ int Server::Impl::run(const std::function<void(unsigned short)>& on_listening) {
   if (on_listening) on_listening(acceptor.local_endpoint().port());
 
   auto start_scheduler = [this](std::shared_ptr<const pipeline::Model> m) {
-    auto s = std::make_shared<WorkerPoolScheduler>(m, opt.workers, opt.max_queue_seconds);
+    auto s = std::make_shared<pipeline::BatchingScheduler>(m, opt.workers, opt.max_queue_seconds);
     std::lock_guard lock(model_mutex);
     model = std::move(m);
     scheduler = std::move(s);

@@ -1,7 +1,7 @@
 // server: an HTTP server for transcription with an API compatible with OpenAI's audio
 // endpoints (POST /v1/audio/transcriptions, /v1/audio/translations, GET /v1/models), plus
 // GET /health and GET /metrics (Prometheus). Built on Boost.Beast; requests are queued on
-// a TranscriptionScheduler that runs them on the shared, immutable model.
+// a pipeline::TranscriptionScheduler that runs them on the shared, immutable model.
 #pragma once
 
 #include <cstddef>
@@ -21,7 +21,7 @@ struct ServerOptions {
   std::filesystem::path model_path;    // loaded after the socket is bound (/health says 503 meanwhile)
   std::shared_ptr<const pipeline::Model> model;  // or an already loaded model
   std::string model_id;                // reported by /v1/models; default: the file name's stem
-  int workers = 1;                     // transcriptions running at once
+  int workers = 8;                     // transcriptions decoded at once, as one batch
   int io_threads = 2;                  // threads running the network side
   double max_queue_seconds = 600.0;    // audio waiting for a worker, at most
   std::size_t max_upload_bytes = 25u << 20;

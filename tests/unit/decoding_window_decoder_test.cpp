@@ -103,13 +103,14 @@ TEST(Sampling, SeededAndReproducible) {
   EXPECT_NE(a.tokens, c.tokens) << "another seed samples another sequence (at temperature 1)";
   const auto best = decoder.decode_best_of(en.audio, {}, 1.0f, 3, 42);
   EXPECT_EQ(best.temperature, 1.0f);
-  // best_of keeps the candidate with the best mean log-probability among seeds 42..44
+  // best_of keeps the candidate with the best mean log-probability among seeds 42..44 (its
+  // candidates attend to the audio together, which may round the last bits differently)
   double best_score = -1e9;
   for (std::uint64_t seed = 42; seed < 45; ++seed) {
     const auto r = decoder.decode(en.audio, {}, 1.0f, seed);
     best_score = std::max(best_score, r.sum_logprob / std::max<double>(1.0, static_cast<double>(r.tokens.size())));
   }
-  EXPECT_DOUBLE_EQ(best.sum_logprob / std::max<double>(1.0, static_cast<double>(best.tokens.size())), best_score);
+  EXPECT_NEAR(best.sum_logprob / std::max<double>(1.0, static_cast<double>(best.tokens.size())), best_score, 1e-5);
 }
 
 }  // namespace

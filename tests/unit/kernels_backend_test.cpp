@@ -1,9 +1,16 @@
 // Every available backend against the float64 definition of each Backend operation:
 // linear with each epilogue (few rows and many, f16-exact weights packed for decoder
-// steps and plain ones), attention (full and causal), layer norm.
+// steps and plain ones), attention (full and causal), layer norm. And the guarantee
+// continuous batching rests on: a row of a product with a RowsHint::Few matrix is the
+// same bits whatever rows come with it and however many threads share the work.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
@@ -11,9 +18,19 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace amanuensis::kernels {
 namespace {
+
+// The pool's size is fixed once it starts, so a one-thread run is this binary again
+// with KERNELS_TEST_THREADS=1 (see FewRowsSameForAnyThreadCount). Two threads otherwise,
+// even on a one-core machine, so the shared-out paths always run.
+const bool pool_sized = [] {
+  const char* env = std::getenv("KERNELS_TEST_THREADS");
+  cpu::set_thread_count(env != nullptr ? std::atoi(env) : 2);
+  return true;
+}();
 
 std::vector<float> random_values(std::size_t n, unsigned seed, float scale) {
   std::mt19937 rng(seed);
@@ -142,6 +159,103 @@ TEST(KernelsBackend, LayerNormMatchesDefinition) {
     }
     EXPECT_LE(worst, 1e-4);
   }
+}
+
+// FNV-1a over the bytes of every output, to compare runs in two processes.
+void digest(std::uint64_t& h, std::span<const float> values) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(values.data());
+  for (std::size_t i = 0; i < values.size_bytes(); ++i) h = (h ^ bytes[i]) * 0x100000001b3ull;
+}
+
+// Products of Few-packed matrices with m rows, for m from 1 to past the 64 of a full
+// batch, row r compared (memcmp) with the same input row multiplied alone. Each m draws
+// its rows from a different place of the input, so every row has other neighbours.
+// Shapes: k not a multiple of 8 (vector tails in a row-major kernel), n not a multiple
+// of 8 or 64 (feature panels, tiles, work items); m x n x k from below to above the size
+// where work is shared out among threads.
+// Returns a digest of all outputs.
+std::uint64_t check_few_rows_independent(const Backend& backend) {
+  struct Shape {
+    std::int64_t n, k;
+  };
+  constexpr std::int64_t kInputs = 70;
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (const Shape shape : {Shape{300, 72}, Shape{37, 13}, Shape{130, 389}, Shape{1029, 40}}) {
+    const std::int64_t n = shape.n, k = shape.k;
+    for (bool exact_f16 : {true, false}) {
+      for (bool with_bias : {false, true}) {
+        auto w = random_values(n * k, 11, 0.2f);
+        if (exact_f16)
+          for (auto& v : w) v = cpu::half_to_float(cpu::float_to_half(v));
+        const auto bias = with_bias ? random_values(n, 12, 0.5f) : std::vector<float>{};
+        const auto packed = backend.pack(n, k, w, bias, RowsHint::Few);
+        const auto x = random_values(kInputs * k, 13, 1.0f);
+        const auto residual = random_values(kInputs * n, 14, 1.0f);
+        for (auto e : {Epilogue::Store, Epilogue::Gelu, Epilogue::Accumulate}) {
+          SCOPED_TRACE(std::to_string(n) + "x" + std::to_string(k) + (exact_f16 ? " f16-exact" : " f32") +
+                       (with_bias ? " bias" : "") + " epilogue " + std::to_string(static_cast<int>(e)));
+          std::vector<float> alone(kInputs * n);
+          for (std::int64_t i = 0; i < kInputs; ++i) {
+            std::span<float> out(alone.data() + i * n, n);
+            std::copy_n(residual.data() + i * n, n, out.data());
+            backend.linear({x.data() + i * k, static_cast<std::size_t>(k)}, 1, *packed, out, e);
+          }
+          digest(h, alone);
+          for (std::int64_t m : {1, 2, 3, 5, 16, 17, 64, 70}) {
+            auto source = [&](std::int64_t r) { return (r * 11 + m) % kInputs; };  // 11 is prime to 70
+            std::vector<float> xs(m * k), y(m * n);
+            for (std::int64_t r = 0; r < m; ++r) {
+              std::copy_n(x.data() + source(r) * k, k, xs.data() + r * k);
+              std::copy_n(residual.data() + source(r) * n, n, y.data() + r * n);
+            }
+            backend.linear(xs, m, *packed, y, e);
+            digest(h, y);
+            int differing = 0;
+            for (std::int64_t r = 0; r < m; ++r)
+              differing += std::memcmp(y.data() + r * n, alone.data() + source(r) * n, n * sizeof(float)) != 0;
+            EXPECT_EQ(differing, 0) << "m " << m;
+          }
+        }
+      }
+    }
+  }
+  return h;
+}
+
+TEST(KernelsBackend, FewRowsIndependentOfBatch) {
+  for (const auto& backend : all_backends()) {
+    SCOPED_TRACE(backend->name());
+    check_few_rows_independent(*backend);
+  }
+}
+
+// The same products on a one-thread pool (a child process) give the same bits.
+TEST(KernelsBackend, FewRowsSameForAnyThreadCount) {
+  std::string digests;
+  for (const auto& backend : all_backends())
+    digests += " " + backend->name() + " " + std::to_string(check_few_rows_independent(*backend));
+  if (std::getenv("KERNELS_TEST_THREADS") != nullptr) {
+    std::printf("\nDIGEST threads=%d%s\n", cpu::thread_count(), digests.c_str());  // read by the parent
+    return;
+  }
+#if defined(__linux__)
+  ASSERT_EQ(cpu::thread_count(), 2);
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const std::string command =
+      "KERNELS_TEST_THREADS=1 '" + self + "' --gtest_filter=KernelsBackend.FewRowsSameForAnyThreadCount 2>&1";
+  FILE* child = popen(command.c_str(), "r");
+  ASSERT_NE(child, nullptr);
+  std::string output;
+  char buffer[4096];
+  while (std::fgets(buffer, sizeof buffer, child) != nullptr) output += buffer;
+  ASSERT_EQ(pclose(child), 0) << output;
+  const auto at = output.find("DIGEST ");
+  ASSERT_NE(at, std::string::npos) << output;
+  const std::string child_line = output.substr(at + 7, output.find('\n', at) - at - 7);
+  EXPECT_EQ(child_line, "threads=1" + digests);
+#else
+  GTEST_SKIP() << "needs /proc/self/exe to run itself with one thread";
+#endif
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // End-to-end tests of `amanuensis serve`: the server runs as a child process on a free
 // loopback port (--port 0; it prints the port), and requests go through curl. Covers every
 // endpoint, every response_format, each error status, reproducible output, graceful stop
-// on SIGTERM with requests in flight, and OpenAI's official Node.js client (tests/api).
+// on SIGTERM with requests in flight, OpenAI's official Node.js client (tests/api), and
+// that batching across concurrent requests changes no token.
 //
 // Servers run with --threads 1 --sample-len 8 --beam-size 1 --no-fallback: the micro
 // model has random weights, and the tests are about the HTTP layer.
@@ -17,12 +18,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <iostream>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -30,6 +33,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "server_process.h"
 #include "test_paths.h"
 
 namespace amanuensis {
@@ -37,30 +41,14 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using testing::read_file;
+using testing::ServerProcess;
 
 constexpr const char* kKey = "test-secret";
 
 fs::path audio(const std::string& name) { return testing::conformance_dir() / "audio" / name; }
 
-const fs::path& scratch() {
-  static const fs::path dir = [] {
-    auto d = fs::temp_directory_path() / ("amanuensis_server_test_" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    std::atexit([] {
-      std::error_code ec;
-      fs::remove_all(fs::temp_directory_path() / ("amanuensis_server_test_" + std::to_string(::getpid())), ec);
-    });
-    return d;
-  }();
-  return dir;
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+const fs::path& scratch() { return testing::scratch_dir(); }
 
 std::string quote(const std::string& s) {
   std::string out = "'";
@@ -80,88 +68,6 @@ std::string run_command(const std::string& command, int* status = nullptr) {
   return out;
 }
 
-// A server child process.
-class ServerProcess {
- public:
-  explicit ServerProcess(std::vector<std::string> extra) {
-    std::vector<std::string> args = {testing::cli_path().string(), "serve", "--model",
-                                     testing::model_path("micro.en-f16").string(), "--port", "0", "--threads", "1",
-                                     "--sample-len", "8", "--beam-size", "1", "--no-fallback"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    int out[2];
-    if (::pipe(out) != 0) return;
-    log_ = scratch() / ("server_" + std::to_string(++counter_) + ".log");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(out[1], STDOUT_FILENO);
-      const int err = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (err >= 0) ::dup2(err, STDERR_FILENO);
-      ::close(out[0]);
-      ::close(out[1]);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    // The first line says "... listening on http://127.0.0.1:PORT ..."
-    std::string line;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-      pollfd p{out[0], POLLIN, 0};
-      if (::poll(&p, 1, 200) <= 0) continue;
-      char c[256];
-      const auto n = ::read(out[0], c, sizeof c);
-      if (n <= 0) break;
-      line.append(c, static_cast<std::size_t>(n));
-    }
-    ::close(out[0]);
-    const auto at = line.find("127.0.0.1:");
-    if (at != std::string::npos) port_ = std::atoi(line.c_str() + at + 10);
-    // Wait for the model to load.
-    for (int i = 0; i < 300 && port_ > 0; ++i) {
-      if (run_command("curl -s -o /dev/null -w '%{http_code}' " + url("/health")) == "200") {
-        ready_ = true;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  }
-  ~ServerProcess() {
-    if (pid_ > 0 && !reaped_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  bool ready() const { return ready_; }
-  int port() const { return port_; }
-  pid_t pid() const { return pid_; }
-  std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
-  std::string log() const { return read_file(log_); }
-
-  // Waits (bounded) for the process to exit; returns its exit status, or -1.
-  int wait_exit(int seconds) {
-    for (int i = 0; i < seconds * 20; ++i) {
-      int st = 0;
-      if (::waitpid(pid_, &st, WNOHANG) == pid_) {
-        reaped_ = true;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return -1;
-  }
-
- private:
-  static inline int counter_ = 0;
-  pid_t pid_ = -1;
-  int port_ = 0;
-  bool ready_ = false;
-  bool reaped_ = false;
-  fs::path log_;
-};
-
 struct HttpResult {
   int status = 0;
   std::string headers;
@@ -176,8 +82,9 @@ struct HttpResult {
 
 // curl with the given arguments (already quoted as needed).
 HttpResult curl(const std::string& args) {
-  static int n = 0;
-  const auto body = scratch() / ("body_" + std::to_string(++n));
+  static std::atomic<int> counter{0};  // requests may be sent from several threads
+  const int n = ++counter;
+  const auto body = scratch() / ("body_" + std::to_string(n));
   const auto headers = scratch() / ("headers_" + std::to_string(n));
   const std::string code = run_command("curl -s --max-time 120 -o " + quote(body.string()) + " -D " +
                                        quote(headers.string()) + " -w '%{http_code}' " + args);
@@ -245,6 +152,9 @@ TEST_F(ServerTest, HealthReportsTheModel) {
   EXPECT_TRUE(j["size"].is_string());
   EXPECT_EQ(j["threads"], 1);
   EXPECT_EQ(j["workers"], 2);
+  EXPECT_TRUE(j["backend"].is_string() && !j["backend"].get<std::string>().empty()) << j;
+  EXPECT_TRUE(j["cpu_features"].is_array()) << j;
+  EXPECT_TRUE(j["active_transcriptions"].is_number());
   EXPECT_TRUE(j["queue_depth"].is_number());
   EXPECT_TRUE(j["active_requests"].is_number());
   EXPECT_GE(j["uptime_seconds"].get<double>(), 0.0);
@@ -337,6 +247,53 @@ TEST_F(ServerTest, TheSameRequestGivesTheSameOutput) {
     ASSERT_EQ(a.status, 200) << a.body;
     EXPECT_EQ(a.body, b.body) << fields;
   }
+}
+
+// The value of one series in Prometheus text, or -1 when it is missing.
+double metric_value(const std::string& text, const std::string& series) {
+  const auto at = text.find("\n" + series + " ");
+  return at == std::string::npos ? -1.0 : std::atof(text.c_str() + at + series.size() + 2);
+}
+
+// Batching changes nothing: the tokens of a file sent alone equal its tokens when it is
+// one of 16 concurrent requests whose decoder steps run together.
+TEST(ServerBatching, SameTokensAloneAndAmongSixteenConcurrentRequests) {
+  ServerProcess s({"--workers", "16", "--sample-len", "24"});
+  ASSERT_TRUE(s.ready()) << s.log();
+  const auto probe = audio("speech-30s.wav");
+  auto segment_tokens = [](const HttpResult& r) {
+    std::vector<std::vector<int>> tokens;
+    const json body = r.as_json();
+    for (const auto& seg : body["segments"]) tokens.push_back(seg["tokens"].get<std::vector<int>>());
+    return tokens;
+  };
+  auto post = [&](const fs::path& file) {
+    return curl(form_file(file) + "-F model=whisper-1 -F response_format=verbose_json " +
+                quote(s.url("/v1/audio/transcriptions")));
+  };
+  const auto alone = post(probe);
+  ASSERT_EQ(alone.status, 200) << alone.body;
+  ASSERT_FALSE(segment_tokens(alone).empty()) << alone.body;
+
+  const std::vector<fs::path> others = {audio("speech-1s.wav"), audio("speech-5s.wav"), audio("jfk.wav"),
+                                        audio("speech-75s.wav"), audio("noise-5s.wav")};
+  std::vector<std::future<HttpResult>> crowd;
+  for (int i = 0; i < 15; ++i) {
+    const fs::path file = i == 7 ? probe : others[static_cast<std::size_t>(i) % others.size()];
+    crowd.push_back(std::async(std::launch::async, post, file));
+    if (i == 7) crowd.push_back(std::async(std::launch::async, post, probe));
+  }
+  std::vector<HttpResult> results;
+  for (auto& f : crowd) results.push_back(f.get());
+  for (const auto& r : results) ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(segment_tokens(results[7]), segment_tokens(alone));
+  EXPECT_EQ(segment_tokens(results[8]), segment_tokens(alone));
+  EXPECT_EQ(results[8].as_json()["text"], alone.as_json()["text"]);
+  // and the steps were shared: not every decoder step advanced a single sequence
+  const auto metrics = curl(quote(s.url("/metrics"))).body;
+  const double steps = metric_value(metrics, "amanuensis_decoder_batch_sequences_count");
+  EXPECT_GT(steps, 0) << metrics;
+  EXPECT_LT(metric_value(metrics, "amanuensis_decoder_batch_sequences_bucket{le=\"1\"}"), steps) << metrics;
 }
 
 TEST_F(ServerTest, OtherAudioFormatsAreDecoded) {
@@ -475,19 +432,6 @@ TEST_F(ServerTest, OpenAiNodeClient) {
                                &status);
   EXPECT_EQ(status, 0) << out;
   EXPECT_NE(out.find(" passed, 0 failed"), std::string::npos) << out;
-}
-
-TEST_F(ServerTest, LoadTestScriptRuns) {
-  const fs::path api_dir = fs::path(__FILE__).parent_path().parent_path() / "api";
-  if (run_command("command -v node").empty()) GTEST_SKIP() << "node is not installed (scripts/setup.sh installs it)";
-  int status = -1;
-  const auto out = run_command("node " + quote((api_dir / "loadtest.mjs").string()) + " " + quote(server_->url("")) + " " +
-                                   quote(audio("speech-5s.wav").string()) +
-                                   " --requests 4 --concurrency 2 --api-key " + kKey + " 2>&1",
-                               &status);
-  EXPECT_EQ(status, 0) << out;
-  EXPECT_NE(out.find("status {\"200\":4}"), std::string::npos) << out;
-  EXPECT_NE(out.find("real-time factor"), std::string::npos) << out;
 }
 
 // A queue bounded to one second of audio with one worker: of several long requests sent

@@ -1,6 +1,5 @@
-// Unit tests of the server's parts that need no network: multipart/form-data parsing,
-// the worker-pool scheduler (bounded queue, dropping cancelled jobs, graceful shutdown,
-// deterministic seeded sampling) and the Prometheus rendering of the metrics.
+// Unit tests of the server's parts that need no network: multipart/form-data parsing and
+// the Prometheus rendering of the metrics. (The scheduler's are in pipeline_scheduler_test.)
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -15,7 +14,6 @@
 #include "common/error.h"
 #include "server/metrics.h"
 #include "server/multipart.h"
-#include "server/scheduler.h"
 #include "test_paths.h"
 
 namespace amanuensis::server {
@@ -106,7 +104,11 @@ TEST(Metrics, RendersPrometheusText) {
   m.record_request("/v1/audio/transcriptions", 400, 0.2);
   m.record_request("/v1/audio/transcriptions", 200, 3.0);
   m.record_transcription(10.0, 2.0);
-  const auto text = m.render(3, 12.5, 2, 60.0);
+  pipeline::SchedulerStats stats;
+  stats.queued_jobs = 3;
+  stats.queued_audio_seconds = 12.5;
+  stats.batches.decoder_sequences = {{1, 4}, {16, 2}};
+  const auto text = m.render(stats, 2, 60.0);
   EXPECT_NE(text.find("amanuensis_requests_total{endpoint=\"/v1/audio/transcriptions\",status=\"400\"} 1"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_audio_seconds_total 10"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_request_duration_seconds_bucket{le=\"0.005\"} 1"), std::string::npos);
@@ -115,133 +117,11 @@ TEST(Metrics, RendersPrometheusText) {
   EXPECT_NE(text.find("amanuensis_realtime_factor_bucket{le=\"0.2\"} 1"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_queue_depth 3"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_active_requests 2"), std::string::npos);
-}
-
-// A gate that holds a worker inside a job's cancelled() check until opened.
-struct Gate {
-  std::mutex m;
-  std::condition_variable cv;
-  bool open = false;
-  bool entered = false;
-  void wait() {
-    std::unique_lock lock(m);
-    entered = true;
-    cv.notify_all();
-    cv.wait(lock, [&] { return open; });
-  }
-  void wait_entered() {
-    std::unique_lock lock(m);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return entered; }));
-  }
-  void release() {
-    std::lock_guard lock(m);
-    open = true;
-    cv.notify_all();
-  }
-};
-
-class SchedulerTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    model_ = pipeline::Model::load(testing::model_path("micro.en-f16"));
-    samples_ = std::make_shared<std::vector<float>>(
-        audio::load_audio_file(testing::conformance_dir() / "audio" / "speech-5s.wav"));
-  }
-  static Job job(std::function<bool()> cancelled = {}) {
-    Job j;
-    j.samples = samples_;
-    j.options.decode.sample_len = 8;
-    j.options.temperatures = {0.0f};
-    j.cancelled = std::move(cancelled);
-    return j;
-  }
-  static inline std::shared_ptr<const pipeline::Model> model_;
-  static inline std::shared_ptr<std::vector<float>> samples_;
-};
-
-TEST_F(SchedulerTest, RunsJobsAndReportsTimes) {
-  WorkerPoolScheduler s(model_, 2, 100.0);
-  auto a = s.submit(job());
-  auto b = s.submit(job());
-  const auto ra = a.get();
-  const auto rb = b.get();
-  EXPECT_FALSE(ra.dropped);
-  EXPECT_EQ(ra.transcript.text, rb.transcript.text);
-  EXPECT_GE(ra.run_seconds, 0.0);
-  EXPECT_NEAR(ra.transcript.duration, 5.0, 0.01);
-}
-
-TEST_F(SchedulerTest, BoundedQueueRejectsWithRetryAfter) {
-  WorkerPoolScheduler s(model_, 1, 6.0);  // room for one 5 s job waiting
-  Gate gate;
-  auto running = s.submit(job([&] { gate.wait(); return false; }));
-  gate.wait_entered();  // the only worker is now busy
-  auto queued = s.submit(job());
-  EXPECT_EQ(s.stats().queued_jobs, 1u);
-  EXPECT_NEAR(s.stats().queued_audio_seconds, 5.0, 0.01);
-  EXPECT_EQ(s.stats().active_jobs, 1u);
-  try {
-    (void)s.submit(job());
-    ADD_FAILURE() << "the queue took a job over its bound";
-  } catch (const QueueFull& e) {
-    EXPECT_GE(e.retry_after_seconds, 1.0);
-  }
-  gate.release();
-  EXPECT_FALSE(running.get().dropped);
-  EXPECT_FALSE(queued.get().dropped);
-  EXPECT_EQ(s.stats().queued_jobs, 0u);
-}
-
-TEST_F(SchedulerTest, OneJobLongerThanTheBoundIsAcceptedWhenTheQueueIsEmpty) {
-  WorkerPoolScheduler s(model_, 1, 1.0);
-  EXPECT_FALSE(s.submit(job()).get().dropped);
-}
-
-TEST_F(SchedulerTest, CancelledJobsAreDroppedBeforeTheyStart) {
-  WorkerPoolScheduler s(model_, 1, 100.0);
-  bool completed = false;
-  Job j = job([] { return true; });
-  j.on_complete = [&] { completed = true; };
-  auto r = s.submit(std::move(j)).get();
-  EXPECT_TRUE(r.dropped);
-  s.shutdown();
-  EXPECT_TRUE(completed);
-}
-
-TEST_F(SchedulerTest, ShutdownFinishesAcceptedJobsThenRefusesNewOnes) {
-  WorkerPoolScheduler s(model_, 1, 100.0);
-  Gate gate;
-  auto first = s.submit(job([&] { gate.wait(); return false; }));
-  gate.wait_entered();
-  auto second = s.submit(job());
-  std::thread stopper([&] { s.shutdown(); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  gate.release();
-  stopper.join();
-  EXPECT_FALSE(first.get().dropped);
-  EXPECT_FALSE(second.get().dropped);
-  EXPECT_THROW((void)s.submit(job()), ShuttingDown);
-}
-
-TEST_F(SchedulerTest, ErrorsOfTheTranscriptionComeOutOfTheFuture) {
-  WorkerPoolScheduler s(model_, 1, 100.0);
-  Job j = job();
-  j.options.decode.task = "summarize";
-  auto f = s.submit(std::move(j));
-  EXPECT_THROW(f.get(), Error);
-}
-
-TEST_F(SchedulerTest, SeededSamplingIsReproducible) {
-  WorkerPoolScheduler s(model_, 2, 100.0);
-  auto sampled = [&](std::uint64_t seed) {
-    Job j = job();
-    j.options.temperatures = {0.8f};
-    j.options.best_of = 2;
-    j.options.seed = seed;
-    return s.submit(std::move(j));
-  };
-  auto a = sampled(42), b = sampled(42);
-  EXPECT_EQ(a.get().transcript.text, b.get().transcript.text);
+  EXPECT_NE(text.find("amanuensis_decoder_batch_sequences_bucket{le=\"1\"} 4\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_decoder_batch_sequences_bucket{le=\"8\"} 4\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_decoder_batch_sequences_bucket{le=\"16\"} 6\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_decoder_batch_sequences_sum 36\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_encoder_batch_windows_count 0\n"), std::string::npos);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -112,11 +113,110 @@ void scale_row(float* x, std::int64_t n, float a) {
   for (std::int64_t i = 0; i < n; ++i) x[i] *= a;
 }
 
+// scores[r][j] = scale * q_r . k_j for the keys each query sees; keys outermost, so a key
+// row is loaded once for every query. Eight partial sums per dot product in a fixed order.
+AMANUENSIS_MULTIVERSION
+void head_scores(const float* q, std::int64_t n_q, const float* k, std::int64_t stride, std::int64_t hd,
+                 std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores) {
+  const std::int64_t hd8 = hd / 8 * 8;
+  for (std::int64_t j = 0; j < n_kv; ++j) {
+    const float* kj = k + j * stride;
+    for (std::int64_t r = 0; r < n_q; ++r) {
+      if (j >= visible[r]) continue;
+      const float* qr = q + r * stride;
+      float part[8] = {};
+      for (std::int64_t i = 0; i < hd8; i += 8)
+        for (int l = 0; l < 8; ++l) part[l] += qr[i + l] * kj[i + l];
+      float dot = ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+      for (std::int64_t i = hd8; i < hd; ++i) dot += qr[i] * kj[i];
+      scores[r * n_kv + j] = dot * scale;
+    }
+  }
+}
+
+// out_r = sum_j p[r][j] v_j, keys outermost (value rows read once), in key order.
+AMANUENSIS_MULTIVERSION
+void head_values(const float* p, std::int64_t n_q, const float* v, std::int64_t stride, std::int64_t hd,
+                 std::int64_t n_kv, const std::int64_t* visible, float* out) {
+  for (std::int64_t r = 0; r < n_q; ++r)
+    for (std::int64_t i = 0; i < hd; ++i) out[r * stride + i] = 0.0f;
+  for (std::int64_t j = 0; j < n_kv; ++j) {
+    const float* vj = v + j * stride;
+    for (std::int64_t r = 0; r < n_q; ++r) {
+      if (j >= visible[r]) continue;
+      const float pr = p[r * n_kv + j];
+      float* o = out + r * stride;
+      for (std::int64_t i = 0; i < hd; ++i) o[i] += pr * vj[i];
+    }
+  }
+}
+
+#if defined(__x86_64__)
+// head_scores for head sizes that are multiples of 8: one vector accumulator per dot
+// product, in the same order for every query.
+__attribute__((target("avx2,fma")))
+void head_scores_avx2(const float* q, std::int64_t n_q, const float* k, std::int64_t stride, std::int64_t hd,
+                      std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores) {
+  for (std::int64_t j = 0; j < n_kv; ++j) {
+    const float* kj = k + j * stride;
+    for (std::int64_t r = 0; r < n_q; ++r) {
+      if (j >= visible[r]) continue;
+      const float* qr = q + r * stride;
+      __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(qr), _mm256_loadu_ps(kj));
+      for (std::int64_t i = 8; i < hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), _mm256_loadu_ps(kj + i), acc);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      scores[r * n_kv + j] = _mm_cvtss_f32(h) * scale;
+    }
+  }
+}
+
+__attribute__((target("avx2,fma")))
+void head_values_avx2(const float* p, std::int64_t n_q, const float* v, std::int64_t stride, std::int64_t hd,
+                      std::int64_t n_kv, const std::int64_t* visible, float* out) {
+  for (std::int64_t r = 0; r < n_q; ++r)
+    for (std::int64_t i = 0; i < hd; ++i) out[r * stride + i] = 0.0f;
+  for (std::int64_t j = 0; j < n_kv; ++j) {
+    const float* vj = v + j * stride;
+    for (std::int64_t r = 0; r < n_q; ++r) {
+      if (j >= visible[r]) continue;
+      const __m256 pr = _mm256_set1_ps(p[r * n_kv + j]);
+      float* o = out + r * stride;
+      for (std::int64_t i = 0; i < hd; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pr, _mm256_loadu_ps(vj + i), _mm256_loadu_ps(o + i)));
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 AMANUENSIS_MULTIVERSION
 void exp_fast(const float* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] = exp_poly(x[i]);
+}
+
+void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
+                                std::int64_t stride, std::int64_t hd, std::int64_t causal_offset, float* out) {
+  thread_local std::vector<float> scores;
+  thread_local std::vector<std::int64_t> visible;
+  scores.resize(static_cast<std::size_t>(n_q * n_kv));
+  visible.resize(static_cast<std::size_t>(n_q));
+  for (std::int64_t r = 0; r < n_q; ++r) visible[r] = causal_offset < 0 ? n_kv : std::min(n_kv, causal_offset + r + 1);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2 && hd % 8 == 0) {
+    head_scores_avx2(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
+    for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
+    head_values_avx2(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
+    return;
+  }
+#endif
+  head_scores(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
+  for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
+  head_values(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
 }
 
 void softmax_fast(float* row, std::int64_t n, std::int64_t n_zero) {

@@ -9,6 +9,15 @@ namespace amanuensis::kernels::cpu {
 // Softmax of row[0, n) in place; row[n, n_zero) is set to 0 (masked positions).
 void softmax_fast(float* row, std::int64_t n, std::int64_t n_zero);
 
+// One head of scaled dot-product attention for a few queries (decoder steps) against
+// many keys: each key and value row is read once for all the queries, which matters when
+// the keys are a window's 1500 audio positions. q, k, v and out rows are `stride` floats
+// apart, the head's `hd` values at the start of each row. Query i sees keys
+// [0, n_kv) when causal_offset < 0, else [0, causal_offset + i]. Each query's result is
+// computed the same way whatever n_q is, so batching queries changes no bit.
+void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
+                                std::int64_t stride, std::int64_t hd, std::int64_t causal_offset, float* out);
+
 // y[i] = exp(x[i]) for x <= 88; inputs below -87.3 give 0 (flushed).
 void exp_fast(const float* x, float* y, std::int64_t n);
 

@@ -2,6 +2,7 @@
 // interface. Bf16 is emulated (weights and activations rounded to bfloat16, float32
 // products and sums), which is how bf16 hardware computes, so this also gives the
 // numerics of a bf16 run on a CPU without bf16 units.
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <string>
@@ -10,6 +11,7 @@
 #include "common/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace amanuensis::kernels {
 namespace {
@@ -23,11 +25,38 @@ float round_to_bf16(float f) {
 
 class ReferenceMatrix final : public PackedMatrix {
  public:
-  ReferenceMatrix(cpu::DenseMatrix m, std::vector<float> bias)
-      : PackedMatrix(m.rows, m.cols), matrix(std::move(m)), bias(std::move(bias)) {}
+  ReferenceMatrix(cpu::DenseMatrix m, std::vector<float> bias, RowsHint hint)
+      : PackedMatrix(m.rows, m.cols), matrix(std::move(m)), bias(std::move(bias)), hint(hint) {}
   cpu::DenseMatrix matrix;
   std::vector<float> bias;
+  RowsHint hint;
 };
+
+// y = x W^T + b with one cpu::dot per element, so a row's result is the same whatever
+// rows come with it (cpu::linear switches to 4 x 4 blocks, which sum in another order,
+// from 8 rows on). Output features are shared out; a block of them stays in cache for
+// all rows. Below 8 rows this is exactly what cpu::linear computes.
+void linear_row_independent(std::span<const float> x, std::int64_t m, const ReferenceMatrix& w, std::span<float> y) {
+  constexpr std::int64_t kBlock = 16;
+  const std::int64_t n = w.rows(), k = w.cols();
+  const float* weights = w.matrix.values.data();
+  cpu::parallel_for(n, 256, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t c0 = begin; c0 < end; c0 += kBlock) {
+      const std::int64_t c1 = std::min(end, c0 + kBlock);
+      for (std::int64_t r = 0; r < m; ++r)
+        for (std::int64_t c = c0; c < c1; ++c)
+          y[r * n + c] = cpu::dot(x.data() + r * k, weights + c * k, k) + (w.bias.empty() ? 0.0f : w.bias[c]);
+    }
+  });
+}
+
+void linear_raw(std::span<const float> x, std::int64_t m, const ReferenceMatrix& w, std::span<float> y) {
+  if (w.hint == RowsHint::Few) {
+    linear_row_independent(x, m, w, y);
+  } else {
+    cpu::linear(x, m, w.matrix, w.bias, y);
+  }
+}
 
 class ReferenceBackend final : public Backend {
  public:
@@ -37,7 +66,7 @@ class ReferenceBackend final : public Backend {
   Precision precision() const override { return precision_; }
 
   std::unique_ptr<PackedMatrix> pack(std::int64_t rows, std::int64_t cols, std::vector<float> values,
-                                     std::vector<float> bias, RowsHint) const override {
+                                     std::vector<float> bias, RowsHint hint) const override {
     if (static_cast<std::int64_t>(values.size()) != rows * cols || (!bias.empty() && static_cast<std::int64_t>(bias.size()) != rows))
       throw Error("internal: pack called with mismatched sizes");
     if (precision_ == Precision::Bf16)
@@ -46,12 +75,14 @@ class ReferenceBackend final : public Backend {
     m.rows = rows;
     m.cols = cols;
     m.values = std::move(values);
-    return std::make_unique<ReferenceMatrix>(std::move(m), std::move(bias));
+    return std::make_unique<ReferenceMatrix>(std::move(m), std::move(bias), hint);
   }
 
   void linear(std::span<const float> x, std::int64_t m, const PackedMatrix& packed, std::span<float> y,
               Epilogue epilogue) const override {
     const auto& w = static_cast<const ReferenceMatrix&>(packed);
+    if (static_cast<std::int64_t>(x.size()) < m * w.cols() || static_cast<std::int64_t>(y.size()) < m * w.rows())
+      throw Error("internal: linear called with mismatched sizes");
     std::vector<float> rounded;
     if (precision_ == Precision::Bf16) {
       rounded.assign(x.begin(), x.begin() + m * w.cols());
@@ -60,11 +91,11 @@ class ReferenceBackend final : public Backend {
     }
     if (epilogue == Epilogue::Accumulate) {
       std::vector<float> r(static_cast<std::size_t>(m * w.rows()));
-      cpu::linear(x, m, w.matrix, w.bias, r);
+      linear_raw(x, m, w, r);
       cpu::add_in_place(y.subspan(0, r.size()), r);
       return;
     }
-    cpu::linear(x, m, w.matrix, w.bias, y);
+    linear_raw(x, m, w, y);
     if (epilogue == Epilogue::Gelu) cpu::gelu(y.subspan(0, static_cast<std::size_t>(m * w.rows())));
   }
 

@@ -1,5 +1,9 @@
 #include "kernels/cpu/thread_pool.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <memory>
@@ -10,6 +14,18 @@ namespace {
 std::int64_t chunk_begin(std::int64_t n, int parts, int index) { return n * index / parts; }
 
 std::atomic<int> requested_threads{0};
+
+// Polls `ready` for a few tens of microseconds; true as soon as it holds.
+template <class Ready>
+bool spin_until(Ready ready) {
+  for (int i = 0; i < 4096; ++i) {
+    if (ready()) return true;
+#if defined(__x86_64__)
+    _mm_pause();
+#endif
+  }
+  return ready();
+}
 
 }  // namespace
 
@@ -38,26 +54,30 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     std::lock_guard lock(mutex_);
     job_ = &fn;
     job_size_ = n;
-    pending_ = parts - 1;
-    ++generation_;
+    pending_.store(parts - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   fn(0, chunk_begin(n, parts, 1));
-  std::unique_lock lock(mutex_);
-  done_.wait(lock, [&] { return pending_ == 0; });
-  job_ = nullptr;
+  const auto all_done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(all_done)) {
+    std::unique_lock lock(mutex_);
+    done_.wait(lock, all_done);
+  }
 }
 
 void ThreadPool::worker_loop(int index) {
   std::uint64_t seen = 0;
   for (;;) {
+    const auto new_job = [&] { return stopping_.load() || generation_.load(std::memory_order_acquire) != seen; };
+    const bool spun = spin_until(new_job);
     const std::function<void(std::int64_t, std::int64_t)>* job;
     std::int64_t n;
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+      if (!spun) wake_.wait(lock, new_job);
       if (stopping_) return;
-      seen = generation_;
+      seen = generation_.load();
       job = job_;
       n = job_size_;
     }
@@ -65,11 +85,10 @@ void ThreadPool::worker_loop(int index) {
     const auto begin = chunk_begin(n, parts, index);
     const auto end = chunk_begin(n, parts, index + 1);
     if (begin < end) (*job)(begin, end);
-    {
-      std::lock_guard lock(mutex_);
-      --pending_;
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard lock(mutex_);  // the caller may be about to sleep on done_
+      done_.notify_one();
     }
-    done_.notify_one();
   }
 }
 

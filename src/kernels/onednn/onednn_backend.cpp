@@ -68,21 +68,34 @@ struct Slice {
   mutable std::map<std::pair<std::int64_t, int>, std::shared_ptr<const Primitive>> primitives;
 };
 
+// RowsHint::Few matrices skip oneDNN, whose result for a row may depend on how many
+// rows come with it. Their weights are stored once, in panels of kPanel output features:
+// panel p holds w[p * kPanel + j][i] at p * panel_size(cols) + i * kPanel + j (the last
+// panel padded with zeros), so one vector load gives one input's weight for kPanel
+// features.
+constexpr std::int64_t kPanel = 8;
+
+// A panel is 4 inputs (64 or 128 bytes) longer than its weights: with cols a multiple of
+// 256, the panels a tile reads at once would otherwise all map to the same L1 sets.
+constexpr std::int64_t panel_size(std::int64_t cols) { return (cols + 4) * kPanel; }
+
 class OnednnMatrix final : public PackedMatrix {
  public:
   OnednnMatrix(std::int64_t rows, std::int64_t cols) : PackedMatrix(rows, cols) {}
   dt src_type = dt::f32;
   bool has_bias = false;
   std::vector<std::unique_ptr<Slice>> slices;
-  // For products of at most kFewRows rows, when the matrix is exactly representable in
-  // f16 (weights of f16 model files): rows x cols halves, bias, read by gemv_f16.
+  // Few: panels in f16 when every weight is exact in it (f16 model files: half the
+  // bytes to read per decoder step), else in f32; read by plain_linear.
+  bool plain = false;
   std::vector<std::uint16_t> f16;
+  std::vector<float> f32;
   std::vector<float> bias;
+
+  std::int64_t panels() const { return (rows() + kPanel - 1) / kPanel; }
 };
 
-constexpr std::int64_t kFewRows = 4;
-
-bool f16_gemv_supported() {
+bool avx2_fma_f16c() {
 #if defined(__x86_64__)
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return ok;
@@ -91,61 +104,130 @@ bool f16_gemv_supported() {
 #endif
 }
 
-// Converts to f16 when every value survives the round trip exactly.
-bool exact_f16(std::span<const float> values, std::vector<std::uint16_t>& out) {
-  out.resize(values.size());
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    out[i] = cpu::float_to_half(values[i]);
-    if (cpu::half_to_float(out[i]) != values[i]) {
-      out.clear();
-      out.shrink_to_fit();
-      return false;
-    }
-  }
-  return true;
+bool exact_in_f16(std::span<const float> values) {
+  return std::all_of(values.begin(), values.end(),
+                     [](float v) { return cpu::half_to_float(cpu::float_to_half(v)) == v; });
 }
 
+// rows x cols row-major -> the panel layout above.
+template <typename T, typename Convert>
+std::vector<T> to_panels(std::span<const float> values, std::int64_t rows, std::int64_t cols, Convert convert) {
+  const std::int64_t panels = (rows + kPanel - 1) / kPanel;
+  std::vector<T> out(static_cast<std::size_t>(panels * panel_size(cols)), convert(0.0f));
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t i = 0; i < cols; ++i)
+      out[(r / kPanel) * panel_size(cols) + i * kPanel + r % kPanel] = convert(values[r * cols + i]);
+  return out;
+}
+
+// The raw products of a Few matrix: out[r * ldo + f] = x[r] . w[p0 * kPanel + f] for
+// rows r < m and the features of panels [p0, p1). Every element is the same chain,
+// acc = 0, then acc = fma(w[f][i], x[r][i], acc) for i = 0, 1, ..., k - 1, whatever
+// tile computes it, so a row's result never depends on the other rows of the product,
+// on m, or on how the work was shared out; nor is there a horizontal sum or k tail.
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const std::uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-// y[r][c] (row stride ldy) = x[r] . w[c] for rows r < m, output features c in [c0, c1):
-// weights are f16 rows of k values, widened with F16C; four output features at a time.
-__attribute__((target("avx2,fma,f16c")))
-void gemv_f16(const float* x, std::int64_t m, std::int64_t k, const std::uint16_t* w, std::int64_t c0, std::int64_t c1,
-              float* y, std::int64_t ldy) {
-  const std::int64_t k8 = k / 8 * 8;
-  std::int64_t c = c0;
-  for (; c + 4 <= c1; c += 4) {
-    const std::uint16_t* w0 = w + c * k;
-    for (std::int64_t r = 0; r < m; ++r) {
-      const float* xr = x + r * k;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-      for (std::int64_t i = 0; i < k8; i += 8) {
-        const __m256 xv = _mm256_loadu_ps(xr + i);
-        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + i))), xv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + k + i))), xv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + 2 * k + i))), xv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + 3 * k + i))), xv, a3);
-      }
-      float s[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
-      for (std::int64_t i = k8; i < k; ++i)
-        for (int j = 0; j < 4; ++j) s[j] += xr[i] * _cvtsh_ss(w0[j * k + i]);
-      for (int j = 0; j < 4; ++j) y[r * ldy + c + j] = s[j];
+// R rows x P panels of accumulators; w points at the first of P consecutive panels.
+template <int R, int P, typename T>
+__attribute__((target("avx2,fma,f16c"))) void product_tile(const float* x, std::int64_t k, const T* w, float* out,
+                                                             std::int64_t ldo) {
+  // (unrolled early, or GCC keeps the accumulators in memory)
+  __m256 acc[R][P];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) acc[r][p] = _mm256_setzero_ps();
+  for (std::int64_t i = 0; i < k; ++i) {
+    if constexpr (R == 1) {  // each weight used once: no need to hold them all
+      const __m256 xv = _mm256_broadcast_ss(x + i);
+#pragma GCC unroll 16
+      for (int p = 0; p < P; ++p) acc[0][p] = _mm256_fmadd_ps(load8(w + p * panel_size(k) + i * kPanel), xv, acc[0][p]);
+      continue;
+    }
+    __m256 wv[P];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) wv[p] = load8(w + p * panel_size(k) + i * kPanel);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + r * k + i);
+#pragma GCC unroll 16
+      for (int p = 0; p < P; ++p) acc[r][p] = _mm256_fmadd_ps(wv[p], xv, acc[r][p]);
     }
   }
-  for (; c < c1; ++c)
-    for (std::int64_t r = 0; r < m; ++r) {
-      float s = 0.0f;
-      for (std::int64_t i = 0; i < k; ++i) s += x[r * k + i] * _cvtsh_ss(w[c * k + i]);
-      y[r * ldy + c] = s;
-    }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) _mm256_storeu_ps(out + r * ldo + p * kPanel, acc[r][p]);
+}
+
+// How many panels a tile of R rows takes: R x P accumulators, P weights and an input
+// in the 16 vector registers, and at least 8 accumulators (FMA latency x throughput)
+// where the rows allow; one row streams its weights through, 8 panels at a time.
+template <int R>
+constexpr int kTilePanels = R == 1 ? 8 : R == 2 ? 5 : R <= 4 ? 3 : 2;
+
+// R rows against `panels` panels: P at a time, then what is left with fewer.
+template <int R, int P = kTilePanels<R>, typename T>
+__attribute__((target("avx2,fma,f16c"))) void product_row_tile(const float* x, std::int64_t k, const T* w,
+                                                                 std::int64_t panels, float* out, std::int64_t ldo) {
+  std::int64_t p = 0;
+  for (; p + P <= panels; p += P) product_tile<R, P>(x, k, w + p * panel_size(k), out + p * kPanel, ldo);
+  if constexpr (P > 1)
+    if (p < panels) product_row_tile<R, P - 1>(x, k, w + p * panel_size(k), panels - p, out + p * kPanel, ldo);
+}
+
+template <typename T>
+__attribute__((target("avx2,fma,f16c"))) void product_avx2(const float* x, std::int64_t m, std::int64_t k, const T* w,
+                                                             std::int64_t panels, float* out, std::int64_t ldo) {
+  constexpr int kRows = 6;
+  std::int64_t r = 0;
+  for (; m - r >= kRows; r += kRows) product_row_tile<kRows>(x + r * k, k, w, panels, out + r * ldo, ldo);
+  const float* xr = x + r * k;
+  float* o = out + r * ldo;
+  switch (m - r) {
+    case 5: product_row_tile<5>(xr, k, w, panels, o, ldo); break;
+    case 4: product_row_tile<4>(xr, k, w, panels, o, ldo); break;
+    case 3: product_row_tile<3>(xr, k, w, panels, o, ldo); break;
+    case 2: product_row_tile<2>(xr, k, w, panels, o, ldo); break;
+    case 1: product_row_tile<1>(xr, k, w, panels, o, ldo); break;
+    default: break;
+  }
 }
 #endif
+
+// Without AVX2/FMA/F16C (weights then always f32): the same chain per element in plain
+// code, one path for every element (so row-independent too, if not the same bits).
+void product_portable(const float* x, std::int64_t m, std::int64_t k, const float* w, std::int64_t panels, float* out,
+                      std::int64_t ldo) {
+  for (std::int64_t r = 0; r < m; ++r)
+    for (std::int64_t p = 0; p < panels; ++p) {
+      float acc[kPanel] = {};
+      for (std::int64_t i = 0; i < k; ++i)
+        for (std::int64_t j = 0; j < kPanel; ++j) acc[j] += w[p * panel_size(k) + i * kPanel + j] * x[r * k + i];
+      std::copy(acc, acc + kPanel, out + r * ldo + p * kPanel);
+    }
+}
+
+// Panels [p0, p1) of a Few matrix against m rows; out needs (p1 - p0) * kPanel columns.
+void product(const float* x, std::int64_t m, const OnednnMatrix& w, std::int64_t p0, std::int64_t p1, float* out,
+             std::int64_t ldo) {
+  const std::int64_t k = w.cols(), offset = p0 * panel_size(k);
+#if defined(__x86_64__)
+  if (avx2_fma_f16c()) {
+    if (!w.f16.empty()) {
+      product_avx2(x, m, k, w.f16.data() + offset, p1 - p0, out, ldo);
+    } else {
+      product_avx2(x, m, k, w.f32.data() + offset, p1 - p0, out, ldo);
+    }
+    return;
+  }
+#endif
+  product_portable(x, m, k, w.f32.data() + offset, p1 - p0, out, ldo);
+}
 
 // The product of m rows against a slice, writing into rows of the full output (stride n).
 dnnl::matmul::primitive_desc matmul_pd(const OnednnMatrix& w, const Slice& s, std::int64_t m,
@@ -213,6 +295,10 @@ void maybe_parallel(std::int64_t n, double flops, const std::function<void(std::
   }
 }
 
+// Attention with at most this many queries (beams or candidates of one window in a decoder
+// step) reads keys and values once for all of them, query by query in a fixed order.
+constexpr std::int64_t kFewQueries = 16;
+
 class OnednnBackend final : public Backend {
  public:
   explicit OnednnBackend(Precision p) : precision_(p) {}
@@ -224,13 +310,21 @@ class OnednnBackend final : public Backend {
                                      std::vector<float> bias, RowsHint hint) const override {
     if (static_cast<std::int64_t>(values.size()) != rows * cols || (!bias.empty() && static_cast<std::int64_t>(bias.size()) != rows))
       throw Error("internal: pack called with mismatched sizes");
-    single_threaded_onednn();
     auto w = std::make_unique<OnednnMatrix>(rows, cols);
+    if (hint == RowsHint::Few) {
+      // also in bf16 mode: plain f16/f32 weights are more precise than bf16 products
+      w->plain = true;
+      if (avx2_fma_f16c() && exact_in_f16(values)) {
+        w->f16 = to_panels<std::uint16_t>(values, rows, cols, cpu::float_to_half);
+      } else {
+        w->f32 = to_panels<float>(values, rows, cols, [](float v) { return v; });
+      }
+      w->bias = std::move(bias);
+      return w;
+    }
+    single_threaded_onednn();
     w->src_type = precision_ == Precision::Bf16 ? dt::bf16 : dt::f32;
     w->has_bias = !bias.empty();
-    // decoder steps read every weight once per token: half the bytes where that is exact
-    // (in bf16 mode the f16 values are more precise than the bf16 product would be)
-    if (hint == RowsHint::Few && f16_gemv_supported() && exact_f16(values, w->f16)) w->bias = bias;
     // slices of ~256 output features, at most 16, multiples of 16 wide
     const std::int64_t n_slices = std::clamp<std::int64_t>((rows + 255) / 256, 1, 16);
     const std::int64_t width = ((rows + n_slices - 1) / n_slices + 15) / 16 * 16;
@@ -261,12 +355,10 @@ class OnednnBackend final : public Backend {
     if (static_cast<std::int64_t>(x.size()) < m * w.cols() || static_cast<std::int64_t>(y.size()) < m * w.rows())
       throw Error("internal: linear called with mismatched sizes");
     if (m == 0) return;
-#if defined(__x86_64__)
-    if (m <= kFewRows && !w.f16.empty()) {
-      linear_f16(x, m, w, y, epilogue);
+    if (w.plain) {
+      plain_linear(x, m, w, y, epilogue);
       return;
     }
-#endif
     const void* src = x.data();
     std::size_t src_row_bytes = w.cols() * sizeof(float);
     thread_local std::vector<std::uint16_t> x_bf16;
@@ -297,6 +389,16 @@ class OnednnBackend final : public Backend {
                  std::int64_t n_kv, int n_head, std::int64_t d, std::int64_t causal_offset,
                  std::span<float> out) const override {
     const std::int64_t hd = d / n_head;
+    if (n_q <= kFewQueries) {
+      // decoder steps: one or a few queries, where a GEMM call costs more than it does and
+      // its rounding could depend on how many queries were batched
+      maybe_parallel(n_head, 4.0 * n_q * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t h = begin; h < end; ++h)
+          cpu::attention_head_few_queries(q.data() + h * hd, n_q, k.data() + h * hd, v.data() + h * hd, n_kv, d, hd,
+                                          causal_offset, out.data() + h * hd);
+      });
+      return;
+    }
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     // a tile of queries of one head against all its keys: at most kTile x n_kv scores
     constexpr std::int64_t kTile = 64;
@@ -334,29 +436,47 @@ class OnednnBackend final : public Backend {
   }
 
  private:
-#if defined(__x86_64__)
-  static void linear_f16(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
-                         Epilogue epilogue) {
+  // Work items: kItemPanels panels of output features. Rows go through in chunks whose
+  // products fit a small buffer; an item's weights stay in cache for all the chunks.
+  static constexpr std::int64_t kItemPanels = 8;
+  static constexpr std::int64_t kChunkRows = 64;
+
+  static void plain_linear(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
+                           Epilogue epilogue) {
     const std::int64_t n = w.rows(), k = w.cols();
-    const std::int64_t blocks = (n + 63) / 64;  // 64 output features per work item
-    maybe_parallel(blocks, 2.0 * m * n * k, [&](std::int64_t begin, std::int64_t end) {
+    const std::int64_t items = (w.panels() + kItemPanels - 1) / kItemPanels;
+    constexpr std::int64_t width = kItemPanels * kPanel;
+    maybe_parallel(items, 2.0 * m * n * k, [&](std::int64_t begin, std::int64_t end) {
       thread_local std::vector<float> acc;
-      const std::int64_t c0 = begin * 64, c1 = std::min(n, end * 64), width = c1 - c0;
-      acc.resize(static_cast<std::size_t>(m * width));
-      gemv_f16(x.data(), m, k, w.f16.data() + c0 * k, 0, width, acc.data(), width);
-      for (std::int64_t r = 0; r < m; ++r) {
-        float* yr = y.data() + r * n + c0;
-        const float* ar = acc.data() + r * width;
-        const float* b = w.bias.empty() ? nullptr : w.bias.data() + c0;
-        for (std::int64_t c = 0; c < width; ++c) {
-          const float v = ar[c] + (b ? b[c] : 0.0f);
-          yr[c] = epilogue == Epilogue::Accumulate ? yr[c] + v : v;
+      acc.resize(static_cast<std::size_t>(kChunkRows * width));
+      for (std::int64_t item = begin; item < end; ++item) {
+        const std::int64_t p0 = item * kItemPanels, p1 = std::min(w.panels(), p0 + kItemPanels);
+        const std::int64_t c0 = p0 * kPanel, c1 = std::min(n, p1 * kPanel);
+        for (std::int64_t r0 = 0; r0 < m; r0 += kChunkRows) {
+          const std::int64_t rows = std::min(kChunkRows, m - r0);
+          product(x.data() + r0 * k, rows, w, p0, p1, acc.data(), width);
+          finish_rows(acc.data(), width, rows, w, c0, c1, y.data() + r0 * n, epilogue);
         }
-        if (epilogue == Epilogue::Gelu) cpu::gelu({yr, static_cast<std::size_t>(width)});
       }
     });
   }
-#endif
+
+  // Bias, then the epilogue, on the raw products of a chunk of rows: elementwise steps,
+  // the same for every row.
+  static void finish_rows(const float* acc, std::int64_t lda, std::int64_t rows, const OnednnMatrix& w,
+                          std::int64_t c0, std::int64_t c1, float* y, Epilogue epilogue) {
+    const std::int64_t n = w.rows(), width = c1 - c0;
+    const float* b = w.bias.empty() ? nullptr : w.bias.data() + c0;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      float* yr = y + r * n + c0;
+      const float* ar = acc + r * lda;
+      for (std::int64_t c = 0; c < width; ++c) {
+        const float v = ar[c] + (b ? b[c] : 0.0f);
+        yr[c] = epilogue == Epilogue::Accumulate ? yr[c] + v : v;
+      }
+      if (epilogue == Epilogue::Gelu) cpu::gelu({yr, static_cast<std::size_t>(width)});
+    }
+  }
 
   // rows [.., +m) of the input against one slice; dst points at the slice's first column.
   static void run(const OnednnMatrix& w, const Slice& s, const void* src_ptr, std::int64_t m, float* dst_ptr,

@@ -3,8 +3,11 @@
 // are matmul primitives with bias and fused GELU / residual-sum post-ops; attention is
 // blocked per head (a tile of queries against all keys: sgemm, softmax, sgemm), so the
 // full n x n score matrix of all heads never exists. Threads: the kernels/cpu pool shares
-// out row blocks x output-feature slices (the slices let a one-row decoder step use every
-// thread); each oneDNN call inside runs single-threaded.
+// out row blocks x output-feature slices (the slices let a product of few rows use every
+// thread); each oneDNN call inside runs single-threaded. Matrices packed RowsHint::Few
+// (decoder steps, batched or not) skip oneDNN: plain row-major f16 (when exact) or f32
+// and a register-blocked AVX2/FMA kernel that computes every output element in one fixed
+// order, so a row's result does not depend on the other rows (see backend.h).
 #pragma once
 
 #include <memory>

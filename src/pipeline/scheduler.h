@@ -1,7 +1,8 @@
-// server: scheduling transcription jobs onto the shared, immutable model. The server talks
-// to the TranscriptionScheduler interface only, so that a later scheduler (for example one
-// that batches encoder windows and decoder steps across requests) can replace the simple
-// worker pool below without touching the HTTP layer.
+// pipeline: scheduling many transcriptions onto the shared, immutable model. The server
+// talks to the TranscriptionScheduler interface only. BatchingScheduler runs up to `slots`
+// transcriptions at once, each on its own thread for the light per-sequence work, with
+// all their network calls going through one BatchedCompute: their decoder steps advance
+// together as one batch, and their encoder windows queue together.
 #pragma once
 
 #include <chrono>
@@ -16,24 +17,29 @@
 #include <thread>
 #include <vector>
 
+#include "pipeline/batched_compute.h"
 #include "pipeline/transcriber.h"
 
-namespace amanuensis::server {
+namespace amanuensis::pipeline {
 
 struct Job {
   std::shared_ptr<const std::vector<float>> samples;  // 16 kHz mono
   pipeline::TranscribeOptions options;
   // Polled just before the job starts: true drops it (client gone, deadline passed).
   std::function<bool()> cancelled;
+  // Polled before each network call while it runs: true stops it there (client gone).
+  std::function<bool()> abandoned;
   // Called on the worker thread once the future is ready (also when dropped or failed).
   std::function<void()> on_complete;
 };
 
 struct JobResult {
   pipeline::Transcript transcript;
-  bool dropped = false;        // cancelled before it started
+  bool dropped = false;        // cancelled (before it started, or while it ran)
   double queue_seconds = 0.0;  // from submit to start
-  double run_seconds = 0.0;    // transcription itself
+  double run_seconds = 0.0;    // transcription itself, of which:
+  double encoder_seconds = 0.0;  // encoder windows, waiting for their turn included
+  double decoder_seconds = 0.0;  // decoder steps and prompt passes, waiting included
 };
 
 // Thrown by submit() when the queue cannot take the job; the server answers 429.
@@ -54,7 +60,8 @@ struct SchedulerStats {
   std::size_t queued_jobs = 0;
   double queued_audio_seconds = 0.0;
   std::size_t active_jobs = 0;
-  int workers = 0;
+  int slots = 0;
+  BatchCounts batches;
 };
 
 class TranscriptionScheduler {
@@ -68,14 +75,15 @@ class TranscriptionScheduler {
   virtual void shutdown() = 0;
 };
 
-// A bounded FIFO queue, measured in seconds of audio, feeding a fixed pool of worker
-// threads; each worker runs pipeline::transcribe on the shared model for one job at a time.
-class WorkerPoolScheduler final : public TranscriptionScheduler {
+// A bounded FIFO queue, measured in seconds of audio, feeding `slots` transcriptions that
+// run at once and batch their network work in one BatchedCompute.
+class BatchingScheduler final : public TranscriptionScheduler {
  public:
   // max_queue_seconds: audio waiting (not yet started) may not exceed this; a single job
   // longer than the whole bound is still accepted when the queue is empty.
-  WorkerPoolScheduler(std::shared_ptr<const pipeline::Model> model, int workers, double max_queue_seconds);
-  ~WorkerPoolScheduler() override;
+  BatchingScheduler(std::shared_ptr<const Model> model, int slots, double max_queue_seconds,
+                    BatchedComputeOptions compute = {});
+  ~BatchingScheduler() override;
 
   std::future<JobResult> submit(Job job) override;
   SchedulerStats stats() const override;
@@ -88,11 +96,13 @@ class WorkerPoolScheduler final : public TranscriptionScheduler {
     std::chrono::steady_clock::time_point submitted;
     std::promise<JobResult> promise;
   };
-  void worker_loop();
+  void slot_loop();
+  JobResult run(Entry& entry);
 
-  std::shared_ptr<const pipeline::Model> model_;
+  std::shared_ptr<const Model> model_;
   const double max_queue_seconds_;
-  const int n_workers_;
+  const int n_slots_;
+  BatchedCompute compute_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Entry> queue_;
@@ -100,8 +110,8 @@ class WorkerPoolScheduler final : public TranscriptionScheduler {
   std::size_t active_ = 0;
   double recent_rtf_ = 0.0;  // run seconds per audio second, smoothed (for Retry-After)
   bool stopping_ = false;
-  std::vector<std::thread> workers_;
+  std::vector<std::thread> slots_;
   std::mutex join_mutex_;
 };
 
-}  // namespace amanuensis::server
+}  // namespace amanuensis::pipeline

@@ -1,0 +1,19 @@
+#include "nn/runner.h"
+
+namespace amanuensis::nn {
+namespace {
+
+class DirectRunner final : public Runner {
+ public:
+  void run(Work, const std::function<void()>& work) override { work(); }
+  void step(const Decoder& decoder, std::span<const SequenceStep> steps) override { decoder.step(steps); }
+};
+
+}  // namespace
+
+Runner& direct_runner() {
+  static DirectRunner runner;
+  return runner;
+}
+
+}  // namespace amanuensis::nn

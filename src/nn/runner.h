@@ -1,0 +1,33 @@
+// nn: how the network calls of one transcription are executed. The CLI runs them directly
+// on the calling thread; the server's scheduler runs the calls of many transcriptions on
+// one compute thread, merging their decoder steps into one batched step (continuous
+// batching) and queueing their encoder windows together.
+#pragma once
+
+#include <functional>
+#include <span>
+
+#include "nn/whisper.h"
+
+namespace amanuensis::nn {
+
+// What a piece of exclusive work is, for scheduling and metrics.
+enum class Work {
+  Encode,   // an encoder window and its cross-attention keys/values
+  Forward,  // a multi-token decoder pass: a prompt, language detection, word alignment
+};
+
+class Runner {
+ public:
+  virtual ~Runner() = default;
+  // Runs `work` with the compute to itself; returns when it is done (its exceptions pass through).
+  virtual void run(Work kind, const std::function<void()>& work) = 0;
+  // Advances every sequence by one token (Decoder::step); the step may be shared with
+  // other transcriptions' sequences. Each sequence's logits are the same either way.
+  virtual void step(const Decoder& decoder, std::span<const SequenceStep> steps) = 0;
+};
+
+// Runs everything at once on the calling thread.
+Runner& direct_runner();
+
+}  // namespace amanuensis::nn

@@ -1,0 +1,176 @@
+#include "pipeline/batched_compute.h"
+
+#include <algorithm>
+
+namespace amanuensis::pipeline {
+
+using Clock = std::chrono::steady_clock;
+
+// A call of one client, waiting for the compute thread.
+struct BatchedCompute::Pending {
+  bool is_step = false;
+  nn::Work work = nn::Work::Forward;
+  const std::function<void()>* exclusive = nullptr;
+  const nn::Decoder* decoder = nullptr;
+  std::span<const nn::SequenceStep> steps;
+  std::exception_ptr error;
+  bool done = false;
+};
+
+BatchedCompute::BatchedCompute(BatchedComputeOptions options) : options_(options) {
+  thread_ = std::thread([this] { compute_loop(); });
+}
+
+BatchedCompute::~BatchedCompute() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  compute_wake_.notify_all();
+  thread_.join();
+}
+
+BatchCounts BatchedCompute::counts() const {
+  std::lock_guard lock(mutex_);
+  return counts_;
+}
+
+void BatchedCompute::submit(Pending& pending) {
+  std::unique_lock lock(mutex_);
+  if (pending.is_step) {
+    if (steps_.empty()) first_step_at_ = Clock::now();
+    steps_.push_back(&pending);
+  } else {
+    exclusive_.push_back(&pending);
+  }
+  ++waiting_;
+  compute_wake_.notify_one();
+  done_.wait(lock, [&] { return pending.done; });
+  --waiting_;
+  if (pending.error) std::rethrow_exception(pending.error);
+}
+
+// Steps run once every client has one waiting (or is waiting on exclusive work), or when
+// the stragglers have had their time.
+bool BatchedCompute::steps_ready(Clock::time_point now) const {
+  return !steps_.empty() && (waiting_ >= clients_ || now >= first_step_at_ + options_.gather_timeout);
+}
+
+void BatchedCompute::compute_loop() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    const auto now = Clock::now();
+    const bool steps = steps_ready(now);
+    if (steps && (exclusive_.empty() || last_turn_exclusive_)) {
+      run_steps(lock);
+      last_turn_exclusive_ = false;
+    } else if (!exclusive_.empty()) {
+      run_exclusive_turn(lock);
+      last_turn_exclusive_ = true;
+    } else if (!steps_.empty()) {
+      compute_wake_.wait_until(lock, first_step_at_ + options_.gather_timeout);
+    } else if (stopping_ && clients_ == 0) {
+      return;
+    } else {
+      compute_wake_.wait(lock);
+    }
+  }
+}
+
+void BatchedCompute::run_exclusive_turn(std::unique_lock<std::mutex>& lock) {
+  std::vector<Pending*> turn;
+  while (!exclusive_.empty() && static_cast<int>(turn.size()) < std::max(1, options_.max_exclusive_per_turn)) {
+    turn.push_back(exclusive_.front());
+    exclusive_.pop_front();
+  }
+  lock.unlock();
+  int windows = 0;
+  for (Pending* p : turn) {
+    if (p->work == nn::Work::Encode) ++windows;
+    try {
+      (*p->exclusive)();
+    } catch (...) {
+      p->error = std::current_exception();
+    }
+  }
+  lock.lock();
+  if (windows > 0) ++counts_.encoder_windows[windows];
+  for (Pending* p : turn) p->done = true;
+  done_.notify_all();
+}
+
+void BatchedCompute::run_steps(std::unique_lock<std::mutex>& lock) {
+  std::vector<Pending*> batch;
+  batch.swap(steps_);
+  lock.unlock();
+  // one merged step per decoder (every client of a server shares one model); a client
+  // whose sequences cannot advance gets its error without holding back the others
+  std::map<const nn::Decoder*, std::pair<std::vector<nn::SequenceStep>, std::vector<Pending*>>> merged;
+  for (Pending* p : batch) {
+    try {
+      p->decoder->check_step(p->steps);
+      auto& [steps, owners] = merged[p->decoder];
+      steps.insert(steps.end(), p->steps.begin(), p->steps.end());
+      owners.push_back(p);
+    } catch (...) {
+      p->error = std::current_exception();
+    }
+  }
+  std::vector<int> sizes;
+  for (auto& [decoder, work] : merged) {
+    auto& [steps, owners] = work;
+    try {
+      decoder->step(steps);
+    } catch (...) {
+      for (Pending* p : owners) p->error = std::current_exception();
+    }
+    sizes.push_back(static_cast<int>(steps.size()));
+  }
+  lock.lock();
+  for (int size : sizes) ++counts_.decoder_sequences[size];
+  for (Pending* p : batch) p->done = true;
+  done_.notify_all();
+}
+
+BatchedCompute::Client::Client(BatchedCompute& compute, std::function<bool()> cancelled)
+    : compute_(compute), cancelled_(std::move(cancelled)) {
+  std::lock_guard lock(compute_.mutex_);
+  ++compute_.clients_;
+}
+
+BatchedCompute::Client::~Client() {
+  {
+    std::lock_guard lock(compute_.mutex_);
+    --compute_.clients_;
+  }
+  // one client fewer may be what the waiting steps were waiting for
+  compute_.compute_wake_.notify_all();
+}
+
+void BatchedCompute::Client::check_cancelled() const {
+  if (cancelled_ && cancelled_()) throw Cancelled();
+}
+
+void BatchedCompute::Client::run(nn::Work kind, const std::function<void()>& work) {
+  check_cancelled();
+  const auto start = Clock::now();
+  Pending p;
+  p.work = kind;
+  p.exclusive = &work;
+  compute_.submit(p);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  (kind == nn::Work::Encode ? encoder_seconds_ : decoder_seconds_) += seconds;
+}
+
+void BatchedCompute::Client::step(const nn::Decoder& decoder, std::span<const nn::SequenceStep> steps) {
+  check_cancelled();
+  const auto start = Clock::now();
+  Pending p;
+  p.is_step = true;
+  p.decoder = &decoder;
+  p.steps = steps;
+  compute_.submit(p);
+  decoder_seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+}  // namespace amanuensis::pipeline

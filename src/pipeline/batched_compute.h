@@ -1,0 +1,108 @@
+// pipeline: the compute thread shared by every running transcription (the server's
+// continuous batching). Each transcription holds a Client, an nn::Runner whose calls are
+// queued here: the single-token decoder steps of all clients are merged into one
+// Decoder::step (a sequence joins or leaves between steps), and exclusive work (encoder
+// windows, prompt passes) runs in turns between steps, so a short request's windows
+// interleave with a long one's. Doing all network work on one thread also keeps the
+// kernels' thread pool to one caller.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <span>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "common/error.h"
+#include "nn/runner.h"
+
+namespace amanuensis::pipeline {
+
+// Thrown into a transcription whose client asked to stop (gone, or past its deadline).
+class Cancelled : public Error {
+ public:
+  Cancelled() : Error("the transcription was cancelled") {}
+};
+
+struct BatchedComputeOptions {
+  // Exclusive work items (encoder windows, prompt passes) run per turn, at most, before
+  // the waiting decoder steps get theirs.
+  int max_exclusive_per_turn = 4;
+  // How long a step waits for clients that are still busy on their own thread (applying
+  // logit rules, computing a window's mel) before it runs without them.
+  std::chrono::microseconds gather_timeout{10000};
+};
+
+// Counts of batch sizes: size -> how many batches had that size.
+struct BatchCounts {
+  std::map<int, std::uint64_t> encoder_windows;   // encoder windows per exclusive turn (turns with any)
+  std::map<int, std::uint64_t> decoder_sequences;  // sequences per decoder step
+};
+
+class BatchedCompute {
+ public:
+  explicit BatchedCompute(BatchedComputeOptions options = {});
+  // Waits for the clients to go, then stops the compute thread.
+  ~BatchedCompute();
+  BatchedCompute(const BatchedCompute&) = delete;
+  BatchedCompute& operator=(const BatchedCompute&) = delete;
+
+  class Client;
+  BatchCounts counts() const;
+
+ private:
+  struct Pending;
+  void compute_loop();
+  bool steps_ready(std::chrono::steady_clock::time_point now) const;
+  void run_exclusive_turn(std::unique_lock<std::mutex>& lock);
+  void run_steps(std::unique_lock<std::mutex>& lock);
+  void submit(Pending& pending);
+
+  const BatchedComputeOptions options_;
+  mutable std::mutex mutex_;
+  std::condition_variable compute_wake_;
+  std::condition_variable done_;
+  std::deque<Pending*> exclusive_;
+  std::vector<Pending*> steps_;
+  std::chrono::steady_clock::time_point first_step_at_;
+  int clients_ = 0;
+  int waiting_ = 0;
+  bool last_turn_exclusive_ = false;
+  bool stopping_ = false;
+  BatchCounts counts_;
+  std::thread thread_;
+};
+
+// One transcription's runner. Time spent in its calls (waiting included) is reported so
+// that a request can say where its time went.
+class BatchedCompute::Client final : public nn::Runner {
+ public:
+  // `cancelled` is polled before every call; true makes the call throw Cancelled.
+  explicit Client(BatchedCompute& compute, std::function<bool()> cancelled = {});
+  ~Client() override;
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  void run(nn::Work kind, const std::function<void()>& work) override;
+  void step(const nn::Decoder& decoder, std::span<const nn::SequenceStep> steps) override;
+
+  double encoder_seconds() const { return encoder_seconds_; }
+  double decoder_seconds() const { return decoder_seconds_; }
+
+ private:
+  void check_cancelled() const;
+
+  BatchedCompute& compute_;
+  std::function<bool()> cancelled_;
+  double encoder_seconds_ = 0.0;
+  double decoder_seconds_ = 0.0;
+};
+
+}  // namespace amanuensis::pipeline

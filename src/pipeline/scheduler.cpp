@@ -1,0 +1,139 @@
+#include "pipeline/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace amanuensis::pipeline {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+bool poll(const std::function<bool()>& check) {
+  try {
+    return check && check();
+  } catch (...) {
+    return true;
+  }
+}
+}  // namespace
+
+BatchingScheduler::BatchingScheduler(std::shared_ptr<const Model> model, int slots, double max_queue_seconds,
+                                     BatchedComputeOptions compute)
+    : model_(std::move(model)), max_queue_seconds_(max_queue_seconds), n_slots_(std::max(1, slots)), compute_(compute) {
+  slots_.reserve(static_cast<std::size_t>(n_slots_));
+  for (int i = 0; i < n_slots_; ++i) slots_.emplace_back([this] { slot_loop(); });
+}
+
+BatchingScheduler::~BatchingScheduler() { shutdown(); }
+
+std::future<JobResult> BatchingScheduler::submit(Job job) {
+  const double seconds = job.samples ? static_cast<double>(job.samples->size()) / 16000.0 : 0.0;
+  std::future<JobResult> future;
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) throw ShuttingDown();
+    if (!queue_.empty() && queued_seconds_ + seconds > max_queue_seconds_) {
+      // Rough time until enough of the queue has drained: queued audio times the recent
+      // real-time factor of one transcription, spread over the slots.
+      const double rtf = recent_rtf_ > 0 ? recent_rtf_ : 1.0;
+      const double wait = queued_seconds_ * rtf / n_slots_;
+      throw QueueFull("the transcription queue is full (" + std::to_string(static_cast<int>(std::ceil(queued_seconds_))) +
+                          " s of audio waiting); retry later",
+                      std::clamp(wait, 1.0, 3600.0));
+    }
+    Entry entry;
+    entry.job = std::move(job);
+    entry.seconds = seconds;
+    entry.submitted = std::chrono::steady_clock::now();
+    future = entry.promise.get_future();
+    queue_.push_back(std::move(entry));
+    queued_seconds_ += seconds;
+  }
+  wake_.notify_one();
+  return future;
+}
+
+SchedulerStats BatchingScheduler::stats() const {
+  SchedulerStats s;
+  {
+    std::lock_guard lock(mutex_);
+    s.queued_jobs = queue_.size();
+    s.queued_audio_seconds = queued_seconds_;
+    s.active_jobs = active_;
+    s.slots = n_slots_;
+  }
+  s.batches = compute_.counts();
+  return s;
+}
+
+void BatchingScheduler::shutdown() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  std::lock_guard join(join_mutex_);
+  for (auto& t : slots_)
+    if (t.joinable()) t.join();
+}
+
+JobResult BatchingScheduler::run(Entry& entry) {
+  JobResult result;
+  result.queue_seconds = seconds_since(entry.submitted);
+  if (poll(entry.job.cancelled)) {
+    result.dropped = true;
+    return result;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  BatchedCompute::Client client(compute_, [&job = entry.job] { return poll(job.abandoned); });
+  auto options = entry.job.options;
+  options.runner = &client;
+  try {
+    result.transcript = transcribe(*model_, *entry.job.samples, options);
+  } catch (const Cancelled&) {
+    result.dropped = true;
+  }
+  result.run_seconds = seconds_since(start);
+  result.encoder_seconds = client.encoder_seconds();
+  result.decoder_seconds = client.decoder_seconds();
+  if (!result.dropped && entry.seconds > 0) {
+    std::lock_guard lock(mutex_);
+    const double rtf = result.run_seconds / entry.seconds;
+    recent_rtf_ = recent_rtf_ > 0 ? 0.8 * recent_rtf_ + 0.2 * rtf : rtf;
+  }
+  return result;
+}
+
+void BatchingScheduler::slot_loop() {
+  for (;;) {
+    Entry entry;
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and every accepted job is done or running
+      entry = std::move(queue_.front());
+      queue_.pop_front();
+      queued_seconds_ = queue_.empty() ? 0.0 : std::max(0.0, queued_seconds_ - entry.seconds);
+      ++active_;
+    }
+    try {
+      entry.promise.set_value(run(entry));
+    } catch (...) {
+      entry.promise.set_exception(std::current_exception());
+    }
+    {
+      std::lock_guard lock(mutex_);
+      --active_;
+    }
+    if (entry.job.on_complete) {
+      try {
+        entry.job.on_complete();
+      } catch (...) {
+      }
+    }
+  }
+}
+
+}  // namespace amanuensis::pipeline

@@ -1,0 +1,258 @@
+// The batching scheduler and its shared compute thread: bounded queue, dropping cancelled
+// jobs (before they start and halfway), graceful shutdown, seeded sampling, and that
+// batching decoder steps across transcriptions changes no token: a file gives the same
+// tokens alone and among 16 concurrent ones.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "audio/decode.h"
+#include "common/error.h"
+#include "decoding/window_decoder.h"
+#include "pipeline/batched_compute.h"
+#include "pipeline/scheduler.h"
+#include "test_paths.h"
+
+namespace amanuensis::pipeline {
+namespace {
+
+std::shared_ptr<std::vector<float>> load_audio(const std::string& name) {
+  return std::make_shared<std::vector<float>>(audio::load_audio_file(testing::conformance_dir() / "audio" / name));
+}
+
+// A gate that holds a worker inside a job's cancelled() check until opened.
+struct Gate {
+  std::mutex m;
+  std::condition_variable cv;
+  bool open = false;
+  bool entered = false;
+  void wait() {
+    std::unique_lock lock(m);
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return open; });
+  }
+  void wait_entered() {
+    std::unique_lock lock(m);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return entered; }));
+  }
+  void release() {
+    std::lock_guard lock(m);
+    open = true;
+    cv.notify_all();
+  }
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_ = Model::load(testing::model_path("micro.en-f16"));
+    samples_ = load_audio("speech-5s.wav");
+  }
+  static Job job(std::function<bool()> cancelled = {}) {
+    Job j;
+    j.samples = samples_;
+    j.options.decode.sample_len = 8;
+    j.options.temperatures = {0.0f};
+    j.cancelled = std::move(cancelled);
+    return j;
+  }
+  static inline std::shared_ptr<const Model> model_;
+  static inline std::shared_ptr<std::vector<float>> samples_;
+};
+
+TEST_F(SchedulerTest, RunsJobsAndReportsTimes) {
+  BatchingScheduler s(model_, 2, 100.0);
+  auto a = s.submit(job());
+  auto b = s.submit(job());
+  const auto ra = a.get();
+  const auto rb = b.get();
+  EXPECT_FALSE(ra.dropped);
+  EXPECT_EQ(ra.transcript.text, rb.transcript.text);
+  EXPECT_GE(ra.run_seconds, 0.0);
+  EXPECT_NEAR(ra.transcript.duration, 5.0, 0.01);
+}
+
+TEST_F(SchedulerTest, BoundedQueueRejectsWithRetryAfter) {
+  BatchingScheduler s(model_, 1, 6.0);  // room for one 5 s job waiting
+  Gate gate;
+  auto running = s.submit(job([&] { gate.wait(); return false; }));
+  gate.wait_entered();  // the only worker is now busy
+  auto queued = s.submit(job());
+  EXPECT_EQ(s.stats().queued_jobs, 1u);
+  EXPECT_NEAR(s.stats().queued_audio_seconds, 5.0, 0.01);
+  EXPECT_EQ(s.stats().active_jobs, 1u);
+  try {
+    (void)s.submit(job());
+    ADD_FAILURE() << "the queue took a job over its bound";
+  } catch (const QueueFull& e) {
+    EXPECT_GE(e.retry_after_seconds, 1.0);
+  }
+  gate.release();
+  EXPECT_FALSE(running.get().dropped);
+  EXPECT_FALSE(queued.get().dropped);
+  EXPECT_EQ(s.stats().queued_jobs, 0u);
+}
+
+TEST_F(SchedulerTest, OneJobLongerThanTheBoundIsAcceptedWhenTheQueueIsEmpty) {
+  BatchingScheduler s(model_, 1, 1.0);
+  EXPECT_FALSE(s.submit(job()).get().dropped);
+}
+
+TEST_F(SchedulerTest, CancelledJobsAreDroppedBeforeTheyStart) {
+  BatchingScheduler s(model_, 1, 100.0);
+  bool completed = false;
+  Job j = job([] { return true; });
+  j.on_complete = [&] { completed = true; };
+  auto r = s.submit(std::move(j)).get();
+  EXPECT_TRUE(r.dropped);
+  s.shutdown();
+  EXPECT_TRUE(completed);
+}
+
+TEST_F(SchedulerTest, ShutdownFinishesAcceptedJobsThenRefusesNewOnes) {
+  BatchingScheduler s(model_, 1, 100.0);
+  Gate gate;
+  auto first = s.submit(job([&] { gate.wait(); return false; }));
+  gate.wait_entered();
+  auto second = s.submit(job());
+  std::thread stopper([&] { s.shutdown(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  gate.release();
+  stopper.join();
+  EXPECT_FALSE(first.get().dropped);
+  EXPECT_FALSE(second.get().dropped);
+  EXPECT_THROW((void)s.submit(job()), ShuttingDown);
+}
+
+TEST_F(SchedulerTest, ErrorsOfTheTranscriptionComeOutOfTheFuture) {
+  BatchingScheduler s(model_, 1, 100.0);
+  Job j = job();
+  j.options.decode.task = "summarize";
+  auto f = s.submit(std::move(j));
+  EXPECT_THROW(f.get(), Error);
+}
+
+TEST_F(SchedulerTest, SeededSamplingIsReproducible) {
+  BatchingScheduler s(model_, 2, 100.0);
+  auto sampled = [&](std::uint64_t seed) {
+    Job j = job();
+    j.options.temperatures = {0.8f};
+    j.options.best_of = 2;
+    j.options.seed = seed;
+    return s.submit(std::move(j));
+  };
+  auto a = sampled(42), b = sampled(42);
+  EXPECT_EQ(a.get().transcript.text, b.get().transcript.text);
+}
+
+
+TEST_F(SchedulerTest, AbandonedJobsStopHalfwayAndTheOthersFinish) {
+  BatchingScheduler s(model_, 4, 100.0);
+  std::atomic<int> calls{0};
+  Job leaving = job();
+  leaving.abandoned = [&] { return ++calls > 3; };
+  auto left = s.submit(std::move(leaving));
+  std::vector<std::future<JobResult>> others;
+  for (int i = 0; i < 3; ++i) others.push_back(s.submit(job()));
+  EXPECT_TRUE(left.get().dropped);
+  EXPECT_GT(calls.load(), 3);
+  for (auto& f : others) EXPECT_FALSE(f.get().dropped);
+}
+
+// Segments' tokens of a transcript, for comparing runs exactly.
+std::vector<std::vector<TokenId>> tokens_of(const Transcript& t) {
+  std::vector<std::vector<TokenId>> out;
+  for (const auto& s : t.segments) out.push_back(s.tokens);
+  return out;
+}
+
+// Their average log-probabilities: equal to the last bit when every logit was.
+std::vector<double> logprobs_of(const Transcript& t) {
+  std::vector<double> out;
+  for (const auto& s : t.segments) out.push_back(s.avg_logprob);
+  return out;
+}
+
+// The same file alone, then among 16 concurrent requests of several files, with greedy
+// decoding and with beam search and sampling (best_of): the tokens must not change.
+TEST_F(SchedulerTest, SameTokensAloneAndAmongSixteenConcurrent) {
+  const auto long_file = load_audio("speech-30s.wav");
+  const std::vector<std::shared_ptr<std::vector<float>>> crowd = {samples_, load_audio("speech-1s.wav"), long_file,
+                                                                  load_audio("jfk.wav")};
+  auto with = [&](Job j, int variant) {
+    j.options.decode.sample_len = 24;
+    if (variant == 1) {
+      j.options.beam = decoding::BeamOptions{};
+      j.options.beam->beam_size = 3;
+    }
+    if (variant == 2) {
+      j.options.temperatures = {0.6f};
+      j.options.best_of = 3;
+      j.options.seed = 7;
+    }
+    return j;
+  };
+  for (int variant = 0; variant < 3; ++variant) {
+    SCOPED_TRACE("variant " + std::to_string(variant));
+    Job probe = with(job(), variant);
+    probe.samples = long_file;
+    BatchingScheduler alone_scheduler(model_, 1, 1000.0);
+    const auto alone = alone_scheduler.submit(probe).get();
+
+    BatchingScheduler s(model_, 16, 1000.0);
+    std::vector<std::future<JobResult>> crowd_results;
+    for (int i = 0; i < 8; ++i) {
+      Job other = with(job(), i % 3);
+      other.samples = crowd[static_cast<std::size_t>(i) % crowd.size()];
+      crowd_results.push_back(s.submit(std::move(other)));
+    }
+    auto among = s.submit(probe);
+    for (int i = 8; i < 15; ++i) {
+      Job other = with(job(), i % 3);
+      other.samples = crowd[static_cast<std::size_t>(i) % crowd.size()];
+      crowd_results.push_back(s.submit(std::move(other)));
+    }
+    const auto batched = among.get();
+    for (auto& f : crowd_results) f.get();
+    EXPECT_EQ(tokens_of(batched.transcript), tokens_of(alone.transcript));
+    EXPECT_EQ(batched.transcript.text, alone.transcript.text);
+    EXPECT_EQ(logprobs_of(batched.transcript), logprobs_of(alone.transcript));
+    EXPECT_FALSE(alone.transcript.segments.empty());
+    // the decoder steps were shared: some step advanced sequences of several requests
+    const auto counts = s.stats().batches.decoder_sequences;
+    ASSERT_FALSE(counts.empty());
+    EXPECT_GT(counts.rbegin()->first, 3);
+  }
+}
+
+// A client whose step cannot run gets the error; the step of the others still runs.
+TEST(BatchedCompute, OneClientsBadStepDoesNotFailTheOthers) {
+  const auto model = Model::load(testing::model_path("micro.en-f16"));
+  const auto& decoder = model->decoder();
+  const std::vector<float> mel(static_cast<std::size_t>(model->hparams().n_mels) * 3000, -1.0f);
+  const auto cross = decoder.cross_attention(model->encoder().encode(mel));
+  BatchedCompute compute;
+  auto advance = [&](TokenId token) {
+    BatchedCompute::Client client(compute);
+    auto cache = decoder.new_cache();
+    std::vector<float> logits(static_cast<std::size_t>(decoder.n_vocab()));
+    const nn::SequenceStep step[] = {{token, &cache, &cross, logits}};
+    client.step(decoder, step);
+    return cache.n_past;
+  };
+  auto good = std::async(std::launch::async, advance, model->tokenizer().special().sot);
+  auto bad = std::async(std::launch::async, advance, TokenId{-5});
+  EXPECT_EQ(good.get(), 1);
+  EXPECT_THROW(bad.get(), Error);
+}
+
+}  // namespace
+}  // namespace amanuensis::pipeline

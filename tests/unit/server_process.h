@@ -1,0 +1,194 @@
+// Test helpers for talking to the real `amanuensis serve` (shared by the server tests): the server as a child process on
+// a free loopback port (--port 0; it prints the port), a raw HTTP GET, and running the CLI.
+#pragma once
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_paths.h"
+
+namespace amanuensis::testing {
+
+// A folder of this test process for the files it makes, removed when the process exits.
+inline const std::filesystem::path& scratch_dir() {
+  static const std::filesystem::path dir = [] {
+    auto d = std::filesystem::temp_directory_path() / ("amanuensis_server_tests_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(d);
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(
+          std::filesystem::temp_directory_path() / ("amanuensis_server_tests_" + std::to_string(::getpid())), ec);
+    });
+    return d;
+  }();
+  return dir;
+}
+
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+inline std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct CommandResult {
+  int status = -1;  // exit status; -1 when killed by a signal (a crash)
+  std::string out;  // standard output
+};
+
+inline CommandResult run_command(const std::string& command) {
+  CommandResult r;
+  FILE* p = ::popen(command.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+struct HttpAnswer {
+  int status = 0;  // 0: no answer
+  std::string body;
+};
+
+// GET on loopback with "Connection: close": reads until the server closes (bounded).
+inline HttpAnswer http_get(int port, const std::string& path) {
+  HttpAnswer answer;
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return answer;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<unsigned short>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string reply;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (std::chrono::steady_clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) continue;
+        char buf[4096];
+        const auto n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        reply.append(buf, static_cast<std::size_t>(n));
+      }
+    }
+  }
+  ::close(fd);
+  if (reply.rfind("HTTP/1.1 ", 0) == 0) answer.status = std::atoi(reply.c_str() + 9);
+  if (const auto end = reply.find("\r\n\r\n"); end != std::string::npos) answer.body = reply.substr(end + 4);
+  return answer;
+}
+
+// `amanuensis serve` with the micro model and the given extra flags (later flags win),
+// killed on destruction. --threads 1 --sample-len 8 --beam-size 1 --no-fallback: the micro
+// model has random weights, and what is tested is the HTTP side. Its standard error goes
+// to a log file, for failure messages.
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {cli_path().string(), "serve", "--model", model_path("micro.en-f16").string(),
+                                     "--port", "0", "--threads", "1", "--sample-len", "8", "--beam-size", "1",
+                                     "--no-fallback"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    int out[2];
+    if (::pipe(out) != 0) return;
+    static int counter = 0;
+    log_ = std::filesystem::temp_directory_path() /
+           ("amanuensis_server_" + std::to_string(::getpid()) + "_" + std::to_string(++counter) + ".log");
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(out[1], STDOUT_FILENO);
+      const int err = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (err >= 0) ::dup2(err, STDERR_FILENO);
+      ::close(out[0]);
+      ::close(out[1]);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    // The first line says "... listening on http://127.0.0.1:PORT ..."
+    std::string line;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+      pollfd p{out[0], POLLIN, 0};
+      if (::poll(&p, 1, 200) <= 0) continue;
+      char c[256];
+      const auto n = ::read(out[0], c, sizeof c);
+      if (n <= 0) break;
+      line.append(c, static_cast<std::size_t>(n));
+    }
+    ::close(out[0]);
+    const auto at = line.find("127.0.0.1:");
+    if (at != std::string::npos) port_ = std::atoi(line.c_str() + at + 10);
+    // /health says 503 until the model is loaded.
+    for (int i = 0; i < 300 && port_ > 0 && !ready_; ++i) {
+      ready_ = http_get(port_, "/health").status == 200;
+      if (!ready_) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::error_code ec;
+    std::filesystem::remove(log_, ec);
+  }
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  bool ready() const { return ready_; }
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  std::string url(const std::string& path = "") const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
+  std::string log() const { return read_file(log_); }
+
+  // Waits (bounded) for the process to exit; returns its exit status, or -1.
+  int wait_exit(int seconds) {
+    for (int i = 0; i < seconds * 20; ++i) {
+      int st = 0;
+      if (::waitpid(pid_, &st, WNOHANG) == pid_) {
+        reaped_ = true;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  bool ready_ = false;
+  bool reaped_ = false;
+  std::filesystem::path log_;
+};
+
+}  // namespace amanuensis::testing
