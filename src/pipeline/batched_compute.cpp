@@ -35,8 +35,12 @@ BatchCounts BatchedCompute::counts() const {
   return counts_;
 }
 
-void BatchedCompute::submit(Pending& pending) {
+void BatchedCompute::submit(Pending& pending, bool& client_stepping) {
   std::unique_lock lock(mutex_);
+  if (client_stepping != pending.is_step) {
+    steppers_ += pending.is_step ? 1 : -1;
+    client_stepping = pending.is_step;
+  }
   if (pending.is_step) {
     if (steps_.empty()) first_step_at_ = Clock::now();
     steps_.push_back(&pending);
@@ -50,10 +54,12 @@ void BatchedCompute::submit(Pending& pending) {
   if (pending.error) std::rethrow_exception(pending.error);
 }
 
-// Steps run once every client has one waiting (or is waiting on exclusive work), or when
-// the stragglers have had their time.
+// Steps run once every client that is decoding has one waiting (a client between windows,
+// computing its next mel, is not waited for: it joins a later step), or when the
+// stragglers have had their time.
 bool BatchedCompute::steps_ready(Clock::time_point now) const {
-  return !steps_.empty() && (waiting_ >= clients_ || now >= first_step_at_ + options_.gather_timeout);
+  return !steps_.empty() && (static_cast<int>(steps_.size()) >= steppers_ || waiting_ >= clients_ ||
+                             now >= first_step_at_ + options_.gather_timeout);
 }
 
 void BatchedCompute::compute_loop() {
@@ -142,6 +148,7 @@ BatchedCompute::Client::~Client() {
   {
     std::lock_guard lock(compute_.mutex_);
     --compute_.clients_;
+    if (stepping_) --compute_.steppers_;
   }
   // one client fewer may be what the waiting steps were waiting for
   compute_.compute_wake_.notify_all();
@@ -157,7 +164,7 @@ void BatchedCompute::Client::run(nn::Work kind, const std::function<void()>& wor
   Pending p;
   p.work = kind;
   p.exclusive = &work;
-  compute_.submit(p);
+  compute_.submit(p, stepping_);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   (kind == nn::Work::Encode ? encoder_seconds_ : decoder_seconds_) += seconds;
 }
@@ -169,7 +176,7 @@ void BatchedCompute::Client::step(const nn::Decoder& decoder, std::span<const nn
   p.is_step = true;
   p.decoder = &decoder;
   p.steps = steps;
-  compute_.submit(p);
+  compute_.submit(p, stepping_);
   decoder_seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
 }
 

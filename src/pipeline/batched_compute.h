@@ -35,9 +35,9 @@ struct BatchedComputeOptions {
   // Exclusive work items (encoder windows, prompt passes) run per turn, at most, before
   // the waiting decoder steps get theirs.
   int max_exclusive_per_turn = 4;
-  // How long a step waits for clients that are still busy on their own thread (applying
-  // logit rules, computing a window's mel) before it runs without them.
-  std::chrono::microseconds gather_timeout{10000};
+  // How long a step waits for the clients that stepped last time and are still busy on
+  // their own thread (applying logit rules) before it runs without them.
+  std::chrono::microseconds gather_timeout{3000};
 };
 
 // Counts of batch sizes: size -> how many batches had that size.
@@ -63,7 +63,7 @@ class BatchedCompute {
   bool steps_ready(std::chrono::steady_clock::time_point now) const;
   void run_exclusive_turn(std::unique_lock<std::mutex>& lock);
   void run_steps(std::unique_lock<std::mutex>& lock);
-  void submit(Pending& pending);
+  void submit(Pending& pending, bool& client_stepping);
 
   const BatchedComputeOptions options_;
   mutable std::mutex mutex_;
@@ -73,6 +73,7 @@ class BatchedCompute {
   std::vector<Pending*> steps_;
   std::chrono::steady_clock::time_point first_step_at_;
   int clients_ = 0;
+  int steppers_ = 0;  // clients whose last call was a step: the next step expects them
   int waiting_ = 0;
   bool last_turn_exclusive_ = false;
   bool stopping_ = false;
@@ -101,6 +102,7 @@ class BatchedCompute::Client final : public nn::Runner {
 
   BatchedCompute& compute_;
   std::function<bool()> cancelled_;
+  bool stepping_ = false;  // guarded by compute_.mutex_
   double encoder_seconds_ = 0.0;
   double decoder_seconds_ = 0.0;
 };
