@@ -247,6 +247,8 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
     runner.step(decoder, batch);
   }
 
+  runner.idle();
+
   // finalize: live beams make up for missing finished candidates
   std::vector<double> live_sums(live.size());
   for (std::size_t j = 0; j < live.size(); ++j) live_sums[j] = live[j].sum_logprob;

@@ -170,6 +170,7 @@ std::vector<WindowResult> WindowDecoder::decode_candidates(const nn::CrossAttent
     if (batch.empty()) break;
     runner_.step(decoder_, batch);
   }
+  runner_.idle();
   std::vector<WindowResult> results;
   results.reserve(candidates.size());
   for (auto& c : candidates) {

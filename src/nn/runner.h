@@ -25,6 +25,9 @@ class Runner {
   // Advances every sequence by one token (Decoder::step); the step may be shared with
   // other transcriptions' sequences. Each sequence's logits are the same either way.
   virtual void step(const Decoder& decoder, std::span<const SequenceStep> steps) = 0;
+  // The caller's sequences are done for now (a window is decoded): the next steps need not
+  // wait for it.
+  virtual void idle() {}
 };
 
 // Runs everything at once on the calling thread.

@@ -273,6 +273,11 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
 
 void Decoder::check_step(std::span<const SequenceStep> steps) const {
   const auto& hp = w_->hparams;
+  std::vector<const KvCache*> caches;
+  for (const auto& step : steps) caches.push_back(step.cache);
+  std::sort(caches.begin(), caches.end());
+  if (std::adjacent_find(caches.begin(), caches.end()) != caches.end())
+    throw Error("internal: one KV cache appears twice in a decoder step");
   for (const auto& step : steps) {
     if (!step.cache || !step.cross || step.logits.size() < static_cast<std::size_t>(hp.n_vocab))
       throw Error("internal: a decoder step needs a cache, audio and room for the logits");

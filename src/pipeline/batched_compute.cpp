@@ -47,10 +47,9 @@ void BatchedCompute::submit(Pending& pending, bool& client_stepping) {
   } else {
     exclusive_.push_back(&pending);
   }
-  ++waiting_;
+  ++waiting_;  // the compute thread takes it back when it marks the call done
   compute_wake_.notify_one();
   done_.wait(lock, [&] { return pending.done; });
-  --waiting_;
   if (pending.error) std::rethrow_exception(pending.error);
 }
 
@@ -83,6 +82,15 @@ void BatchedCompute::compute_loop() {
   }
 }
 
+// Under the lock. A client counts as waiting until its call is marked done here, not until
+// its thread wakes: a client woken late would otherwise still count as waiting while the
+// others submit their next steps, and those would run without it.
+void BatchedCompute::finish(std::span<Pending* const> calls) {
+  for (Pending* p : calls) p->done = true;
+  waiting_ -= static_cast<int>(calls.size());
+  done_.notify_all();
+}
+
 void BatchedCompute::run_exclusive_turn(std::unique_lock<std::mutex>& lock) {
   std::vector<Pending*> turn;
   while (!exclusive_.empty() && static_cast<int>(turn.size()) < std::max(1, options_.max_exclusive_per_turn)) {
@@ -101,8 +109,7 @@ void BatchedCompute::run_exclusive_turn(std::unique_lock<std::mutex>& lock) {
   }
   lock.lock();
   if (windows > 0) ++counts_.encoder_windows[windows];
-  for (Pending* p : turn) p->done = true;
-  done_.notify_all();
+  finish(turn);
 }
 
 void BatchedCompute::run_steps(std::unique_lock<std::mutex>& lock) {
@@ -134,8 +141,7 @@ void BatchedCompute::run_steps(std::unique_lock<std::mutex>& lock) {
   }
   lock.lock();
   for (int size : sizes) ++counts_.decoder_sequences[size];
-  for (Pending* p : batch) p->done = true;
-  done_.notify_all();
+  finish(batch);
 }
 
 BatchedCompute::Client::Client(BatchedCompute& compute, std::function<bool()> cancelled)
@@ -151,6 +157,16 @@ BatchedCompute::Client::~Client() {
     if (stepping_) --compute_.steppers_;
   }
   // one client fewer may be what the waiting steps were waiting for
+  compute_.compute_wake_.notify_all();
+}
+
+void BatchedCompute::Client::idle() {
+  {
+    std::lock_guard lock(compute_.mutex_);
+    if (!stepping_) return;
+    stepping_ = false;
+    --compute_.steppers_;
+  }
   compute_.compute_wake_.notify_all();
 }
 

@@ -64,6 +64,7 @@ class BatchedCompute {
   void run_exclusive_turn(std::unique_lock<std::mutex>& lock);
   void run_steps(std::unique_lock<std::mutex>& lock);
   void submit(Pending& pending, bool& client_stepping);
+  void finish(std::span<Pending* const> calls);
 
   const BatchedComputeOptions options_;
   mutable std::mutex mutex_;
@@ -93,6 +94,7 @@ class BatchedCompute::Client final : public nn::Runner {
 
   void run(nn::Work kind, const std::function<void()>& work) override;
   void step(const nn::Decoder& decoder, std::span<const nn::SequenceStep> steps) override;
+  void idle() override;
 
   double encoder_seconds() const { return encoder_seconds_; }
   double decoder_seconds() const { return decoder_seconds_; }

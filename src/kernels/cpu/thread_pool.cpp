@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <utility>
 
 namespace amanuensis::kernels::cpu {
 namespace {
@@ -58,12 +59,28 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
-  fn(0, chunk_begin(n, parts, 1));
+  try {
+    fn(0, chunk_begin(n, parts, 1));
+  } catch (...) {
+    keep_first_error(std::current_exception());
+  }
+  // the workers still use fn until they are done, error or not
   const auto all_done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
   if (!spin_until(all_done)) {
     std::unique_lock lock(mutex_);
     done_.wait(lock, all_done);
   }
+  std::exception_ptr error;
+  {
+    std::lock_guard lock(mutex_);
+    error = std::exchange(error_, nullptr);
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+void ThreadPool::keep_first_error(std::exception_ptr error) {
+  std::lock_guard lock(mutex_);
+  if (!error_) error_ = std::move(error);
 }
 
 void ThreadPool::worker_loop(int index) {
@@ -84,7 +101,13 @@ void ThreadPool::worker_loop(int index) {
     const int parts = size();
     const auto begin = chunk_begin(n, parts, index);
     const auto end = chunk_begin(n, parts, index + 1);
-    if (begin < end) (*job)(begin, end);
+    if (begin < end) {
+      try {
+        (*job)(begin, end);
+      } catch (...) {
+        keep_first_error(std::current_exception());  // rethrown by the caller
+      }
+    }
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard lock(mutex_);  // the caller may be about to sleep on done_
       done_.notify_one();

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -22,12 +23,13 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Splits [0, n) into at most size() contiguous chunks and runs fn(begin, end) on them,
-  // the calling thread taking the first. Returns when all are done. Calls from several
-  // threads at once are serialised.
+  // the calling thread taking the first. Returns when all are done, then rethrows the first
+  // exception a chunk threw. Calls from several threads at once are serialised.
   void parallel_for(std::int64_t n, const std::function<void(std::int64_t, std::int64_t)>& fn);
 
  private:
   void worker_loop(int index);
+  void keep_first_error(std::exception_ptr error);
 
   std::vector<std::thread> workers_;
   std::mutex call_mutex_;  // one parallel_for at a time
@@ -42,6 +44,7 @@ class ThreadPool {
   std::atomic<std::uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stopping_{false};
+  std::exception_ptr error_;  // the first exception of the current job
 };
 
 // The process-wide pool; its size is set by set_thread_count before first use
