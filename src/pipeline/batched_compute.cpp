@@ -53,6 +53,16 @@ void BatchedCompute::submit(Pending& pending, bool& client_stepping) {
   if (pending.error) std::rethrow_exception(pending.error);
 }
 
+namespace {
+// Seconds that `work` took.
+template <class Work>
+double timed(Work work) {
+  const auto start = Clock::now();
+  work();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+}  // namespace
+
 // Steps run once every client that is decoding has one waiting (a client between windows,
 // computing its next mel, is not waited for: it joins a later step), or when the
 // stragglers have had their time.
@@ -66,12 +76,11 @@ void BatchedCompute::compute_loop() {
   for (;;) {
     const auto now = Clock::now();
     const bool steps = steps_ready(now);
-    if (steps && (exclusive_.empty() || last_turn_exclusive_)) {
-      run_steps(lock);
-      last_turn_exclusive_ = false;
+    if (exclusive_.empty() || steps_.empty()) exclusive_seconds_ = step_seconds_ = 0.0;
+    if (steps && (exclusive_.empty() || step_seconds_ <= exclusive_seconds_)) {
+      step_seconds_ += timed([&] { run_steps(lock); });
     } else if (!exclusive_.empty()) {
-      run_exclusive_turn(lock);
-      last_turn_exclusive_ = true;
+      exclusive_seconds_ += timed([&] { run_exclusive_turn(lock); });
     } else if (!steps_.empty()) {
       compute_wake_.wait_until(lock, first_step_at_ + options_.gather_timeout);
     } else if (stopping_ && clients_ == 0) {

@@ -32,9 +32,11 @@ class Cancelled : public Error {
 };
 
 struct BatchedComputeOptions {
-  // Exclusive work items (encoder windows, prompt passes) run per turn, at most, before
-  // the waiting decoder steps get theirs.
-  int max_exclusive_per_turn = 4;
+  // Exclusive work items (encoder windows, prompt passes) run per turn, at most. While
+  // both kinds wait, turns go to whichever kind has had less compute time, so decoding
+  // keeps half the machine while new requests' windows are encoded (and the sequences of
+  // a batch stay together instead of finishing one by one behind encoder windows).
+  int max_exclusive_per_turn = 1;
   // How long a step waits for the clients that stepped last time and are still busy on
   // their own thread (applying logit rules) before it runs without them.
   std::chrono::microseconds gather_timeout{3000};
@@ -76,7 +78,9 @@ class BatchedCompute {
   int clients_ = 0;
   int steppers_ = 0;  // clients whose last call was a step: the next step expects them
   int waiting_ = 0;
-  bool last_turn_exclusive_ = false;
+  // compute seconds of each kind since both last had work waiting
+  double exclusive_seconds_ = 0.0;
+  double step_seconds_ = 0.0;
   bool stopping_ = false;
   BatchCounts counts_;
   std::thread thread_;
