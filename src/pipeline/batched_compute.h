@@ -32,11 +32,13 @@ class Cancelled : public Error {
 };
 
 struct BatchedComputeOptions {
-  // Exclusive work items (encoder windows, prompt passes) run per turn, at most. While
-  // both kinds wait, turns go to whichever kind has had less compute time, so decoding
-  // keeps half the machine while new requests' windows are encoded (and the sequences of
-  // a batch stay together instead of finishing one by one behind encoder windows).
-  int max_exclusive_per_turn = 1;
+  // Exclusive work items (encoder windows, prompt passes) run per turn, at most: the
+  // waiting windows of several requests go as one batch, back to back (a window is 1500
+  // rows already, so stacking them would not make the CPU products faster; a GPU backend
+  // would stack them). While both kinds wait, turns go to whichever kind has had less
+  // compute time, so decoding keeps half the machine while new windows are encoded, and
+  // the sequences of a batch stay together instead of finishing one by one behind them.
+  int max_exclusive_per_turn = 4;
   // How long a step waits for the clients that stepped last time and are still busy on
   // their own thread (applying logit rules) before it runs without them.
   std::chrono::microseconds gather_timeout{3000};

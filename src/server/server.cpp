@@ -26,9 +26,9 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "pipeline/output_formats.h"
+#include "pipeline/scheduler.h"
 #include "server/metrics.h"
 #include "server/multipart.h"
-#include "pipeline/scheduler.h"
 
 namespace amanuensis::server {
 

@@ -443,22 +443,26 @@ class OnednnBackend final : public Backend {
 
   static void plain_linear(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
                            Epilogue epilogue) {
-    const std::int64_t n = w.rows(), k = w.cols();
     const std::int64_t items = (w.panels() + kItemPanels - 1) / kItemPanels;
+    maybe_parallel(items, 2.0 * m * w.rows() * w.cols(),
+                   [&](std::int64_t begin, std::int64_t end) { plain_items(x, m, w, y, epilogue, begin, end); });
+  }
+
+  static void plain_items(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
+                          Epilogue epilogue, std::int64_t begin, std::int64_t end) {
+    const std::int64_t n = w.rows(), k = w.cols();
     constexpr std::int64_t width = kItemPanels * kPanel;
-    maybe_parallel(items, 2.0 * m * n * k, [&](std::int64_t begin, std::int64_t end) {
-      thread_local std::vector<float> acc;
-      acc.resize(static_cast<std::size_t>(kChunkRows * width));
-      for (std::int64_t item = begin; item < end; ++item) {
-        const std::int64_t p0 = item * kItemPanels, p1 = std::min(w.panels(), p0 + kItemPanels);
-        const std::int64_t c0 = p0 * kPanel, c1 = std::min(n, p1 * kPanel);
-        for (std::int64_t r0 = 0; r0 < m; r0 += kChunkRows) {
-          const std::int64_t rows = std::min(kChunkRows, m - r0);
-          product(x.data() + r0 * k, rows, w, p0, p1, acc.data(), width);
-          finish_rows(acc.data(), width, rows, w, c0, c1, y.data() + r0 * n, epilogue);
-        }
+    thread_local std::vector<float> acc;
+    acc.resize(static_cast<std::size_t>(kChunkRows * width));
+    for (std::int64_t item = begin; item < end; ++item) {
+      const std::int64_t p0 = item * kItemPanels, p1 = std::min(w.panels(), p0 + kItemPanels);
+      const std::int64_t c0 = p0 * kPanel, c1 = std::min(n, p1 * kPanel);
+      for (std::int64_t r0 = 0; r0 < m; r0 += kChunkRows) {
+        const std::int64_t rows = std::min(kChunkRows, m - r0);
+        product(x.data() + r0 * k, rows, w, p0, p1, acc.data(), width);
+        finish_rows(acc.data(), width, rows, w, c0, c1, y.data() + r0 * n, epilogue);
       }
-    });
+    }
   }
 
   // Bias, then the epilogue, on the raw products of a chunk of rows: elementwise steps,

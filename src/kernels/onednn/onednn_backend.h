@@ -5,9 +5,10 @@
 // full n x n score matrix of all heads never exists. Threads: the kernels/cpu pool shares
 // out row blocks x output-feature slices (the slices let a product of few rows use every
 // thread); each oneDNN call inside runs single-threaded. Matrices packed RowsHint::Few
-// (decoder steps, batched or not) skip oneDNN: plain row-major f16 (when exact) or f32
-// and a register-blocked AVX2/FMA kernel that computes every output element in one fixed
-// order, so a row's result does not depend on the other rows (see backend.h).
+// (decoder steps, batched or not) skip oneDNN: one copy of the weights, f16 (when exact)
+// or f32 in panels of 8 output features, and a register-blocked AVX2/FMA kernel that
+// computes every output element in one fixed order, so a row's result does not depend on
+// the other rows (see backend.h).
 #pragma once
 
 #include <memory>
