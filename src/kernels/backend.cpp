@@ -51,6 +51,11 @@ bool cpu_has_native_bf16() {
 #endif
 }
 
+void check_pack_sizes(std::int64_t rows, std::int64_t cols, std::span<const float> values, std::span<const float> bias) {
+  if (static_cast<std::int64_t>(values.size()) != rows * cols || (!bias.empty() && static_cast<std::int64_t>(bias.size()) != rows))
+    throw Error("internal: pack called with mismatched sizes");
+}
+
 std::vector<std::string> cpu_features() {
   std::vector<std::string> found;
 #if defined(__x86_64__) || defined(__i386__)

@@ -101,6 +101,10 @@ class Backend {
                           std::span<const float> beta) const = 0;
 };
 
+// Throws for a pack() call whose values are not rows x cols or whose bias is neither empty
+// nor `rows` long: the check every backend's pack() starts with.
+void check_pack_sizes(std::int64_t rows, std::int64_t cols, std::span<const float> values, std::span<const float> bias);
+
 // The best backend available for `p` (Auto as resolve(p)): oneDNN when it is built in and
 // can run that precision on this CPU, else the reference backend (which emulates bf16).
 // The environment variable AMANUENSIS_BACKEND=reference|onednn forces a choice.

@@ -324,14 +324,15 @@ void Decoder::step(std::span<const SequenceStep> steps) const {
   const auto& hp = w_->hparams;
   const auto m = static_cast<std::int64_t>(steps.size());
   const std::int64_t d = hp.n_text_state;
-  std::vector<float> x(m * d);
+  // kept per thread: a step runs per token, and fresh megabyte buffers cost page faults
+  thread_local std::vector<float> x, group_q, group_out, logits;
+  thread_local Scratch s;
+  x.resize(m * d);
   for (std::int64_t i = 0; i < m; ++i)
     embed(steps[i].token, steps[i].cache->n_past, {x.data() + i * d, static_cast<std::size_t>(d)});
   const auto groups = group_by_audio(steps);
 
   const Backend& be = *w_->backend;
-  Scratch s;
-  std::vector<float> group_q, group_out;
   for (std::size_t layer = 0; layer < w_->decoder_blocks.size(); ++layer) {
     const auto& block = w_->decoder_blocks[layer];
     // masked self-attention: each sequence over its own cache
@@ -375,7 +376,7 @@ void Decoder::step(std::span<const SequenceStep> steps) const {
   for (const auto& step : steps) ++step.cache->n_past;
 
   be.layer_norm(x, m, w_->decoder_ln.gamma, w_->decoder_ln.beta);
-  std::vector<float> logits(m * hp.n_vocab);
+  logits.resize(m * hp.n_vocab);
   be.linear(x, m, *w_->logits.packed, logits);
   for (std::int64_t i = 0; i < m; ++i)
     std::copy_n(logits.data() + i * hp.n_vocab, hp.n_vocab, steps[i].logits.data());

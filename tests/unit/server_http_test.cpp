@@ -104,6 +104,39 @@ HttpResult transcribe(const ServerProcess& s, const std::string& fields, const f
   return curl(auth() + form_file(file) + "-F model=whisper-1 " + fields + " " + quote(s.url(endpoint)));
 }
 
+// `n` curl clients posting `file` at once, in the background; each prints its HTTP status
+// on a line of the pipe.
+FILE* post_in_background(const ServerProcess& s, const fs::path& file, int n) {
+  std::string cmd;
+  for (int i = 0; i < n; ++i) {
+    cmd += "curl -s --max-time 120 -o /dev/null -w '%{http_code}\\n' -F " + quote("file=@" + file.string()) + " " +
+           quote(s.url("/v1/audio/transcriptions")) + " & ";
+  }
+  return ::popen((cmd + "wait").c_str(), "r");
+}
+
+// Waits (bounded) until the server has accepted `n` transcription requests; returns how
+// many it had at the end.
+int wait_until_accepted(const ServerProcess& s, int n) {
+  int accepted = 0;
+  for (int i = 0; i < 500 && accepted < n; ++i) {
+    const auto h = json::parse(curl(quote(s.url("/health"))).body, nullptr, false);
+    accepted = h.is_object() ? h["active_requests"].get<int>() : 0;
+    if (accepted < n) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return accepted;
+}
+
+// What the background clients printed, once they are all done.
+std::string collect(FILE* clients) {
+  std::string out;
+  char buf[256];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, clients)) > 0) out.append(buf, n);
+  ::pclose(clients);
+  return out;
+}
+
 // Sends raw bytes and returns what comes back until the server closes (bounded).
 std::string raw_exchange(int port, const std::string& bytes) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -472,30 +505,15 @@ TEST(ServerQueue, JobsOfClientsThatLeftAreDropped) {
   ServerProcess s({"--workers", "1"});
   ASSERT_TRUE(s.ready()) << s.log();
   const auto file = audio("speech-75s.wav");
-  std::string cmd;
-  for (int i = 0; i < 3; ++i) {  // about 0.5 s of work each, one after another
-    cmd += "curl -s --max-time 120 -o /dev/null -w '%{http_code}\\n' -F " + quote("file=@" + file.string()) + " " +
-           quote(s.url("/v1/audio/transcriptions")) + " & ";
-  }
-  cmd += "wait";
-  FILE* clients = ::popen(cmd.c_str(), "r");
+  FILE* clients = post_in_background(s, file, 3);  // about 0.5 s of work each, one after another
   ASSERT_NE(clients, nullptr);
-  int accepted = 0;
-  for (int i = 0; i < 500 && accepted < 3; ++i) {
-    const auto h = json::parse(curl(quote(s.url("/health"))).body, nullptr, false);
-    accepted = h.is_object() ? h["active_requests"].get<int>() : 0;
-    if (accepted < 3) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  const int accepted = wait_until_accepted(s, 3);
   // This one gives up after 0.5 s, while at least two long jobs are still ahead of it.
   int curl_status = -1;  // 28: curl's timeout
   const auto gave_up = run_command("curl -s --max-time 0.5 -o /dev/null -w '%{http_code}' -F " +
                                        quote("file=@" + file.string()) + " " + quote(s.url("/v1/audio/transcriptions")),
                                    &curl_status);
-  std::string out;
-  char buf[256];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, clients)) > 0) out.append(buf, n);
-  ::pclose(clients);
+  const std::string out = collect(clients);
   EXPECT_EQ(out, "200\n200\n200\n");
   if (accepted < 3 || curl_status != 28) GTEST_SKIP() << "the machine was too slow or too fast for this timing test (accepted " << accepted << ", the early client got " << gave_up << ")";
   const std::string dropped = "amanuensis_requests_total{endpoint=\"/v1/audio/transcriptions\",status=\"499\"} 1";
@@ -513,28 +531,12 @@ TEST(ServerShutdown, SigtermFinishesRequestsInFlight) {
   ServerProcess s({"--workers", "1"});
   ASSERT_TRUE(s.ready()) << s.log();
   const auto file = audio("speech-75s.wav");
-  std::string cmd;
   constexpr int kRequests = 3;
-  for (int i = 0; i < kRequests; ++i) {
-    cmd += "curl -s --max-time 120 -o /dev/null -w '%{http_code}\\n' -F " + quote("file=@" + file.string()) + " " +
-           quote(s.url("/v1/audio/transcriptions")) + " & ";
-  }
-  cmd += "wait";
-  FILE* clients = ::popen(cmd.c_str(), "r");
+  FILE* clients = post_in_background(s, file, kRequests);
   ASSERT_NE(clients, nullptr);
-  // Wait (bounded) until the server has accepted all of them.
-  int accepted = 0;
-  for (int i = 0; i < 500 && accepted < kRequests; ++i) {
-    const auto h = json::parse(curl(quote(s.url("/health"))).body, nullptr, false);
-    accepted = h.is_object() ? h["active_requests"].get<int>() : 0;
-    if (accepted < kRequests) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  const int accepted = wait_until_accepted(s, kRequests);
   ::kill(s.pid(), SIGTERM);
-  std::string out;
-  char buf[256];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, clients)) > 0) out.append(buf, n);
-  ::pclose(clients);
+  const std::string out = collect(clients);
   EXPECT_EQ(s.wait_exit(60), 0) << s.log();
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), kRequests) << out;
   if (accepted == kRequests) {

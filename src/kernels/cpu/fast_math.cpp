@@ -172,22 +172,6 @@ void head_scores_avx2(const float* q, std::int64_t n_q, const float* k, std::int
   }
 }
 
-__attribute__((target("avx2,fma")))
-void head_values_avx2(const float* p, std::int64_t n_q, const float* v, std::int64_t stride, std::int64_t hd,
-                      std::int64_t n_kv, const std::int64_t* visible, float* out) {
-  for (std::int64_t r = 0; r < n_q; ++r)
-    for (std::int64_t i = 0; i < hd; ++i) out[r * stride + i] = 0.0f;
-  for (std::int64_t j = 0; j < n_kv; ++j) {
-    const float* vj = v + j * stride;
-    for (std::int64_t r = 0; r < n_q; ++r) {
-      if (j >= visible[r]) continue;
-      const __m256 pr = _mm256_set1_ps(p[r * n_kv + j]);
-      float* o = out + r * stride;
-      for (std::int64_t i = 0; i < hd; i += 8)
-        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pr, _mm256_loadu_ps(vj + i), _mm256_loadu_ps(o + i)));
-    }
-  }
-}
 #endif
 
 }  // namespace
@@ -197,6 +181,18 @@ void exp_fast(const float* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] = exp_poly(x[i]);
 }
 
+namespace {
+// The dot products of a head: AVX2/FMA where the head size allows, else the portable loop.
+void scores_of_head(const float* q, std::int64_t n_q, const float* k, std::int64_t stride, std::int64_t hd,
+                    std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2 && hd % 8 == 0) return head_scores_avx2(q, n_q, k, stride, hd, n_kv, visible, scale, scores);
+#endif
+  head_scores(q, n_q, k, stride, hd, n_kv, visible, scale, scores);
+}
+}  // namespace
+
 void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
                                 std::int64_t stride, std::int64_t hd, std::int64_t causal_offset, float* out) {
   thread_local std::vector<float> scores;
@@ -205,16 +201,7 @@ void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k
   visible.resize(static_cast<std::size_t>(n_q));
   for (std::int64_t r = 0; r < n_q; ++r) visible[r] = causal_offset < 0 ? n_kv : std::min(n_kv, causal_offset + r + 1);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-#if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2 && hd % 8 == 0) {
-    head_scores_avx2(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
-    for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
-    head_values_avx2(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
-    return;
-  }
-#endif
-  head_scores(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
+  scores_of_head(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
   for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
   head_values(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
 }

@@ -67,8 +67,7 @@ class ReferenceBackend final : public Backend {
 
   std::unique_ptr<PackedMatrix> pack(std::int64_t rows, std::int64_t cols, std::vector<float> values,
                                      std::vector<float> bias, RowsHint hint) const override {
-    if (static_cast<std::int64_t>(values.size()) != rows * cols || (!bias.empty() && static_cast<std::int64_t>(bias.size()) != rows))
-      throw Error("internal: pack called with mismatched sizes");
+    check_pack_sizes(rows, cols, values, bias);
     if (precision_ == Precision::Bf16)
       for (float& v : values) v = round_to_bf16(v);
     cpu::DenseMatrix m;

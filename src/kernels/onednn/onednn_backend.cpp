@@ -308,8 +308,7 @@ class OnednnBackend final : public Backend {
 
   std::unique_ptr<PackedMatrix> pack(std::int64_t rows, std::int64_t cols, std::vector<float> values,
                                      std::vector<float> bias, RowsHint hint) const override {
-    if (static_cast<std::int64_t>(values.size()) != rows * cols || (!bias.empty() && static_cast<std::int64_t>(bias.size()) != rows))
-      throw Error("internal: pack called with mismatched sizes");
+    check_pack_sizes(rows, cols, values, bias);
     auto w = std::make_unique<OnednnMatrix>(rows, cols);
     if (hint == RowsHint::Few) {
       // also in bf16 mode: plain f16/f32 weights are more precise than bf16 products
