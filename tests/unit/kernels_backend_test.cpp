@@ -132,7 +132,7 @@ TEST(KernelsBackend, AttentionMatchesDefinition) {
             worst = std::max(worst, std::abs(o - out[i * d + h * hd + t]));
           }
         }
-      EXPECT_LE(worst, 1e-4);
+      EXPECT_LE(worst, tolerance(*backend, 1.0));  // bf16: many-query attention multiplies in bf16
     }
   }
 }

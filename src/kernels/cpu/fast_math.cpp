@@ -98,6 +98,33 @@ __attribute__((target("avx2,fma"))) float exp_shift_sum_avx2(float* x, std::int6
   for (float v : lanes) r += v;
   return r;
 }
+
+// exp_poly on sixteen lanes.
+__attribute__((target("avx512f"))) inline __m512 exp_poly16(__m512 x) {
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~tiny), p, _mm512_castsi512_ps(e));
+}
+
+// Sixteen floats to bf16, rounded to nearest even (finite inputs).
+__attribute__((target("avx512f"))) inline __m256i to_bf16_16(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+}
 #endif
 
 float exp_shift_sum(float* x, std::int64_t n, float shift) {
@@ -175,6 +202,126 @@ void head_scores_avx2(const float* q, std::int64_t n_q, const float* k, std::int
 #endif
 
 }  // namespace
+
+namespace {
+// GELU through erfc: Phi(x) * 2 = erfc(-x / sqrt 2), with erfc(z) = t exp(-z^2 + poly(t)),
+// t = 1 / (1 + z/2) for z = |x| / sqrt 2 >= 0, and 2 - erfc(z) for x >= 0.
+constexpr float kGeluPoly[] = {0.17087277f,  -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                               -0.18628806f, 0.09678418f,  0.37409196f, 1.00002368f,  -1.26551223f};
+
+inline float gelu_one(float x) {
+  const float z = std::abs(x) * 0.70710678118654752f;
+  const float t = 1.0f / (1.0f + 0.5f * z);
+  float p = kGeluPoly[0];
+  for (int i = 1; i < 10; ++i) p = p * t + kGeluPoly[i];
+  const float erfc = t * exp_poly(p - z * z);
+  return 0.5f * x * (x >= 0.0f ? 2.0f - erfc : erfc);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void gelu_avx2(float* x, std::int64_t n) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 z = _mm256_mul_ps(_mm256_andnot_ps(sign, v), _mm256_set1_ps(0.70710678118654752f));
+    const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(half, z, one));
+    __m256 p = _mm256_set1_ps(kGeluPoly[0]);
+    for (int k = 1; k < 10; ++k) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(kGeluPoly[k]));
+    const __m256 erfc = _mm256_mul_ps(t, exp_poly8(_mm256_fnmadd_ps(z, z, p)));
+    const __m256 positive = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ);
+    const __m256 phi2 = _mm256_blendv_ps(erfc, _mm256_sub_ps(_mm256_set1_ps(2.0f), erfc), positive);
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_mul_ps(half, v), phi2));
+  }
+  for (; i < n; ++i) x[i] = gelu_one(x[i]);
+}
+
+__attribute__((target("avx512f"))) void gelu_avx512(float* x, std::int64_t n) {
+  const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678118654752f));
+    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(half, z, one));
+    __m512 p = _mm512_set1_ps(kGeluPoly[0]);
+    for (int k = 1; k < 10; ++k) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(kGeluPoly[k]));
+    const __m512 erfc = _mm512_mul_ps(t, exp_poly16(_mm512_fnmadd_ps(z, z, p)));
+    const __mmask16 positive = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
+    const __m512 phi2 = _mm512_mask_sub_ps(erfc, positive, _mm512_set1_ps(2.0f), erfc);
+    _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_mul_ps(half, v), phi2));
+  }
+  for (; i < n; ++i) x[i] = gelu_one(x[i]);
+}
+
+// exp(x) for x <= 0 to the precision bf16 keeps: 2^n exp(r), |r| <= ln2/2, exp(r) by a
+// degree-4 polynomial (relative error below 4e-6, against bf16's 4e-3), 2^n by vscalefps
+// (which also flushes very negative inputs to zero).
+__attribute__((target("avx512f"))) inline __m512 exp_nonpositive16(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945309f), x);
+  __m512 p = _mm512_set1_ps(1.0f / 24.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) float softmax_numerators_avx512(
+    const float* row, std::int64_t n, std::int64_t n_zero, std::uint16_t* probs) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(row + i));
+  float max = _mm512_reduce_max_ps(m);
+  for (; i < n; ++i) max = std::max(max, row[i]);
+  const __m512 shift = _mm512_set1_ps(max);
+  __m512 sum = _mm512_setzero_ps();
+  for (i = 0; i < n; i += 16) {
+    const __mmask16 lanes = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 e = _mm512_maskz_mov_ps(lanes, exp_nonpositive16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + i), shift)));
+    _mm256_mask_storeu_epi16(probs + i, lanes, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(e)));
+    sum = _mm512_add_ps(sum, e);
+  }
+  for (i = n; i < n_zero; ++i) probs[i] = 0;
+  return _mm512_reduce_add_ps(sum);
+}
+#endif
+
+float softmax_numerators_portable(const float* row, std::int64_t n, std::int64_t n_zero, std::uint16_t* probs) {
+  float max = -INFINITY;
+  for (std::int64_t i = 0; i < n; ++i) max = std::max(max, row[i]);
+  float sum = 0.0f;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float e = exp_poly(row[i] - max);
+    auto u = std::bit_cast<std::uint32_t>(e);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    probs[i] = static_cast<std::uint16_t>(u >> 16);
+    sum += e;
+  }
+  for (std::int64_t i = n; i < n_zero; ++i) probs[i] = 0;
+  return sum;
+}
+}  // namespace
+
+float softmax_numerators_bf16(const float* row, std::int64_t n, std::int64_t n_zero, std::uint16_t* probs) {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  if (avx512) return softmax_numerators_avx512(row, n, n_zero, probs);
+#endif
+  return softmax_numerators_portable(row, n, n_zero, probs);
+}
+
+void gelu_fast(float* x, std::int64_t n) {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx512) return gelu_avx512(x, n);
+  if (avx2) return gelu_avx2(x, n);
+#endif
+  for (std::int64_t i = 0; i < n; ++i) x[i] = gelu_one(x[i]);
+}
 
 AMANUENSIS_MULTIVERSION
 void exp_fast(const float* x, float* y, std::int64_t n) {

@@ -21,4 +21,14 @@ void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k
 // y[i] = exp(x[i]) for x <= 88; inputs below -87.3 give 0 (flushed).
 void exp_fast(const float* x, float* y, std::int64_t n);
 
+// Exact GELU, x * Phi(x), in place, through a vectorised erfc (Numerical Recipes'
+// Chebyshev fit, relative error below 1.2e-7 everywhere, so no cancellation for negative
+// x): what cpu::gelu computes with std::erf, several times faster.
+void gelu_fast(float* x, std::int64_t n);
+
+// The numerators of a softmax, rounded to bf16: probs[j] = bf16(exp(row[j] - max)) for
+// j < n, 0 for j in [n, n_zero). Returns their sum, by which the caller divides whatever
+// it computes from them. exp is only as exact as bf16 needs (relative error below 1e-5).
+float softmax_numerators_bf16(const float* row, std::int64_t n, std::int64_t n_zero, std::uint16_t* probs);
+
 }  // namespace amanuensis::kernels::cpu

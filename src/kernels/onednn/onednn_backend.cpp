@@ -1,7 +1,5 @@
 #include "kernels/onednn/onednn_backend.h"
 
-#include <omp.h>
-
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -23,6 +21,8 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/onednn/attention_bf16.h"
+#include "kernels/onednn/context.h"
 
 namespace amanuensis::kernels::onednn {
 namespace {
@@ -30,30 +30,14 @@ namespace {
 using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-dnnl::stream& thread_stream() {
-  thread_local dnnl::stream stream(cpu_engine());
-  return stream;
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void convert_to_bf16(const float* x, std::uint16_t* y, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    auto u = std::bit_cast<std::uint32_t>(x[i]);
-    u += 0x7fffu + ((u >> 16) & 1u);  // activations are finite
-    y[i] = static_cast<std::uint16_t>(u >> 16);
-  }
-}
-
 // A matmul primitive for one (m, epilogue) of a slice, and its scratchpad size.
 struct Primitive {
   dnnl::matmul matmul;
   std::size_t scratchpad_bytes = 0;
   bool fused = true;  // false: the epilogue is applied after the primitive
+  // GELU by cpu::gelu_fast on the stored result: oneDNN's erf post-op in its AMX/brgemm
+  // kernels costs several times the product itself (20 ms for 1500 x 384 x 1536)
+  bool gelu_after = false;
 };
 
 // Output features [first, first + rows) of a matrix, packed on their own so threads can
@@ -262,6 +246,10 @@ std::shared_ptr<const Primitive> primitive_for(const OnednnMatrix& w, const Slic
   std::lock_guard lock(s.mutex);
   if (auto it = s.primitives.find(key); it != s.primitives.end()) return it->second;
   auto p = std::make_shared<Primitive>();
+  if (e == Epilogue::Gelu && w.src_type == dt::bf16) {
+    p->gelu_after = true;
+    e = Epilogue::Store;
+  }
   try {
     auto pd = matmul_pd(w, s, m, s.weights_md, make_attr(e));
     p->matmul = dnnl::matmul(pd);
@@ -274,25 +262,6 @@ std::shared_ptr<const Primitive> primitive_for(const OnednnMatrix& w, const Slic
   }
   s.primitives.emplace(key, p);
   return p;
-}
-
-// oneDNN runs single-threaded inside each of our pool's threads (its OpenMP team would
-// spin against them, and falls apart when the machine is oversubscribed).
-void single_threaded_onednn() {
-  thread_local bool done = false;
-  if (!done) {
-    omp_set_num_threads(1);
-    done = true;
-  }
-}
-
-// Runs fn(begin, end) over [0, n) on the pool when the job is worth waking it for.
-void maybe_parallel(std::int64_t n, double flops, const std::function<void(std::int64_t, std::int64_t)>& fn) {
-  if (n > 1 && flops >= 2e6 && cpu::thread_count() > 1) {
-    cpu::parallel_for(n, 2, fn);
-  } else {
-    fn(0, n);
-  }
 }
 
 // Attention with at most this many queries (beams or candidates of one window in a decoder
@@ -324,8 +293,10 @@ class OnednnBackend final : public Backend {
     single_threaded_onednn();
     w->src_type = precision_ == Precision::Bf16 ? dt::bf16 : dt::f32;
     w->has_bias = !bias.empty();
-    // slices of ~256 output features, at most 16, multiples of 16 wide
-    const std::int64_t n_slices = std::clamp<std::int64_t>((rows + 255) / 256, 1, 16);
+    // fp32: slices of ~256 output features, at most 16, multiples of 16 wide. bf16: one
+    // slice (the engine's brgemm kernels block the whole matrix better themselves)
+    const std::int64_t n_slices =
+        precision_ == Precision::Bf16 ? 1 : std::clamp<std::int64_t>((rows + 255) / 256, 1, 16);
     const std::int64_t width = ((rows + n_slices - 1) / n_slices + 15) / 16 * 16;
     for (std::int64_t first = 0; first < rows; first += width) {
       auto s = std::make_unique<Slice>();
@@ -396,6 +367,10 @@ class OnednnBackend final : public Backend {
           cpu::attention_head_few_queries(q.data() + h * hd, n_q, k.data() + h * hd, v.data() + h * hd, n_kv, d, hd,
                                           causal_offset, out.data() + h * hd);
       });
+      return;
+    }
+    if (precision_ == Precision::Bf16) {
+      attention_many_bf16(q.data(), n_q, k.data(), v.data(), n_kv, n_head, d, causal_offset, out.data());
       return;
     }
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -506,6 +481,8 @@ class OnednnBackend final : public Backend {
     if (w.has_bias) args.emplace(DNNL_ARG_BIAS, s.bias);
     prim->matmul.execute(thread_stream(), args);
     thread_stream().wait();
+    if (prim->gelu_after)
+      for (std::int64_t r = 0; r < m; ++r) cpu::gelu_fast(dst_ptr + r * w.rows(), s.rows);
     if (!prim->fused) {
       for (std::int64_t r = 0; r < m; ++r) {
         float* y = dst_ptr + r * w.rows();

@@ -1,0 +1,146 @@
+#include "kernels/onednn/attention_bf16.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/fast_math.h"
+#include "kernels/onednn/context.h"
+
+namespace amanuensis::kernels::onednn {
+namespace {
+
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+using dims = dnnl::memory::dims;
+
+// Queries per tile: 128 x 1500 float scores (750 KB) stay in a core's L2 with their bf16
+// probabilities, and the tile is tall enough for the engine's 16-row blocks.
+constexpr std::int64_t kTile = 128;
+
+// The two products of a tile of `rows` queries of one head: scores = q_h k_h^T and
+// out_h = p v_h. Full tiles pick the weight layouts; a shorter last tile reuses them.
+struct TileProducts {
+  std::shared_ptr<const Matmul> scores, values;
+};
+
+const PrimitiveCache<Matmul>& matmuls() {
+  static const PrimitiveCache<Matmul> cache;
+  return cache;
+}
+
+TileProducts tile_products(std::int64_t rows, std::int64_t hd, std::int64_t n_kv, std::int64_t d,
+                           const TileProducts* full) {
+  const dnnl::primitive_attr attr;
+  // dense operands only: oneDNN 2.6 takes its AMX/brgemm kernels for nothing else
+  const dnnl::memory::desc q_md({rows, hd}, dt::bf16, tag::ab);
+  const dnnl::memory::desc scores_md({rows, n_kv}, dt::f32, tag::ab);
+  const dnnl::memory::desc probs_md({rows, n_kv}, dt::bf16, tag::ab);
+  const dnnl::memory::desc out_md({rows, hd}, dt::f32, tag::ab);
+  const dnnl::memory::desc keys_any({hd, n_kv}, dt::bf16, tag::any), values_any({n_kv, hd}, dt::bf16, tag::any);
+  const auto& keys_md = full ? full->scores->weights_md : keys_any;
+  const auto& values_md = full ? full->values->weights_md : values_any;
+  TileProducts t;
+  t.scores = matmuls().get({0, rows, hd, n_kv, d},
+                           [&] { return make_matmul(q_md, keys_md, scores_md, nullptr, attr); });
+  t.values = matmuls().get({1, rows, hd, n_kv, d},
+                           [&] { return make_matmul(probs_md, values_md, out_md, nullptr, attr); });
+  return t;
+}
+
+// Float32 keys or values of one head (rows of `d` values, the head's `hd` at the start),
+// as k^T (hd x n_kv) or v (n_kv x hd), into `to`'s bf16 layout.
+void reorder_head(const float* from, std::int64_t n_kv, std::int64_t hd, std::int64_t d, bool transpose,
+                  const dnnl::memory& to) {
+  static const PrimitiveCache<dnnl::reorder> reorders;
+  const dnnl::memory::desc from_md = transpose ? dnnl::memory::desc({hd, n_kv}, dt::f32, dims{1, d})
+                                               : dnnl::memory::desc({n_kv, hd}, dt::f32, dims{d, 1});
+  const auto reorder = reorders.get({transpose ? 1 : 0, n_kv, hd, d}, [&] {
+    return std::make_shared<dnnl::reorder>(dnnl::reorder::primitive_desc(cpu_engine(), from_md, cpu_engine(),
+                                                                         to.get_desc()));
+  });
+  dnnl::memory src(from_md, cpu_engine(), const_cast<float*>(from));
+  reorder->execute(thread_stream(), src, const_cast<dnnl::memory&>(to));
+  thread_stream().wait();
+}
+
+// One tile of queries [i0, i0 + rows) of head h; q_head holds the head's n_q x hd queries.
+void attend_tile(const TileProducts& p, const std::uint16_t* q_head, std::int64_t i0, std::int64_t rows,
+                 std::int64_t h, std::int64_t hd, std::int64_t d, const dnnl::memory& keys, const dnnl::memory& values,
+                 std::int64_t n_kv, std::int64_t causal_offset, float* out) {
+  thread_local std::vector<float> scores, tile_out;
+  thread_local std::vector<std::uint16_t> probs;
+  scores.resize(static_cast<std::size_t>(rows * n_kv));
+  probs.resize(static_cast<std::size_t>(rows * n_kv));
+  tile_out.resize(static_cast<std::size_t>(rows * hd));
+  auto& eng = cpu_engine();
+  dnnl::memory q_mem({{rows, hd}, dt::bf16, tag::ab}, eng, const_cast<std::uint16_t*>(q_head + i0 * hd));
+  dnnl::memory s_mem({{rows, n_kv}, dt::f32, tag::ab}, eng, scores.data());
+  p.scores->execute(q_mem, keys, s_mem);
+  thread_local std::vector<float> inverse_sums;
+  inverse_sums.resize(static_cast<std::size_t>(rows));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t visible = causal_offset < 0 ? n_kv : std::min(n_kv, causal_offset + i0 + r + 1);
+    const std::size_t at = static_cast<std::size_t>(r * n_kv);
+    inverse_sums[r] = 1.0f / cpu::softmax_numerators_bf16(scores.data() + at, visible, n_kv, probs.data() + at);
+  }
+  dnnl::memory p_mem({{rows, n_kv}, dt::bf16, tag::ab}, eng, probs.data());
+  dnnl::memory o_mem({{rows, hd}, dt::f32, tag::ab}, eng, tile_out.data());
+  p.values->execute(p_mem, values, o_mem);
+  float* o = out + i0 * d + h * hd;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t j = 0; j < hd; ++j) o[r * d + j] = tile_out[r * hd + j] * inverse_sums[r];
+}
+
+}  // namespace
+
+void attention_many_bf16(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
+                         int n_head, std::int64_t d, std::int64_t causal_offset, float* out) {
+  const std::int64_t hd = d / n_head;
+  const std::int64_t full_rows = std::min(kTile, n_q);
+  const TileProducts full = tile_products(full_rows, hd, n_kv, d, nullptr);
+  const std::int64_t tail_rows = n_q % full_rows;
+  const TileProducts tail = tail_rows ? tile_products(tail_rows, hd, n_kv, d, &full) : full;
+
+  // the queries in bf16, head by head, scaled by 1/sqrt(hd) first (exact for Whisper's
+  // head size of 64); the pool's threads see their own thread_local buffers: pass pointers
+  thread_local std::vector<std::uint16_t> q16_buffer;
+  q16_buffer.resize(static_cast<std::size_t>(n_q * d));
+  std::uint16_t* q16 = q16_buffer.data();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  maybe_parallel(n_q, 1.0 * n_q * d * 10, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i)
+      for (std::int64_t h = 0; h < n_head; ++h) convert_to_bf16(q + i * d + h * hd, q16 + (h * n_q + i) * hd, hd, scale);
+  });
+
+  // every head's keys and values in the engine's layout, in one buffer kept per thread
+  const std::size_t keys_bytes = full.scores->weights_md.get_size(), values_bytes = full.values->weights_md.get_size();
+  thread_local std::vector<std::uint8_t> operands;
+  operands.resize((keys_bytes + values_bytes) * static_cast<std::size_t>(n_head));
+  std::vector<dnnl::memory> keys, values;
+  for (int h = 0; h < n_head; ++h) {
+    std::uint8_t* base = operands.data() + (keys_bytes + values_bytes) * static_cast<std::size_t>(h);
+    keys.emplace_back(full.scores->weights_md, cpu_engine(), base);
+    values.emplace_back(full.values->weights_md, cpu_engine(), base + keys_bytes);
+  }
+  maybe_parallel(n_head, 4.0 * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
+    single_threaded_onednn();
+    for (std::int64_t h = begin; h < end; ++h) {
+      reorder_head(k + h * hd, n_kv, hd, d, /*transpose=*/true, keys[h]);
+      reorder_head(v + h * hd, n_kv, hd, d, /*transpose=*/false, values[h]);
+    }
+  });
+
+  const std::int64_t tiles = (n_q + full_rows - 1) / full_rows;
+  maybe_parallel(tiles * n_head, 4.0 * n_q * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
+    single_threaded_onednn();
+    for (std::int64_t item = begin; item < end; ++item) {
+      const std::int64_t h = item / tiles, i0 = (item % tiles) * full_rows;
+      const std::int64_t rows = std::min(full_rows, n_q - i0);
+      attend_tile(rows == full_rows ? full : tail, q16 + h * n_q * hd, i0, rows, h, hd, d, keys[h], values[h], n_kv,
+                  causal_offset, out);
+    }
+  });
+}
+
+}  // namespace amanuensis::kernels::onednn

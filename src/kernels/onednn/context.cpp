@@ -1,0 +1,75 @@
+#include "kernels/onednn/context.h"
+
+#include <omp.h>
+
+#include <bit>
+#include <unordered_map>
+
+#include "kernels/cpu/thread_pool.h"
+
+namespace amanuensis::kernels::onednn {
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& thread_stream() {
+  thread_local dnnl::stream stream(cpu_engine());
+  return stream;
+}
+
+void single_threaded_onednn() {
+  thread_local bool done = false;
+  if (!done) {
+    omp_set_num_threads(1);
+    done = true;
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void convert_to_bf16(const float* x, std::uint16_t* y, std::int64_t n, float scale) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    auto u = std::bit_cast<std::uint32_t>(x[i] * scale);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    y[i] = static_cast<std::uint16_t>(u >> 16);
+  }
+}
+
+void maybe_parallel(std::int64_t n, double flops, const std::function<void(std::int64_t, std::int64_t)>& fn) {
+  if (n > 1 && flops >= 2e6 && cpu::thread_count() > 1) {
+    cpu::parallel_for(n, 2, fn);
+  } else {
+    fn(0, n);
+  }
+}
+
+void Matmul::execute(const dnnl::memory& src, const dnnl::memory& weights, const dnnl::memory& dst,
+                     const dnnl::memory* bias) const {
+  thread_local std::vector<std::uint8_t> scratchpad;
+  if (scratchpad.size() < scratchpad_bytes) scratchpad.resize(scratchpad_bytes);
+  dnnl::memory scratch({{static_cast<std::int64_t>(scratchpad_bytes)}, dnnl::memory::data_type::u8,
+                        dnnl::memory::format_tag::a},
+                       cpu_engine(), scratchpad.data());
+  std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, *bias);
+  primitive.execute(thread_stream(), args);
+  thread_stream().wait();
+}
+
+std::shared_ptr<const Matmul> make_matmul(const dnnl::memory::desc& src, const dnnl::memory::desc& weights,
+                                          const dnnl::memory::desc& dst, const dnnl::memory::desc* bias,
+                                          const dnnl::primitive_attr& attr) {
+  dnnl::primitive_attr with_scratchpad = attr;
+  with_scratchpad.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const auto desc = bias ? dnnl::matmul::desc(src, weights, *bias, dst) : dnnl::matmul::desc(src, weights, dst);
+  const dnnl::matmul::primitive_desc pd(desc, with_scratchpad, cpu_engine());
+  auto m = std::make_shared<Matmul>();
+  m->primitive = dnnl::matmul(pd);
+  m->weights_md = pd.weights_desc();
+  m->scratchpad_bytes = pd.scratchpad_desc().get_size();
+  return m;
+}
+
+}  // namespace amanuensis::kernels::onednn
