@@ -24,6 +24,20 @@ LinearWeights linear_weights(const Backend& backend, const model::ModelFile& f, 
   return {backend.pack(dense.rows, dense.cols, std::move(dense.values), std::move(bias), hint)};
 }
 
+// A conv1d kernel of width 3, stored [out][channel][tap], packed as a matrix whose
+// columns are [tap][channel]: then each tap of an im2col row is one contiguous input frame.
+LinearWeights conv_weights(const Backend& backend, const model::ModelFile& f, const std::string& prefix) {
+  auto bias = cpu::to_float_vector(f.tensor(prefix + ".bias"));
+  const auto dense = cpu::to_dense_matrix(f.tensor(prefix + ".weight"));
+  const std::int64_t channels = dense.cols / 3;
+  std::vector<float> by_tap(dense.values.size());
+  for (std::int64_t o = 0; o < dense.rows; ++o)
+    for (std::int64_t c = 0; c < channels; ++c)
+      for (std::int64_t tap = 0; tap < 3; ++tap)
+        by_tap[o * dense.cols + tap * channels + c] = dense.values[o * dense.cols + c * 3 + tap];
+  return {backend.pack(dense.rows, dense.cols, std::move(by_tap), std::move(bias))};
+}
+
 NormWeights norm_weights(const model::ModelFile& f, const std::string& prefix) {
   return {cpu::to_float_vector(f.tensor(prefix + ".weight")), cpu::to_float_vector(f.tensor(prefix + ".bias"))};
 }
@@ -86,15 +100,19 @@ void mlp_sublayer(const Backend& be, std::vector<float>& x, std::int64_t n, cons
 std::vector<float> conv3_gelu(const Backend& be, std::span<const float> input, std::int64_t n_in,
                               std::int64_t channels, int stride, const LinearWeights& kernel) {
   const std::int64_t n_out = (n_in + 2 - 3) / stride + 1;
-  const std::int64_t patch = channels * 3;  // kernel row layout: [channel][tap]
-  std::vector<float> columns(n_out * patch, 0.0f);
+  const std::int64_t patch = channels * 3;  // kernel columns: [tap][channel] (conv_weights)
+  thread_local std::vector<float> columns;  // megabytes a window: kept, not faulted in anew
+  columns.resize(static_cast<std::size_t>(n_out * patch));
   for (std::int64_t t = 0; t < n_out; ++t) {
     float* col = columns.data() + t * patch;
     for (int tap = 0; tap < 3; ++tap) {
       const std::int64_t src = t * stride + tap - 1;
-      if (src < 0 || src >= n_in) continue;
-      const float* in = input.data() + src * channels;
-      for (std::int64_t c = 0; c < channels; ++c) col[c * 3 + tap] = in[c];
+      float* to = col + tap * channels;
+      if (src < 0 || src >= n_in) {
+        std::fill_n(to, channels, 0.0f);
+      } else {
+        std::copy_n(input.data() + src * channels, channels, to);
+      }
     }
   }
   std::vector<float> out(n_out * kernel.rows());
@@ -135,8 +153,8 @@ std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFil
   const bool quantized = model::is_quantized(wtype);
   w->backend = kernels::make_backend(kernels::resolve(options.precision, quantized));
   const Backend& be = *w->backend;
-  w->conv1 = linear_weights(be, f, "encoder.conv1");
-  w->conv2 = linear_weights(be, f, "encoder.conv2");
+  w->conv1 = conv_weights(be, f, "encoder.conv1");
+  w->conv2 = conv_weights(be, f, "encoder.conv2");
   w->encoder_positions = cpu::to_float_vector(f.tensor("encoder.positional_embedding"));
   for (int i = 0; i < hp.n_audio_layer; ++i)
     w->encoder_blocks.push_back(block_weights(be, f, "encoder.blocks." + std::to_string(i), false));

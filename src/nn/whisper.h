@@ -51,7 +51,7 @@ struct BlockWeights {
 struct WhisperWeights {
   model::HyperParams hparams;
   std::shared_ptr<const kernels::Backend> backend;  // packed every LinearWeights below
-  LinearWeights conv1, conv2;  // rows = out channels, cols = in channels * 3
+  LinearWeights conv1, conv2;  // rows = out channels, cols = 3 taps x in channels ([tap][channel])
   std::vector<float> encoder_positions;  // n_audio_ctx x d
   std::vector<BlockWeights> encoder_blocks;
   NormWeights encoder_ln_post;

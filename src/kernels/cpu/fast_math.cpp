@@ -323,6 +323,46 @@ void gelu_fast(float* x, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) x[i] = gelu_one(x[i]);
 }
 
+namespace {
+AMANUENSIS_MULTIVERSION
+float lane_sum(const float* x, std::int64_t n) {
+  float acc[kLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j];
+  float r = 0.0f;
+  for (; i < n; ++i) r += x[i];
+  for (float a : acc) r += a;
+  return r;
+}
+
+AMANUENSIS_MULTIVERSION
+float lane_sum_of_squares(const float* x, std::int64_t n, float mean) {
+  float acc[kLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += (x[i + j] - mean) * (x[i + j] - mean);
+  float r = 0.0f;
+  for (; i < n; ++i) r += (x[i] - mean) * (x[i] - mean);
+  for (float a : acc) r += a;
+  return r;
+}
+
+AMANUENSIS_MULTIVERSION
+void normalise(float* x, std::int64_t n, float mean, float inv, const float* gamma, const float* beta) {
+  for (std::int64_t i = 0; i < n; ++i) x[i] = (x[i] - mean) * inv * gamma[i] + beta[i];
+}
+}  // namespace
+
+void layer_norm_fast(float* x, std::int64_t rows, std::int64_t d, const float* gamma, const float* beta) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    float* v = x + r * d;
+    const float mean = lane_sum(v, d) / static_cast<float>(d);
+    const float var = lane_sum_of_squares(v, d, mean) / static_cast<float>(d);
+    normalise(v, d, mean, 1.0f / std::sqrt(var + 1e-5f), gamma, beta);
+  }
+}
+
 AMANUENSIS_MULTIVERSION
 void exp_fast(const float* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] = exp_poly(x[i]);

@@ -26,6 +26,10 @@ void exp_fast(const float* x, float* y, std::int64_t n);
 // x): what cpu::gelu computes with std::erf, several times faster.
 void gelu_fast(float* x, std::int64_t n);
 
+// Layer norm of each of `rows` rows of x (length d) in place, eps 1e-5, with float
+// sums in 16 fixed lanes (the same bits for a row whatever the other rows are).
+void layer_norm_fast(float* x, std::int64_t rows, std::int64_t d, const float* gamma, const float* beta);
+
 // The numerators of a softmax, rounded to bf16: probs[j] = bf16(exp(row[j] - max)) for
 // j < n, 0 for j in [n, n_zero). Returns their sum, by which the caller divides whatever
 // it computes from them. exp is only as exact as bf16 needs (relative error below 1e-5).
