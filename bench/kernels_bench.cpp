@@ -67,7 +67,7 @@ std::vector<std::shared_ptr<const kernels::Backend>> backends() {
   std::map<std::string, bool> seen{{list[0]->name(), true}};
   for (auto p : {kernels::Precision::Fp32, kernels::Precision::Bf16}) {
     if (p == kernels::Precision::Bf16 && !kernels::cpu_has_native_bf16()) continue;
-    auto b = kernels::make_backend(p);
+    auto b = kernels::make_backend({.precision = p});
     if (!seen[b->name()]) {
       seen[b->name()] = true;
       list.push_back(b);

@@ -13,6 +13,7 @@
 
 #include "audio/wav.h"
 #include "cli/args.h"
+#include "cli/compute_flags.h"
 #include "common/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
@@ -197,7 +198,6 @@ int run_bench(const std::vector<std::string>& argv) {
     if (n < 1) throw Error("--threads must be at least 1");
     kernels::cpu::set_thread_count(n);
   }
-  kernels::set_precision(kernels::parse_precision(args.get_or("precision", "auto")));
   const double tokens_per_second = args.get_double("tokens-per-second", 3.0);
   if (tokens_per_second < 0) throw Error("--tokens-per-second must not be negative");
   const int runs = args.get_int("runs", 3);
@@ -217,7 +217,7 @@ int run_bench(const std::vector<std::string>& argv) {
   const double audio_seconds = static_cast<double>(samples.size()) / audio::kSampleRate;
 
   auto t0 = Clock::now();
-  const auto model = pipeline::Model::load(args.required("model"));
+  const auto model = pipeline::Model::load(args.required("model"), load_options(args));
   const double load_ms = ms_since(t0);
   const auto& weights_backend = *model->encoder().backend();
 

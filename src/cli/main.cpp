@@ -16,6 +16,7 @@
 #include "audio/decode.h"
 #include "cli/args.h"
 #include "cli/bench.h"
+#include "cli/compute_flags.h"
 #include "cli/decoding_flags.h"
 #include "cli/loadtest.h"
 #include "cli/serve.h"
@@ -57,7 +58,7 @@ transcribe options:
   --pcm-channels N        channels of the raw PCM (default 1)
   --pcm-format FMT        s16 (default) or f32
   --threads N             compute threads (default: all cores)
-  --precision P           matrix arithmetic: auto (default), fp32 or bf16
+  --precision P           matrix arithmetic: auto (default: bf16 where the CPU has it natively), fp32 or bf16
 
 Audio files of any common format are decoded with FFmpeg's libraries (wav, flac, mp3,
 ogg/opus, m4a/aac, webm, mp4) and resampled to 16 kHz mono.
@@ -75,7 +76,6 @@ std::vector<float> read_audio(const std::string& path, const Args& args) {
 
 
 void apply_common_options(const Args& args) {
-  if (auto precision = args.get("precision")) kernels::set_precision(kernels::parse_precision(*precision));
   if (auto threads = args.get("threads")) {
     const int n = args.get_int("threads", 0);
     if (n < 1) throw Error("--threads must be at least 1");
@@ -139,7 +139,7 @@ int run_transcribe(const Args& args) {
   apply_common_options(args);
   if (args.positional().empty()) throw Error("transcribe needs at least one audio file");
   const auto format = pipeline::parse_output_format(args.get_or("output-format", "txt"));
-  const auto model = pipeline::Model::load(args.required("model"));
+  const auto model = pipeline::Model::load(args.required("model"), load_options(args));
   const auto options = transcribe_options(args);
   int failures = 0;
   for (const auto& file : args.positional()) {
@@ -191,7 +191,7 @@ std::vector<float> read_mel_file(const std::string& path, int n_mels) {
 
 int run_dump_logits(const Args& args) {
   apply_common_options(args);
-  const auto model = pipeline::Model::load(args.required("model"));
+  const auto model = pipeline::Model::load(args.required("model"), load_options(args));
   const int n_mels = model->hparams().n_mels;
   std::vector<float> mel_window;
   if (auto mel_path = args.get("mel")) {

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/args.h"
+#include "cli/compute_flags.h"
 #include "cli/decoding_flags.h"
 #include "common/error.h"
 #include "kernels/cpu/thread_pool.h"
@@ -16,6 +17,7 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --host ADDR             address to listen on (default 127.0.0.1)
   --port N                port (default 8080; 0 = any free port, printed at start)
   --threads N             compute threads (default: all cores)
+  --precision P           matrix arithmetic: auto (default: bf16 where the CPU has it natively), fp32 or bf16
   --workers N             transcriptions decoded at once; their decoder steps run as one
                           batch and their encoder windows share one queue (default 8)
   --max-queue-seconds S   audio waiting for a free slot at most, else 429 (default 600)
@@ -39,11 +41,12 @@ int positive_int(const Args& args, const std::string& name, int fallback, int mi
 int run_serve(const std::vector<std::string>& argv) {
   Args args(argv, kDecodingFlags,
             with({"model", "host", "port", "threads", "workers", "max-queue-seconds", "max-upload-mb", "api-key",
-                  "request-timeout", "model-id", "io-threads"},
+                  "request-timeout", "model-id", "io-threads", "precision"},
                  kDecodingOptions));
   if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
   server::ServerOptions o;
   o.model_path = args.required("model");
+  o.load_options = load_options(args);
   o.host = args.get_or("host", "127.0.0.1");
   const int port = args.get_int("port", 8080);
   if (port < 0 || port > 65535) throw Error("--port must be between 0 and 65535");

@@ -1,7 +1,5 @@
 #include "kernels/backend.h"
 
-#include <atomic>
-#include <cstdlib>
 #include <string>
 
 #include "common/error.h"
@@ -12,17 +10,6 @@
 
 namespace amanuensis::kernels {
 namespace {
-
-Precision initial_precision() {
-  const char* env = std::getenv("AMANUENSIS_PRECISION");
-  if (env == nullptr || *env == '\0') return Precision::Auto;
-  return parse_precision(env);
-}
-
-std::atomic<Precision>& current_precision() {
-  static std::atomic<Precision> p{initial_precision()};
-  return p;
-}
 
 }  // namespace
 
@@ -79,31 +66,31 @@ std::vector<std::string> cpu_features() {
   return found;
 }
 
-Precision resolve(Precision p, bool quantized_weights) {
+Precision resolve(Precision p) {
   if (p != Precision::Auto) return p;
-  return quantized_weights && cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32;
+  return cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32;
 }
 
-void set_precision(Precision p) { current_precision().store(p); }
-Precision precision() { return current_precision().load(); }
+BackendKind parse_backend_kind(std::string_view name) {
+  if (name.empty() || name == "best") return BackendKind::Best;
+  if (name == "reference") return BackendKind::Reference;
+  if (name == "onednn") return BackendKind::Onednn;
+  throw Error("unknown backend '" + std::string(name) + "' (use best, reference or onednn)");
+}
 
-std::shared_ptr<const Backend> make_backend(Precision p) {
-  p = resolve(p);
-  const char* forced = std::getenv("AMANUENSIS_BACKEND");
-  const std::string choice = forced != nullptr ? forced : "";
-  if (choice == "reference") return make_reference_backend(p);
-  if (!choice.empty() && choice != "onednn") {
-    throw Error("AMANUENSIS_BACKEND='" + choice + "' is not a backend (use reference or onednn)");
-  }
+std::shared_ptr<const Backend> make_backend(const ComputeOptions& options) {
+  const Precision p = resolve(options.precision);
+  if (options.backend == BackendKind::Reference) return make_reference_backend(p);
+  const bool forced = options.backend == BackendKind::Onednn;
 #ifdef AMANUENSIS_HAVE_ONEDNN
   // bf16 through oneDNN only where the CPU does it natively; elsewhere it would run
   // oneDNN's reference loops, slower than the emulation below.
   if (p == Precision::Fp32 || cpu_has_native_bf16()) {
     if (auto b = onednn::make_backend(p)) return b;
   }
-  if (choice == "onednn") throw Error("the oneDNN backend cannot run " + std::string(precision_name(p)) + " on this CPU");
+  if (forced) throw Error("the oneDNN backend cannot run " + std::string(precision_name(p)) + " on this CPU");
 #else
-  if (choice == "onednn") throw Error("this build has no oneDNN backend");
+  if (forced) throw Error("this build has no oneDNN backend");
 #endif
   return make_reference_backend(p);
 }

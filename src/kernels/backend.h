@@ -32,16 +32,23 @@ bool cpu_has_native_bf16();
 // avx512f, avx512bf16, amx-bf16, ...), for /health and logs.
 std::vector<std::string> cpu_features();
 
-// What Auto means for a model: Bf16 only where the CPU has native bf16 and the weights
-// are quantized (bf16 keeps their logits within the quantized tolerance of the
-// conformance suite, but not the f32/f16 one: see bench/README.md); else Fp32.
-// Fp32 and Bf16 are returned unchanged.
-Precision resolve(Precision p, bool quantized_weights = false);
+// What Auto means: Bf16 where the CPU multiplies bf16 natively (AMX / AVX512_BF16: the
+// matrix engine, several times the float32 rate; the conformance suite holds bf16 to its
+// own tolerance, see tests/conformance), else Fp32. Fp32 and Bf16 are returned unchanged.
+Precision resolve(Precision p);
 
-// The process-wide precision that loading a model uses unless told otherwise. Starts
-// as the environment variable AMANUENSIS_PRECISION (auto|fp32|bf16) when set, else Auto.
-void set_precision(Precision p);
-Precision precision();
+// Which implementation computes: the best one available (oneDNN where it runs the
+// precision natively), or one forced by name for comparisons and tests.
+enum class BackendKind { Best, Reference, Onednn };
+
+// "best" (or ""), "reference", "onednn"; anything else throws amanuensis::Error.
+BackendKind parse_backend_kind(std::string_view name);
+
+// How a model's weights are computed with: passed down from the command line.
+struct ComputeOptions {
+  Precision precision = Precision::Auto;
+  BackendKind backend = BackendKind::Best;
+};
 
 // A weight matrix in a backend's own storage: `rows` output features of `cols` inputs
 // (PyTorch layout), with its optional bias. Only the backend that made it can use it.
@@ -105,10 +112,10 @@ class Backend {
 // nor `rows` long: the check every backend's pack() starts with.
 void check_pack_sizes(std::int64_t rows, std::int64_t cols, std::span<const float> values, std::span<const float> bias);
 
-// The best backend available for `p` (Auto as resolve(p)): oneDNN when it is built in and
-// can run that precision on this CPU, else the reference backend (which emulates bf16).
-// The environment variable AMANUENSIS_BACKEND=reference|onednn forces a choice.
-std::shared_ptr<const Backend> make_backend(Precision p = precision());
+// The backend for `options` (precision Auto as resolve()): for Best, oneDNN when it is
+// built in and can run that precision on this CPU, else the reference backend (which
+// emulates bf16). Throws Error when a forced backend cannot run here.
+std::shared_ptr<const Backend> make_backend(const ComputeOptions& options = {});
 
 // The reference backend alone (float32 loops of kernels/cpu, bf16 by emulation).
 std::shared_ptr<const Backend> make_reference_backend(Precision p);

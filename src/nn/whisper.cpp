@@ -149,9 +149,7 @@ std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFil
   auto w = std::make_shared<WhisperWeights>();
   const auto& hp = f.hparams();
   w->hparams = hp;
-  const auto wtype = hp.weight_type();
-  const bool quantized = model::is_quantized(wtype);
-  w->backend = kernels::make_backend(kernels::resolve(options.precision, quantized));
+  w->backend = kernels::make_backend(options.compute);
   const Backend& be = *w->backend;
   w->conv1 = conv_weights(be, f, "encoder.conv1");
   w->conv2 = conv_weights(be, f, "encoder.conv2");

@@ -25,8 +25,7 @@ struct LinearWeights {
 };
 
 struct LoadOptions {
-  // Arithmetic of the matrix products; the process-wide kernels::precision() by default.
-  kernels::Precision precision = kernels::precision();
+  kernels::ComputeOptions compute;  // precision and backend of the matrix products
 };
 
 struct NormWeights {

@@ -243,9 +243,9 @@ Model::Model(model::ModelFile file, std::shared_ptr<const nn::WhisperWeights> we
       encoder_(weights),
       decoder_(weights) {}
 
-std::shared_ptr<const Model> Model::load(const std::filesystem::path& path) {
+std::shared_ptr<const Model> Model::load(const std::filesystem::path& path, const nn::LoadOptions& options) {
   auto file = model::ModelFile::open(path);
-  auto weights = nn::WhisperWeights::load(file);
+  auto weights = nn::WhisperWeights::load(file, options);
   return std::make_shared<const Model>(std::move(file), std::move(weights));
 }
 

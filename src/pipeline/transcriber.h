@@ -78,7 +78,7 @@ struct Transcript {
 // can serve several threads that each transcribe their own audio.
 class Model {
  public:
-  static std::shared_ptr<const Model> load(const std::filesystem::path& path);
+  static std::shared_ptr<const Model> load(const std::filesystem::path& path, const nn::LoadOptions& options = {});
 
   const model::ModelFile& file() const { return file_; }
   const model::HyperParams& hparams() const { return file_.hparams(); }

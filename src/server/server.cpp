@@ -709,7 +709,7 @@ int Server::Impl::run(const std::function<void(unsigned short)>& on_listening) {
     loader = std::thread([this, start_scheduler] {
       try {
         const auto t0 = Clock::now();
-        auto m = pipeline::Model::load(opt.model_path);
+        auto m = pipeline::Model::load(opt.model_path, opt.load_options);
         start_scheduler(std::move(m));
         std::fprintf(stderr, "amanuensis serve: loaded %s in %.2f s\n", opt.model_path.string().c_str(),
                      std::chrono::duration<double>(Clock::now() - t0).count());

@@ -19,6 +19,7 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   unsigned short port = 8080;          // 0: any free port (see the on_listening callback)
   std::filesystem::path model_path;    // loaded after the socket is bound (/health says 503 meanwhile)
+  nn::LoadOptions load_options;        // how model_path is computed (precision, backend)
   std::shared_ptr<const pipeline::Model> model;  // or an already loaded model
   std::string model_id;                // reported by /v1/models; default: the file name's stem
   int workers = 8;                     // transcriptions decoded at once, as one batch

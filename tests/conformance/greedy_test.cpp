@@ -19,10 +19,12 @@ namespace {
 
 using text::TokenId;
 
-const pipeline::Model& load(const std::string& name) {
-  static std::map<std::string, std::shared_ptr<const pipeline::Model>> cache;
-  auto& slot = cache[name];
-  if (!slot) slot = pipeline::Model::load(model_path(name));
+const pipeline::Model& load(const std::string& name, kernels::Precision precision) {
+  static std::map<std::pair<std::string, kernels::Precision>, std::shared_ptr<const pipeline::Model>> cache;
+  auto& slot = cache[{name, precision}];
+  nn::LoadOptions options;
+  options.compute.precision = precision;
+  if (!slot) slot = pipeline::Model::load(model_path(name), options);
   return *slot;
 }
 
@@ -106,17 +108,20 @@ void expect_same_segments(const pipeline::Transcript& ours, const nlohmann::json
 
 struct Case {
   std::string model, audio;
+  kernels::Precision precision;
 };
-void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " x " << c.audio; }
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.model << " x " << c.audio << " in " << kernels::precision_name(c.precision);
+}
 
 class GreedyTranscript : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GreedyTranscript, MatchesReferenceUpToFirstUnclearStep) {
-  const auto& [model_name, audio] = GetParam();
-  const auto& model = load(model_name);
+  const auto& [model_name, audio, precision] = GetParam();
+  const auto& model = load(model_name, precision);
   const auto samples = audio::read_wav_file(conformance_dir() / "audio" / (audio + ".wav"));
   const auto ref = read_json_file(conformance_dir() / "ref" / (model_name + "__" + audio + ".tokens.json"));
-  const double threshold = tolerance_for(model_name).argmax_margin;
+  const double threshold = tolerance_for(model_name, model.encoder().backend()->precision()).argmax_margin;
 
   for (bool timestamps : {false, true}) {
     const auto& ref_run = ref["runs"][timestamps ? "timestamps" : "no_timestamps"];
@@ -154,8 +159,8 @@ TEST_P(GreedyTranscript, MatchesReferenceUpToFirstUnclearStep) {
       EXPECT_EQ(forced.steps[i].top1, ref_steps[i].top1) << "step " << i << " margin " << ref_steps[i].margin;
     }
     expect_same_segments(forced.transcript, ref_run);
-    std::printf("[ greedy ] %-14s %-11s %-5s free-running %3zu/%zu equal (clear prefix %zu); on the reference path %d/%d clear steps agree, %zu windows, %zu segments\n",
-                model_name.c_str(), audio.c_str(), timestamps ? "ts" : "no-ts", matched, ref_steps.size(), clear_prefix,
+    std::printf("[ greedy ] %-14s %-11s %-4s %-5s free-running %3zu/%zu equal (clear prefix %zu); on the reference path %d/%d clear steps agree, %zu windows, %zu segments\n",
+                model_name.c_str(), audio.c_str(), kernels::precision_name(precision).data(), timestamps ? "ts" : "no-ts", matched, ref_steps.size(), clear_prefix,
                 agree, checked, forced.transcript.window_seeks.size(), forced.transcript.segments.size());
   }
 }
@@ -164,14 +169,12 @@ std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (std::string m : {"micro.en-f16", "micro.en-q5_1", "micro3.en-f16"})
     for (std::string a : {"jfk", "silence-5s", "noise-5s", "tone-1s", "speech-1s", "speech-5s", "speech-30s", "speech-75s"})
-      cases.push_back({m, a});
+      for (const auto p : conformance_precisions()) cases.push_back({m, a, p});
   return cases;
 }
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  std::string s = info.param.model + "__" + info.param.audio;
-  std::replace_if(s.begin(), s.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
-  return s;
+  return testing::case_name(info.param.model, info.param.audio, info.param.precision);
 }
 
 INSTANTIATE_TEST_SUITE_P(Conformance, GreedyTranscript, ::testing::ValuesIn(all_cases()), case_name);

@@ -21,12 +21,15 @@ struct LoadedModel {
   bool multilingual = false;
 };
 
-const LoadedModel& load(const std::string& name) {
-  static std::map<std::string, LoadedModel> cache;
-  auto it = cache.find(name);
+const LoadedModel& load(const std::string& name, kernels::Precision precision) {
+  static std::map<std::pair<std::string, kernels::Precision>, LoadedModel> cache;
+  const auto key = std::make_pair(name, precision);
+  auto it = cache.find(key);
   if (it == cache.end()) {
     auto file = model::ModelFile::open(model_path(name));
-    it = cache.emplace(name, LoadedModel{nn::WhisperWeights::load(file), file.hparams().is_multilingual()}).first;
+    nn::LoadOptions options;
+    options.compute.precision = precision;
+    it = cache.emplace(key, LoadedModel{nn::WhisperWeights::load(file, options), file.hparams().is_multilingual()}).first;
   }
   return it->second;
 }
@@ -34,26 +37,27 @@ const LoadedModel& load(const std::string& name) {
 struct Case {
   std::string model;
   std::string audio;
+  kernels::Precision precision;
 };
-void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " x " << c.audio; }
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.model << " x " << c.audio << " in " << kernels::precision_name(c.precision);
+}
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  std::string s = info.param.model + "__" + info.param.audio;
-  std::replace_if(s.begin(), s.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
-  return s;
+  return testing::case_name(info.param.model, info.param.audio, info.param.precision);
 }
 
 class TeacherForcedLogits : public ::testing::TestWithParam<Case> {};
 
 TEST_P(TeacherForcedLogits, MatchesReference) {
-  const auto& [model_name, audio] = GetParam();
-  const auto& model = load(model_name);
+  const auto& [model_name, audio, precision] = GetParam();
+  const auto& model = load(model_name, precision);
   const auto mel = read_f32_file(conformance_dir() / "ref" / (audio + ".mel.f32"));
   nn::Encoder encoder(model.weights);
   nn::Decoder decoder(model.weights);
   const auto features = encoder.encode(mel);
   const auto cross = decoder.cross_attention(features);
-  const Tolerance tol = tolerance_for(model_name);
+  const Tolerance tol = tolerance_for(model_name, model.weights->backend->precision());
 
   for (bool timestamps : {false, true}) {
     SCOPED_TRACE(timestamps ? "timestamps" : "no timestamps");
@@ -104,8 +108,9 @@ TEST_P(TeacherForcedLogits, MatchesReference) {
     const double mean_abs = sum_abs / static_cast<double>(count);
     RecordProperty(timestamps ? "max_abs_ts" : "max_abs", std::to_string(max_abs));
     RecordProperty(timestamps ? "mean_abs_ts" : "mean_abs", std::to_string(mean_abs));
-    std::printf("[ logits ] %-36s %s max %.4f mean %.5f argmax %d/%d (clear-margin rows)\n", stem.c_str(),
-                have_full ? "full   " : "sampled", max_abs, mean_abs, argmax_agree, argmax_checked);
+    std::printf("[ logits ] %-36s %s %s max %.4f mean %.5f argmax %d/%d (clear-margin rows)\n", stem.c_str(),
+                model.weights->backend->name().c_str(), have_full ? "full   " : "sampled", max_abs, mean_abs,
+                argmax_agree, argmax_checked);
     EXPECT_LE(max_abs, tol.max_abs);
     EXPECT_LE(mean_abs, tol.mean_abs);
   }
@@ -114,7 +119,8 @@ TEST_P(TeacherForcedLogits, MatchesReference) {
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (std::string m : {"micro.en-f32", "micro.en-f16", "micro.en-q8_0", "micro.en-q5_1", "micro-f16"})
-    for (std::string a : {"jfk", "silence-5s", "speech-30s"}) cases.push_back({m, a});
+    for (std::string a : {"jfk", "silence-5s", "speech-30s"})
+      for (const auto p : conformance_precisions()) cases.push_back({m, a, p});
   return cases;
 }
 

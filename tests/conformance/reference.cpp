@@ -1,5 +1,7 @@
 #include "conformance/reference.h"
 
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <stdexcept>
 
@@ -27,9 +29,19 @@ std::vector<int> teacher_forced_tokens(bool multilingual, bool timestamps) {
   return {50257, 50358, timestamps ? 50363 : 50362, 843, 523, 616, 5891, 3399, 11, 1265, 407};
 }
 
-Tolerance tolerance_for(const std::string& model_name) {
+Tolerance tolerance_for(const std::string& model_name, kernels::Precision computed_in) {
   const bool quantized = model_name.find("-q") != std::string::npos;
-  return quantized ? Tolerance{3.0, 0.3, 1.0} : Tolerance{0.15, 0.015, 0.3};
+  if (quantized) return {3.0, 0.3, 1.0};
+  return computed_in == kernels::Precision::Bf16 ? Tolerance{1.0, 0.1, 1.0} : Tolerance{0.15, 0.015, 0.3};
+}
+
+std::vector<kernels::Precision> conformance_precisions() { return {kernels::Precision::Fp32, kernels::Precision::Bf16}; }
+
+std::string case_name(const std::string& model, const std::string& audio, kernels::Precision p) {
+  std::string s = model + "__" + audio;
+  if (p != kernels::Precision::Fp32) s += "__" + std::string(kernels::precision_name(p));
+  std::replace_if(s.begin(), s.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
+  return s;
 }
 
 }  // namespace amanuensis::testing

@@ -43,9 +43,9 @@ std::vector<float> random_values(std::size_t n, unsigned seed, float scale) {
 double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
 
 std::vector<std::shared_ptr<const Backend>> all_backends() {
-  std::vector<std::shared_ptr<const Backend>> list{make_reference_backend(Precision::Fp32), make_backend(Precision::Fp32),
+  std::vector<std::shared_ptr<const Backend>> list{make_reference_backend(Precision::Fp32), make_backend({.precision = Precision::Fp32}),
                                                    make_reference_backend(Precision::Bf16)};
-  if (cpu_has_native_bf16()) list.push_back(make_backend(Precision::Bf16));
+  if (cpu_has_native_bf16()) list.push_back(make_backend({.precision = Precision::Bf16}));
   return list;
 }
 
@@ -57,8 +57,15 @@ TEST(KernelsBackend, PrecisionNames) {
   EXPECT_EQ(parse_precision("fp32"), Precision::Fp32);
   EXPECT_EQ(parse_precision("bf16"), Precision::Bf16);
   EXPECT_THROW(parse_precision("fp8"), std::exception);
-  EXPECT_EQ(resolve(Precision::Fp32, true), Precision::Fp32);
-  EXPECT_EQ(resolve(Precision::Auto, false), Precision::Fp32);
+  EXPECT_EQ(resolve(Precision::Fp32), Precision::Fp32);
+  EXPECT_EQ(resolve(Precision::Bf16), Precision::Bf16);
+  EXPECT_EQ(resolve(Precision::Auto), cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32);
+  EXPECT_EQ(parse_backend_kind(""), BackendKind::Best);
+  EXPECT_EQ(parse_backend_kind("reference"), BackendKind::Reference);
+  EXPECT_EQ(parse_backend_kind("onednn"), BackendKind::Onednn);
+  EXPECT_THROW(parse_backend_kind("cuda"), std::exception);
+  EXPECT_EQ(make_backend({.precision = Precision::Fp32, .backend = BackendKind::Reference})->name(),
+            make_reference_backend(Precision::Fp32)->name());
 }
 
 TEST(KernelsBackend, LinearMatchesDefinition) {

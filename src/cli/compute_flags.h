@@ -1,0 +1,14 @@
+// cli: how the model is computed (--precision, and AMANUENSIS_BACKEND for comparisons),
+// read here once and passed down as options: library code reads no environment.
+#pragma once
+
+#include "cli/args.h"
+#include "nn/whisper.h"
+
+namespace amanuensis::cli {
+
+// --precision auto|fp32|bf16 (default auto); the environment variable
+// AMANUENSIS_BACKEND=reference|onednn forces a backend (default: the best one).
+nn::LoadOptions load_options(const Args& args);
+
+}  // namespace amanuensis::cli
