@@ -272,7 +272,8 @@ TEST(CliTranscribe, OneBadFileAmongGoodOnesFailsTheRunButPrintsTheRest) {
 // ---------------------------------------------------------------------------------------
 // Teacher-forced logits
 
-void expect_logits_match(const fs::path& mine, const fs::path& reference, double max_tolerance) {
+void expect_logits_match(const fs::path& mine, const fs::path& reference, double max_tolerance,
+                         double mean_tolerance = 0.02) {
   const auto a = read_floats(mine);
   const auto b = read_floats(reference);
   ASSERT_EQ(a.size(), 11u * kEnglishVocab);
@@ -285,24 +286,39 @@ void expect_logits_match(const fs::path& mine, const fs::path& reference, double
     sum_diff += d;
   }
   EXPECT_LE(max_diff, max_tolerance);
-  EXPECT_LE(sum_diff / a.size(), 0.02) << "mean abs difference";
+  EXPECT_LE(sum_diff / a.size(), mean_tolerance) << "mean abs difference";
+}
+
+// dump-logits of the f32 model from the kit's mel, computed in `precision`.
+fs::path dump_f32_model_logits(const std::string& precision) {
+  const auto out = scratch() / ("f32-" + precision + ".logits");
+  std::vector<std::string> args = {"dump-logits", "--threads", "1", "--precision", precision,
+                                   "--model", model("micro.en-f32"), "--mel", ref("jfk.mel.f32").string(),
+                                   "--out", out.string()};
+  args.insert(args.end(), kJfkTokens.begin(), kJfkTokens.end());
+  const auto r = run_cli(args);
+  EXPECT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(fs::file_size(out), 11u * kEnglishVocab * sizeof(float));
+  return out;
 }
 
 TEST(CliDumpLogits, MelInputMatchesTheF32Reference) {
-  const auto out = scratch() / "f32.logits";
-  std::vector<std::string> args = {"dump-logits", "--threads", "1", "--model", model("micro.en-f32"),
-                                   "--mel",       ref("jfk.mel.f32").string(), "--out", out.string()};
-  args.insert(args.end(), kJfkTokens.begin(), kJfkTokens.end());
-  const auto r = run_cli(args);
-  ASSERT_EQ(r.exit_code, 0) << r;
-  ASSERT_EQ(fs::file_size(out), 11u * kEnglishVocab * sizeof(float));
-  expect_logits_match(out, ref("micro.en-f32__jfk.logits.f32"), 0.15);
+  expect_logits_match(dump_f32_model_logits("fp32"), ref("micro.en-f32__jfk.logits.f32"), 0.15);
+}
+
+// bf16 (the default on CPUs with native bf16; emulated elsewhere): the bf16 tolerance of
+// the conformance suite, and clearly not the same bits as fp32.
+TEST(CliDumpLogits, Bf16IsWithinTheBf16Tolerance) {
+  const auto bf16 = dump_f32_model_logits("bf16");
+  expect_logits_match(bf16, ref("micro.en-f32__jfk.logits.f32"), 1.0, 0.1);
+  EXPECT_NE(read_floats(bf16), read_floats(dump_f32_model_logits("fp32")));
 }
 
 TEST(CliDumpLogits, AudioInputMatchesTheF16Reference) {
   const auto out = scratch() / "f16.logits";
-  std::vector<std::string> args = {"dump-logits", "--threads", "1", "--model", model("micro.en-f16"),
-                                   "--audio",     audio("jfk.wav").string(), "--out", out.string()};
+  std::vector<std::string> args = {"dump-logits", "--threads", "1", "--precision", "fp32",
+                                   "--model", model("micro.en-f16"), "--audio", audio("jfk.wav").string(),
+                                   "--out", out.string()};
   args.insert(args.end(), kJfkTokens.begin(), kJfkTokens.end());
   const auto r = run_cli(args);
   ASSERT_EQ(r.exit_code, 0) << r;
