@@ -71,12 +71,6 @@ SRC=$(realpath "$SRC")
 SHARED=$(realpath "$SHARED")
 [ -z "$HOST_CLI" ] || HOST_CLI=$(realpath "$HOST_CLI")
 
-WORK=$(mktemp -d /var/tmp/amanuensis-fresh.XXXXXX)
-ROOT=$WORK/root
-STAGE=""
-if [ -n "$LOG_DIR" ]; then mkdir -p "$LOG_DIR"; LOG=$LOG_DIR/fresh-root.log; else LOG=$WORK/fresh-root.log; fi
-: >"$LOG"
-
 # Unmounts everything mounted at or below $1, deepest first.
 unmount_below() {
   local base=$1 target
@@ -85,17 +79,40 @@ unmount_below() {
   done
 }
 still_mounted() { findmnt -rn -o TARGET | awk -v b="$1" 'index($0, b "/") == 1 { found = 1 } END { exit !found }'; }
+remove_tree() {
+  unmount_below "$1"
+  if still_mounted "$1"; then
+    echo "fresh-root: something is still mounted below $1; NOT removing it (remove it by hand)" >&2
+    return 1
+  fi
+  rm -rf --one-file-system "$1"
+}
+
+# A run killed outright (CTest's timeout sends SIGKILL, so no trap runs) leaves its copy
+# behind, mounts included: remove every copy whose run is gone.
+for stale in /var/tmp/amanuensis-fresh.*; do
+  [ -d "$stale" ] || continue
+  pid=$(cat "$stale/pid" 2>/dev/null || echo 0)
+  if [ "$pid" -gt 0 ]; then
+    ! kill -0 "$pid" 2>/dev/null || continue
+  elif [ -n "$(find "$stale" -maxdepth 0 -mmin -10)" ]; then
+    continue  # being created this moment (its run writes the pid file first thing)
+  fi
+  echo "fresh-root: removing $stale, left by a run that was killed"
+  remove_tree "$stale" || true
+done
+
+WORK=$(mktemp -d /var/tmp/amanuensis-fresh.XXXXXX)
+echo $$ >"$WORK/pid"
+ROOT=$WORK/root
+STAGE=""
+if [ -n "$LOG_DIR" ]; then mkdir -p "$LOG_DIR"; LOG=$LOG_DIR/fresh-root.log; else LOG=$WORK/fresh-root.log; fi
+: >"$LOG"
 
 cleanup() {
   local rc=$?
   for dir in "$WORK" ${STAGE:+"$STAGE"}; do
-    unmount_below "$dir"
-    if still_mounted "$dir"; then
-      echo "fresh-root: something is still mounted below $dir; NOT removing it (remove it by hand)" >&2
-      rc=1
-    else
-      rm -rf --one-file-system "$dir"
-    fi
+    remove_tree "$dir" || rc=1
   done
   exit "$rc"
 }
@@ -108,6 +125,9 @@ KEY=$SUITE-minbase-$(dpkg --print-architecture)-$(date -u +%G-W%V)-r$RECIPE
 TARBALL=$CACHE/$KEY.tar
 exec 9>"$CACHE/lock"
 flock 9
+for stale in "$CACHE"/stage.*; do  # holding the lock: no other run is staging
+  [ ! -d "$stale" ] || remove_tree "$stale" || true
+done
 if [ -f "$TARBALL" ]; then
   say "bare root: cached $TARBALL"
 else
@@ -175,12 +195,13 @@ mount --bind /dev/pts "$ROOT/dev/pts"
 
 # A login's environment, nothing inherited from this one.
 OUT=$WORK/stdout
+ERR=$WORK/stderr
 set +e
 chroot "$ROOT" /usr/bin/env -i HOME=/root TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  "${NODE_CA[@]}" /bin/bash -c "cd /work/amanuensis && $COMMAND" >"$OUT" 2>>"$LOG"
+  "${NODE_CA[@]}" /bin/bash -c "cd /work/amanuensis && $COMMAND" >"$OUT" 2>"$ERR"
 RC=$?
 set -e
-{ echo "---- standard output:"; cat "$OUT"; } >>"$LOG"
+{ echo "---- standard error:"; cat "$ERR"; echo "---- standard output:"; cat "$OUT"; } >>"$LOG"
 say "the command exited with $RC (full log: $LOG)"
 
 # Keep the downloaded packages for the next run (download time only).
@@ -191,8 +212,11 @@ find "$ROOT/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -l -t "$C
 flock -u 9
 
 if [ "$RC" -ne 0 ]; then
-  echo "fresh-root: FAILED: the README's first command exited with $RC in a fresh $SUITE root; its last lines:" >&2
-  tail -n 60 "$LOG" >&2
+  echo "fresh-root: FAILED: the README's first command exited with $RC in a fresh $SUITE root" >&2
+  echo "---- its standard error, last lines:" >&2
+  tail -n 40 "$ERR" >&2
+  echo "---- its standard output, last lines:" >&2
+  tail -n 15 "$OUT" >&2
   exit 1
 fi
 
