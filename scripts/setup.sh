@@ -15,6 +15,8 @@ PACKAGES=(
   # Debian's libdnnl-dev is built with the OpenCL GPU runtime: its CMake config needs the
   # OpenCL headers and loader, which are only a Recommends (not installed below).
   ocl-icd-opencl-dev
+  # The fresh-machine test (tests/fresh) builds a minimal bookworm root with it.
+  debootstrap
 )
 
 missing=()

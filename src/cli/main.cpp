@@ -24,6 +24,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "mel/log_mel.h"
+#include "model/quantize.h"
 #include "pipeline/output_formats.h"
 #include "pipeline/transcriber.h"
 
@@ -38,6 +39,7 @@ usage:
   amanuensis serve --model MODEL.bin [--host ADDR] [--port N] [options]   (HTTP API, see below)
   amanuensis bench --model MODEL.bin [options]   (stage timings; --help for its options)
   amanuensis loadtest --url http://HOST:PORT [options] FILE [FILE ...]   (load a running server, see below)
+  amanuensis quantize IN.bin OUT.bin TYPE   (TYPE: q8_0, q5_0, q5_1, q4_0 or q4_1; IN f32 or f16)
   amanuensis --help | --version
 
 transcribe options:
@@ -217,6 +219,24 @@ int run_dump_logits(const Args& args) {
   return 0;
 }
 
+// Writes IN quantized to TYPE as OUT, byte for byte what whisper.cpp's quantize tool makes.
+int run_quantize(const Args& args) {
+  const auto& files = args.positional();
+  if (files.size() != 3) throw Error("usage: amanuensis quantize IN.bin OUT.bin TYPE (TYPE: q8_0, q5_0, q5_1, q4_0, q4_1)");
+  const auto type = model::parse_quantization_type(files[2]);
+  const auto summary = model::quantize_model_file(files[0], files[1], type);
+  const auto megabytes = [](std::size_t bytes) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.2f MB", bytes / 1e6);
+    return std::string(text);
+  };
+  std::cerr << "quantized " << summary.quantized << " of " << summary.tensors << " tensors from "
+            << model::tensor_type_name(summary.source_type) << " to " << model::tensor_type_name(type) << ": "
+            << files[0] << " (" << megabytes(summary.bytes_in) << ") -> " << files[1] << " ("
+            << megabytes(summary.bytes_out) << ")\n";
+  return 0;
+}
+
 int run(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {
     std::cout << kUsage << "\n" << kDecodingUsage << "\n" << kServeUsage << "\n" << kLoadtestUsage;
@@ -240,6 +260,7 @@ int run(const std::vector<std::string>& argv) {
   }
   if (command == "bench") return run_bench(rest);
   if (command == "loadtest") return run_loadtest(rest);
+  if (command == "quantize") return run_quantize(Args(rest, {}, {}));
   if (command == "dump-logits") {
     Args args(rest, {}, {"model", "audio", "mel", "tokens", "out", "threads", "pcm-rate", "pcm-channels", "pcm-format",
                          "precision"});

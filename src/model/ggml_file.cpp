@@ -312,6 +312,7 @@ ModelFile ModelFile::parse(std::span<const std::byte> bytes, std::string source)
     }
     t.data = in.take(tensor_bytes(t.type, t.elements()), "tensor " + t.name);
     if (model.tensors_.count(t.name)) throw Error(source + ": tensor " + t.name + " appears twice");
+    model.tensor_order_.push_back(t.name);
     model.tensors_.emplace(t.name, std::move(t));
   }
 

@@ -81,6 +81,8 @@ class ModelFile {
   const TensorView& tensor(const std::string& name) const;
   bool has_tensor(const std::string& name) const { return tensors_.count(name) != 0; }
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  // Tensor names in the order the file stores them.
+  const std::vector<std::string>& tensor_order() const { return tensor_order_; }
 
  private:
   struct Mapping;
@@ -93,6 +95,7 @@ class ModelFile {
   std::vector<float> mel_filters_;
   std::vector<std::string> vocabulary_;
   std::map<std::string, TensorView> tensors_;
+  std::vector<std::string> tensor_order_;
 };
 
 // Expected tensor table for a header: name -> (type class, PyTorch-order shape).

@@ -465,5 +465,53 @@ TEST(CliErrors, DumpLogitsBadTokensAndInputs) {
   EXPECT_FALSE(fs::exists(out)) << "no output file after a failed run";
 }
 
+// ---------------------------------------------------------------------------------------
+// quantize (the bytes themselves: model_quantize_test and the quantize_kit_models test)
+
+TEST(CliQuantize, WritesTheKitFileAndASummary) {
+  const auto out = scratch() / "q8_0.bin";
+  const auto r = run_cli({"quantize", model("micro.en-f16"), out.string(), "q8_0"});
+  ASSERT_EQ(r.signal, 0) << r;
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_TRUE(r.out.empty()) << r;
+  EXPECT_NE(r.err.find("quantized 33 of 89 tensors from f16 to q8_0"), std::string::npos) << r;
+  EXPECT_EQ(read_text(out), read_text(testing::model_path("micro.en-q8_0")));
+}
+
+// q5_0 and q4_1 have no kit file: a model quantized to them must transcribe like any other.
+TEST(CliQuantize, TypesWithoutAKitFileTranscribe) {
+  for (const char* type : {"q5_0", "q4_1"}) {
+    SCOPED_TRACE(type);
+    const auto out = scratch() / (std::string("micro.en-") + type + ".bin");
+    const auto q = run_cli({"quantize", model("micro.en-f16"), out.string(), type});
+    ASSERT_EQ(q.exit_code, 0) << q;
+    const auto r = run_cli({"transcribe", "--threads", "1", "--no-fallback", "--output-format", "json", "--model",
+                            out.string(), audio("jfk.wav").string()});
+    ASSERT_EQ(r.exit_code, 0) << r;
+    EXPECT_FALSE(json::parse(r.out).at("text").get<std::string>().empty()) << r;
+  }
+}
+
+TEST(CliQuantize, Errors) {
+  const auto out = scratch() / "never.bin";
+  const auto f16 = model("micro.en-f16");
+  expect_clean_failure(run_cli({"quantize", f16, out.string(), "q3_k"}),
+                       "unknown quantization type 'q3_k' (supported: q8_0, q5_0, q5_1, q4_0, q4_1)");
+  expect_clean_failure(run_cli({"quantize", f16, out.string(), "f16"}), "unknown quantization type 'f16'");
+  expect_clean_failure(run_cli({"quantize", model("micro.en-q5_1"), out.string(), "q4_0"}),
+                       "is already quantized (q5_1); quantize from the f32 or f16 model");
+  const auto missing = (scratch() / "no-such-model.bin").string();
+  expect_clean_failure(run_cli({"quantize", missing, out.string(), "q8_0"}),
+                       "cannot open model file " + missing + ": No such file or directory");
+  const auto no_dir = (scratch() / "no-such-dir" / "out.bin").string();
+  expect_clean_failure(run_cli({"quantize", f16, no_dir, "q8_0"}),
+                       "cannot write " + no_dir + ": No such file or directory");
+  expect_clean_failure(run_cli({"quantize", f16, scratch().string(), "q8_0"}), "it is a directory");
+  expect_clean_failure(run_cli({"quantize", f16, out.string()}), "usage: amanuensis quantize IN.bin OUT.bin TYPE");
+  expect_clean_failure(run_cli({"quantize", f16, out.string(), "q8_0", "extra"}), "usage: amanuensis quantize");
+  expect_clean_failure(run_cli({"quantize", "--threads", "1", f16, out.string(), "q8_0"}), "unknown option --threads");
+  EXPECT_FALSE(fs::exists(out)) << "no output file after a failed run";
+}
+
 }  // namespace
 }  // namespace amanuensis

@@ -27,6 +27,9 @@ int nibble(const std::byte* qs, int j) {
   return j < 16 ? (b & 0x0f) : (b >> 4);
 }
 
+// Bit 4 of value j of a q5 block (as an int, so that code - 16 stays signed).
+int fifth_bit(std::uint32_t qh, int j) { return static_cast<int>((qh >> j) & 1) << 4; }
+
 void dequantize_blocks(model::TensorType type, const std::byte* in, float* out, std::size_t n) {
   using model::TensorType;
   const std::size_t blocks = n / kBlock;
@@ -55,7 +58,8 @@ void dequantize_blocks(model::TensorType type, const std::byte* in, float* out, 
       case TensorType::Q5_0: {
         const float d = half_to_float(load_u16(in));
         const std::uint32_t qh = load_u32(in + 2);
-        for (int j = 0; j < kBlock; ++j) out[j] = d * ((nibble(in + 6, j) | (((qh >> j) & 1) << 4)) - 16);
+        // signed arithmetic: codes below 16 are negative weights
+        for (int j = 0; j < kBlock; ++j) out[j] = d * ((nibble(in + 6, j) | fifth_bit(qh, j)) - 16);
         in += 22;
         break;
       }
@@ -63,7 +67,7 @@ void dequantize_blocks(model::TensorType type, const std::byte* in, float* out, 
         const float d = half_to_float(load_u16(in));
         const float m = half_to_float(load_u16(in + 2));
         const std::uint32_t qh = load_u32(in + 4);
-        for (int j = 0; j < kBlock; ++j) out[j] = d * (nibble(in + 8, j) | (((qh >> j) & 1) << 4)) + m;
+        for (int j = 0; j < kBlock; ++j) out[j] = d * (nibble(in + 8, j) | fifth_bit(qh, j)) + m;
         in += 24;
         break;
       }
@@ -74,44 +78,6 @@ void dequantize_blocks(model::TensorType type, const std::byte* in, float* out, 
 }
 
 }  // namespace
-
-float half_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
-  std::uint32_t exponent = (h >> 10) & 0x1f;
-  std::uint32_t mantissa = h & 0x3ff;
-  std::uint32_t bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000 | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal half: normalise
-    exponent = 113;
-    while ((mantissa & 0x400) == 0) {
-      mantissa <<= 1;
-      --exponent;
-    }
-    bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
-
-std::uint16_t float_to_half(float f) {
-  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
-  const std::uint32_t sign = (x >> 16) & 0x8000;
-  const std::uint32_t abs = x & 0x7fffffff;
-  if (abs >= 0x7f800000) return static_cast<std::uint16_t>(sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 : 0));
-  if (abs >= 0x477ff000) return static_cast<std::uint16_t>(sign | 0x7c00);  // overflows to inf
-  if (abs < 0x38800000) {  // subnormal or zero in half
-    const float scaled = std::bit_cast<float>(abs) * 16777216.0f;  // * 2^24: units of the half subnormal step
-    const auto q = static_cast<std::uint32_t>(std::nearbyint(scaled));
-    return static_cast<std::uint16_t>(sign | q);
-  }
-  // normal: round mantissa to 10 bits, nearest even
-  std::uint32_t rounded = abs + 0xfff + ((abs >> 13) & 1);
-  return static_cast<std::uint16_t>(sign | ((rounded - 0x38000000) >> 13));
-}
 
 void dequantize(model::TensorType type, std::span<const std::byte> in, std::span<float> out) {
   using model::TensorType;

@@ -5,12 +5,14 @@
 #include <cstdint>
 #include <span>
 
+#include "model/fp16.h"
 #include "model/ggml_file.h"
 
 namespace amanuensis::kernels::cpu {
 
-float half_to_float(std::uint16_t h);
-std::uint16_t float_to_half(float f);  // round to nearest even
+// The file format's half conversion (model/fp16.h), used by every backend.
+using model::float_to_half;
+using model::half_to_float;
 
 // Converts `out.size()` consecutive values stored in `type` format (starting at a block
 // boundary for quantized types) to float.
