@@ -63,6 +63,7 @@ SchedulerStats BatchingScheduler::stats() const {
     s.queued_audio_seconds = queued_seconds_;
     s.active_jobs = active_;
     s.slots = n_slots_;
+    s.shutting_down = stopping_;
   }
   s.batches = compute_.counts();
   return s;

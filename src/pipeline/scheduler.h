@@ -61,6 +61,7 @@ struct SchedulerStats {
   double queued_audio_seconds = 0.0;
   std::size_t active_jobs = 0;
   int slots = 0;
+  bool shutting_down = false;  // shutdown() began: no new job is taken
   BatchCounts batches;
 };
 

@@ -199,6 +199,7 @@ decoding::HallucinationDecision hallucination_step(std::span<const Segment> segm
 struct Decoded {
   WindowResult result;
   decoding::DecodeQuality quality;
+  std::vector<float> temperatures_tried;
 };
 
 // OpenAI's decode_with_fallback(): greedy first, then sampling at rising temperatures
@@ -210,6 +211,7 @@ Decoded decode_with_fallback(const decoding::WindowDecoder& decoder, const text:
   Decoded decoded;
   for (std::size_t i = 0; i < options.temperatures.size(); ++i) {
     const float t = options.temperatures[i];
+    decoded.temperatures_tried.push_back(t);
     // the seed depends on the window, so windows of one file sample differently
     const std::uint64_t seed = options.seed * 1000003u + static_cast<std::uint64_t>(seek);
     if (t > 0.0f) {
@@ -349,9 +351,13 @@ Transcript transcribe_all(const Model& model, std::span<const float> samples, co
     const int segment_size = std::min(kWindowFrames, content_frames - seek);
     const auto cross = encode_window(model, runner, window_at(mel, seek, content_frames, semantics));
     std::span<const TokenId> prompt(all_tokens.data() + prompt_reset_since, all_tokens.size() - prompt_reset_since);
-    const auto [result, quality] = decode_with_fallback(decoder, tok, cross, prompt, options, seek, content_frames - seek);
+    const auto decoded = decode_with_fallback(decoder, tok, cross, prompt, options, seek, content_frames - seek);
+    const auto& [result, quality, temperatures_tried] = decoded;
     out.window_seeks.push_back(seek);
-    if (decoding::is_silent_window(quality, options.thresholds)) {
+    const bool silent = decoding::is_silent_window(quality, options.thresholds);
+    if (options.on_window)
+      options.on_window({seek, segment_size, decoder.initial_tokens(prompt), temperatures_tried, result, silent});
+    if (silent) {
       seek += segment_size;
       if (options.progress) options.progress(std::min(frames_to_seconds(seek), out.duration), out.duration);
       continue;

@@ -26,6 +26,17 @@ namespace amanuensis::pipeline {
 
 using text::TokenId;
 
+// One window as the long-form loop decoded it, reported through
+// TranscribeOptions::on_window: what conditioned the decoder and every decode tried.
+struct WindowTrace {
+  int seek = 0;                              // mel frame where the window starts
+  int segment_size = 0;                      // mel frames of audio in the window
+  std::vector<TokenId> initial_tokens;       // [<|startofprev|> prompt...] <|startoftranscript|> ...
+  std::vector<float> temperatures_tried;     // in order; the last one gave `kept`
+  decoding::WindowResult kept;               // the decode the window's segments come from
+  bool skipped_as_silence = false;           // no-speech window: no segments, seek moved by the window
+};
+
 struct TranscribeOptions {
   decoding::DecodeOptions decode;
   // Temperature fallback: each window is decoded at the first temperature, and again at
@@ -49,6 +60,9 @@ struct TranscribeOptions {
   nn::Runner* runner = nullptr;
   // Called after every window with the seconds of audio done and in total.
   std::function<void(double done, double total)> progress;
+  // Called after every window is decoded, before its segments are built: lets tests and
+  // debugging tools see the prompt, the fallback and the tokens the seek is computed from.
+  std::function<void(const WindowTrace&)> on_window;
 };
 
 struct Segment {

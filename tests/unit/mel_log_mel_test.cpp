@@ -2,7 +2,6 @@
 // kit's reference mels (numpy float64), and the whole-recording / window behaviour.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cmath>
 #include <complex>
 #include <cstdint>
@@ -187,18 +186,6 @@ TEST(LogMel, RejectsFilterbankOfWrongSize) {
   const std::vector<float> samples(1600);
   EXPECT_THROW(log_mel_spectrogram(samples, std::span(filters()).first(100), kMels, 0), Error);
   EXPECT_THROW(log_mel_spectrogram(samples, filters(), 0, 0), Error);
-}
-
-TEST(LogMel, Timing30s) {
-  const auto samples = load_audio("speech-30s");
-  single_window_mel(samples);  // warm-up
-  constexpr int kRuns = 10;
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < kRuns; ++i) single_window_mel(samples);
-  const std::chrono::duration<double, std::milli> elapsed = std::chrono::steady_clock::now() - start;
-  const double ms = elapsed.count() / kRuns;
-  std::cout << "[ mel time ] 30 s window: " << ms << " ms\n";
-  RecordProperty("ms_per_30s", std::to_string(ms));
 }
 
 }  // namespace

@@ -25,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "audio/decode.h"
+#include "pipeline/transcriber.h"
 #include "test_paths.h"
 
 namespace amanuensis {
@@ -241,6 +243,64 @@ TEST(CliTranscribe, LongAudioSegmentsAcrossWindows) {
     seeks.insert(seek);
   }
   EXPECT_GE(seeks.size(), 3u) << "75 s of audio takes at least three windows";
+}
+
+// The segments of a verbose_json transcript, and of a library transcript, as comparable rows.
+struct SegmentRow {
+  int seek = 0;
+  double start = 0, end = 0;
+  std::string text;
+  std::vector<int> tokens;
+  bool operator==(const SegmentRow&) const = default;
+};
+std::ostream& operator<<(std::ostream& os, const SegmentRow& s) {
+  os << "{seek " << s.seek << ", " << s.start << "-" << s.end << ", '" << s.text << "', tokens";
+  for (int t : s.tokens) os << " " << t;
+  return os << "}";
+}
+
+std::vector<SegmentRow> rows_of(const json& verbose) {
+  std::vector<SegmentRow> rows;
+  for (const auto& s : verbose["segments"])
+    rows.push_back({s["seek"], s["start"], s["end"], s["text"], s["tokens"].get<std::vector<int>>()});
+  return rows;
+}
+
+std::vector<SegmentRow> rows_of(const pipeline::Transcript& t) {
+  std::vector<SegmentRow> rows;
+  for (const auto& s : t.segments) rows.push_back({s.seek, s.start, s.end, s.text, {s.tokens.begin(), s.tokens.end()}});
+  return rows;
+}
+
+// --prompt reaches the decoder: the CLI's segments equal those of the library given the
+// same initial prompt, and the prompt changes them (the random model's output depends on
+// every token it is conditioned on), over three windows of speech-75s.
+TEST(CliTranscribe, PromptReachesTheDecoder) {
+  const std::string prompt = "President Kennedy spoke in Berlin.";
+  const auto r = run_cli(transcribe_args("micro.en-f16", audio("speech-75s.wav"),
+                                         {"--no-fallback", "--beam-size", "1", "--sample-len", "24", "--prompt", prompt,
+                                          "--output-format", "verbose_json"}));
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const auto cli = rows_of(json::parse(r.out));
+
+  const auto model = pipeline::Model::load(testing::model_path("micro.en-f16"));
+  const auto samples = audio::load_audio_file(audio("speech-75s.wav"));
+  pipeline::TranscribeOptions o;
+  o.temperatures = {0.0f};
+  o.decode.sample_len = 24;
+  const auto without_prompt = rows_of(pipeline::transcribe(*model, samples, o));
+  o.initial_prompt = prompt;
+  const auto with_prompt = rows_of(pipeline::transcribe(*model, samples, o));
+  ASSERT_NE(with_prompt, without_prompt) << "the prompt must change this model's output for the test to see it";
+  ASSERT_FALSE(cli.empty());
+  ASSERT_EQ(cli.size(), with_prompt.size());
+  for (std::size_t i = 0; i < cli.size(); ++i) {
+    EXPECT_EQ(cli[i].seek, with_prompt[i].seek) << i;
+    EXPECT_NEAR(cli[i].start, with_prompt[i].start, 1e-9) << i;
+    EXPECT_NEAR(cli[i].end, with_prompt[i].end, 1e-9) << i;
+    EXPECT_EQ(cli[i].text, with_prompt[i].text) << i;
+    EXPECT_EQ(cli[i].tokens, with_prompt[i].tokens) << i;
+  }
 }
 
 TEST(CliTranscribe, WhisperCppCompatJson) {

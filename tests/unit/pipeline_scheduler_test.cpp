@@ -124,7 +124,9 @@ TEST_F(SchedulerTest, ShutdownFinishesAcceptedJobsThenRefusesNewOnes) {
   gate.wait_entered();
   auto second = s.submit(job());
   std::thread stopper([&] { s.shutdown(); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // the jobs are released only once shutdown() has begun: both are in flight when it does
+  for (int i = 0; i < 30000 && !s.stats().shutting_down; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_TRUE(s.stats().shutting_down) << "shutdown() did not begin within 30 s";
   gate.release();
   stopper.join();
   EXPECT_FALSE(first.get().dropped);

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <thread>
@@ -102,6 +103,80 @@ inline HttpAnswer http_get(int port, const std::string& path) {
   if (const auto end = reply.find("\r\n\r\n"); end != std::string::npos) answer.body = reply.substr(end + 4);
   return answer;
 }
+
+// The value of one series in the server's /metrics (Prometheus text), or -1 when the
+// series is missing or /metrics does not answer. `series` includes its labels, if any.
+inline double metric(int port, const std::string& series) {
+  const auto answer = http_get(port, "/metrics");
+  const auto at = answer.body.find("\n" + series + " ");
+  return answer.status != 200 || at == std::string::npos ? -1.0
+                                                          : std::atof(answer.body.c_str() + at + series.size() + 2);
+}
+
+inline std::string requests_with_status(int status) {
+  return "amanuensis_requests_total{endpoint=\"/v1/audio/transcriptions\",status=\"" + std::to_string(status) + "\"}";
+}
+
+// Polls `condition` every 10 ms until it holds or `seconds` have passed; returns whether it
+// held. The bound is for a server that never gets there, not a guess at its speed.
+inline bool eventually(const std::function<bool()>& condition, int seconds = 60) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+// A curl upload of `file` to `url` (multipart, model=whisper-1) running as a child process,
+// so that a test can kill the client while the server works on its request.
+class BackgroundUpload {
+ public:
+  BackgroundUpload(const std::string& url, const std::filesystem::path& file) {
+    static int counter = 0;
+    out_ = scratch_dir() / ("upload_" + std::to_string(++counter) + ".status");
+    std::vector<std::string> args = {"curl", "-s", "--max-time", "600", "-o", "/dev/null", "-w", "%{http_code}",
+                                     "-F", "file=@" + file.string(), "-F", "model=whisper-1", url};
+    std::vector<char*> argv;  // built before fork(): the child only execs
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const std::string out_path = out_.string();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (out >= 0) ::dup2(out, STDOUT_FILENO);
+      ::execvp("curl", argv.data());
+      ::_exit(127);
+    }
+  }
+  ~BackgroundUpload() { kill(); }
+  BackgroundUpload(const BackgroundUpload&) = delete;
+  BackgroundUpload& operator=(const BackgroundUpload&) = delete;
+
+  // SIGKILL: the client vanishes mid-request, its socket closed by the kernel.
+  void kill() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+  // Waits (bounded) for curl to finish; the HTTP status it got, 0 for none.
+  int status(int seconds = 120) {
+    for (int i = 0; pid_ > 0 && i < seconds * 100; ++i) {
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (pid_ > 0) return 0;
+    return std::atoi(read_file(out_).c_str());
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::filesystem::path out_;
+};
 
 // `amanuensis serve` with the micro model and the given extra flags (later flags win),
 // killed on destruction. --threads 1 --sample-len 8 --beam-size 1 --no-fallback: the micro

@@ -4,11 +4,9 @@
 // (hysteresis, minimum durations, padding, splitting) on hand-made scores.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -415,15 +413,15 @@ TEST(VadSynthetic, ResultDoesNotDependOnPlacement) {
   EXPECT_LT(worst, 1e-4);
 }
 
-TEST(VadSynthetic, TwoHourRecordingIsFast) {
-  // jfk, 2 s of silence, 2 s of faint noise, repeated for two hours (ten minutes, untimed,
-  // in builds that are not optimised or are instrumented).
+// Its speed is measured by bench/vad_bench.cpp (Google Benchmark), not asserted here: a
+// time limit fails on a loaded machine without any change in the code.
+TEST(VadSynthetic, TwoHourRecordingGivesOneSpanPerRepetition) {
+  // jfk, 2 s of silence, 2 s of faint noise, repeated for two hours (ten minutes in builds
+  // that are not optimised or are instrumented, where two hours would take minutes).
 #if defined(NDEBUG) && !defined(__SANITIZE_ADDRESS__)
   constexpr double kSeconds = 7200;
-  constexpr bool kTimed = true;
 #else
   constexpr double kSeconds = 600;
-  constexpr bool kTimed = false;
 #endif
   const auto jfk = read_wav("jfk.wav");
   const auto noise = gaussian(2, 0.002, 5);
@@ -435,24 +433,10 @@ TEST(VadSynthetic, TwoHourRecordingIsFast) {
     append(x, noise);
   }
   x.resize(static_cast<std::size_t>(kSeconds * kRate));
-  // Best of two runs, in CPU time, so that a busy machine does not count against it.
-  std::vector<SpeechSpan> spans;
-  double cpu = 1e9, wall = 1e9;
-  for (int run = 0; run < (kTimed ? 2 : 1); ++run) {
-    const std::clock_t cpu0 = std::clock();
-    const auto wall0 = std::chrono::steady_clock::now();
-    spans = detect_speech(x);
-    wall = std::min(wall, std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count());
-    cpu = std::min(cpu, static_cast<double>(std::clock() - cpu0) / CLOCKS_PER_SEC);
-  }
-  std::cout << "[vad] " << kSeconds / 60 << " min recording: " << spans.size() << " spans in " << cpu
-            << " s CPU (" << wall << " s wall)\n";
+  const auto spans = detect_speech(x);
   expect_well_formed(spans, x.size());
   // One stretch per repetition (jfk padded; the 4 s gap is longer than the 2 s minimum).
   EXPECT_EQ(spans.size(), static_cast<std::size_t>(std::ceil(kSeconds / 15)));
-  if (kTimed) {
-    EXPECT_LT(cpu, 2.0);
-  }
 }
 
 // ---- Features -----------------------------------------------------------------------
