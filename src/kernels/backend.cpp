@@ -3,6 +3,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "kernels/cpu/fast_math.h"
 
 #ifdef AMANUENSIS_HAVE_ONEDNN
 #include "kernels/onednn/onednn_backend.h"
@@ -64,6 +65,17 @@ std::vector<std::string> cpu_features() {
 #undef AMANUENSIS_FEATURE
 #endif
   return found;
+}
+
+void Backend::attention_f16kv(std::span<const float> q, std::int64_t n_q, std::span<const std::uint16_t> k,
+                              std::span<const std::uint16_t> v, std::int64_t n_kv, int n_head, std::int64_t d,
+                              std::int64_t causal_offset, std::span<float> out) const {
+  thread_local std::vector<float> k32, v32;
+  k32.resize(static_cast<std::size_t>(n_kv * d));
+  v32.resize(static_cast<std::size_t>(n_kv * d));
+  cpu::halves_to_floats(k.data(), k32.data(), n_kv * d);
+  cpu::halves_to_floats(v.data(), v32.data(), n_kv * d);
+  attention(q, n_q, k32, v32, n_kv, n_head, d, causal_offset, out);
 }
 
 Precision resolve(Precision p) {

@@ -103,6 +103,13 @@ class Backend {
                          std::span<const float> v, std::int64_t n_kv, int n_head, std::int64_t d,
                          std::int64_t causal_offset, std::span<float> out) const = 0;
 
+  // attention() with k and v stored as IEEE half (a window's cross-attention keys and
+  // values: half the bytes each decoder step reads). By default widened to float and
+  // passed to attention(); a backend may read the halves directly.
+  virtual void attention_f16kv(std::span<const float> q, std::int64_t n_q, std::span<const std::uint16_t> k,
+                               std::span<const std::uint16_t> v, std::int64_t n_kv, int n_head, std::int64_t d,
+                               std::int64_t causal_offset, std::span<float> out) const;
+
   // Normalises each of `rows` rows of x (length gamma.size()) in place, eps 1e-5.
   virtual void layer_norm(std::span<float> x, std::int64_t rows, std::span<const float> gamma,
                           std::span<const float> beta) const = 0;

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "kernels/cpu/fast_math.h"
 
 namespace amanuensis::nn {
 namespace {
@@ -130,13 +131,16 @@ void capture_scores(AttentionCapture& capture, int layer, std::span<const float>
     if (want_layer != layer || head < 0 || head >= n_head) continue;
     auto& out = capture.scores[i];
     out.resize(static_cast<std::size_t>(n * cross.n_ctx));
-    const float* keys = cross.keys[cache_layer].data();
-    for (std::int64_t t = 0; t < n; ++t)
-      for (std::int64_t a = 0; a < cross.n_ctx; ++a) {
+    const std::uint16_t* keys = cross.keys[cache_layer].data();
+    std::vector<float> key(static_cast<std::size_t>(hd));
+    for (std::int64_t a = 0; a < cross.n_ctx; ++a) {
+      cpu::halves_to_floats(keys + a * d + head * hd, key.data(), hd);
+      for (std::int64_t t = 0; t < n; ++t) {
         float dot = 0.0f;
-        for (std::int64_t j = 0; j < hd; ++j) dot += q[t * d + head * hd + j] * keys[a * d + head * hd + j];
+        for (std::int64_t j = 0; j < hd; ++j) dot += q[t * d + head * hd + j] * key[j];
         out[t * cross.n_ctx + a] = dot * scale;
       }
+    }
   }
 }
 
@@ -199,12 +203,17 @@ CrossAttentionCache Decoder::cross_attention(const AudioFeatures& audio) const {
   const Backend& be = *w_->backend;
   CrossAttentionCache cache;
   cache.n_ctx = audio.n_ctx;
+  const std::int64_t size = audio.n_ctx * audio.d;
+  thread_local std::vector<float> k, v;  // a window's float products, megabytes: kept
+  k.resize(static_cast<std::size_t>(size));
+  v.resize(static_cast<std::size_t>(size));
   for (const auto& block : w_->decoder_blocks) {
-    std::vector<float> k(audio.n_ctx * audio.d), v(audio.n_ctx * audio.d);
     be.linear(audio.states, audio.n_ctx, *block.cross_attn.key.packed, k);
     be.linear(audio.states, audio.n_ctx, *block.cross_attn.value.packed, v);
-    cache.keys.push_back(std::move(k));
-    cache.values.push_back(std::move(v));
+    auto& k16 = cache.keys.emplace_back(static_cast<std::size_t>(size));
+    auto& v16 = cache.values.emplace_back(static_cast<std::size_t>(size));
+    cpu::floats_to_halves(k.data(), k16.data(), size);
+    cpu::floats_to_halves(v.data(), v16.data(), size);
   }
   return cache;
 }
@@ -271,7 +280,7 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
     s.normed = x;
     be.layer_norm(s.normed, n, block.cross_attn_ln.gamma, block.cross_attn_ln.beta);
     be.linear(s.normed, n, *block.cross_attn.query.packed, s.q);
-    be.attention(s.q, n, cross.keys[layer], cross.values[layer], cross.n_ctx, hp.n_text_head, d, -1, s.attended);
+    be.attention_f16kv(s.q, n, cross.keys[layer], cross.values[layer], cross.n_ctx, hp.n_text_head, d, -1, s.attended);
     if (capture) capture_scores(*capture, static_cast<int>(layer), s.q, n, cross, layer, hp.n_text_head, d);
     be.linear(s.attended, n, *block.cross_attn.out.packed, x, Epilogue::Accumulate);
 
@@ -381,8 +390,8 @@ void Decoder::step(std::span<const SequenceStep> steps) const {
       group_q.resize(rows * d);
       group_out.resize(rows * d);
       copy_rows(s.q, group, d, group_q, /*gather=*/true);
-      be.attention(group_q, rows, cross.keys[layer], cross.values[layer], cross.n_ctx, hp.n_text_head, d, -1,
-                   group_out);
+      be.attention_f16kv(group_q, rows, cross.keys[layer], cross.values[layer], cross.n_ctx, hp.n_text_head, d, -1,
+                         group_out);
       copy_rows(group_out, group, d, s.attended, /*gather=*/false);
     }
     be.linear(s.attended, m, *block.cross_attn.out.packed, x, Epilogue::Accumulate);

@@ -72,10 +72,12 @@ struct AudioFeatures {
   std::vector<float> states;
 };
 
-// Cross-attention keys and values of every decoder layer for one window, computed once.
+// Cross-attention keys and values of every decoder layer for one window, computed once
+// and stored as IEEE half: every decoder step of every sequence on the window reads them
+// all, so their bytes bound the step (18 MB a window for tiny in float, 9 in half).
 struct CrossAttentionCache {
   std::int64_t n_ctx = 0;
-  std::vector<std::vector<float>> keys, values;  // per layer, n_ctx x d
+  std::vector<std::vector<std::uint16_t>> keys, values;  // per layer, n_ctx x d, IEEE half
 };
 
 // Self-attention cache of one token sequence.

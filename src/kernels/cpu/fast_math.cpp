@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/fp16.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -391,6 +393,118 @@ void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k
   scores_of_head(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
   for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
   head_values(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
+}
+
+namespace {
+bool have_f16c() {
+#if defined(__x86_64__)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load_half8(const std::uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// head_scores_avx2 with half keys (hd a multiple of 8).
+__attribute__((target("avx2,fma,f16c")))
+void head_scores_f16_avx2(const float* q, std::int64_t n_q, const std::uint16_t* k, std::int64_t stride,
+                          std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores) {
+  for (std::int64_t j = 0; j < n_kv; ++j) {
+    const std::uint16_t* kj = k + j * stride;
+    for (std::int64_t r = 0; r < n_q; ++r) {
+      if (j >= visible[r]) continue;
+      const float* qr = q + r * stride;
+      __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(qr), load_half8(kj));
+      for (std::int64_t i = 8; i < hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), load_half8(kj + i), acc);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      scores[r * n_kv + j] = _mm_cvtss_f32(h) * scale;
+    }
+  }
+}
+
+// head_values with half values (hd a multiple of 8), keys outermost, in key order.
+__attribute__((target("avx2,fma,f16c")))
+void head_values_f16_avx2(const float* p, std::int64_t n_q, const std::uint16_t* v, std::int64_t stride,
+                          std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float* out) {
+  for (std::int64_t r = 0; r < n_q; ++r)
+    for (std::int64_t i = 0; i < hd; ++i) out[r * stride + i] = 0.0f;
+  for (std::int64_t j = 0; j < n_kv; ++j) {
+    const std::uint16_t* vj = v + j * stride;
+    for (std::int64_t r = 0; r < n_q; ++r) {
+      if (j >= visible[r]) continue;
+      const __m256 pr = _mm256_set1_ps(p[r * n_kv + j]);
+      float* o = out + r * stride;
+      for (std::int64_t i = 0; i < hd; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pr, load_half8(vj + i), _mm256_loadu_ps(o + i)));
+    }
+  }
+}
+
+__attribute__((target("avx2,f16c"))) void floats_to_halves_f16c(const float* x, std::uint16_t* y, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) y[i] = model::float_to_half(x[i]);
+}
+
+__attribute__((target("avx2,f16c"))) void halves_to_floats_f16c(const std::uint16_t* x, float* y, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+  for (; i < n; ++i) y[i] = model::half_to_float(x[i]);
+}
+#endif
+}  // namespace
+
+void floats_to_halves(const float* x, std::uint16_t* y, std::int64_t n) {
+#if defined(__x86_64__)
+  if (have_f16c()) return floats_to_halves_f16c(x, y, n);
+#endif
+  for (std::int64_t i = 0; i < n; ++i) y[i] = model::float_to_half(x[i]);
+}
+
+void halves_to_floats(const std::uint16_t* x, float* y, std::int64_t n) {
+#if defined(__x86_64__)
+  if (have_f16c()) return halves_to_floats_f16c(x, y, n);
+#endif
+  for (std::int64_t i = 0; i < n; ++i) y[i] = model::half_to_float(x[i]);
+}
+
+void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std::uint16_t* k, const std::uint16_t* v,
+                                    std::int64_t n_kv, std::int64_t stride, std::int64_t hd, std::int64_t causal_offset,
+                                    float* out) {
+#if defined(__x86_64__)
+  if (have_f16c() && hd % 8 == 0) {
+    thread_local std::vector<float> scores;
+    thread_local std::vector<std::int64_t> visible;
+    scores.resize(static_cast<std::size_t>(n_q * n_kv));
+    visible.resize(static_cast<std::size_t>(n_q));
+    for (std::int64_t r = 0; r < n_q; ++r)
+      visible[r] = causal_offset < 0 ? n_kv : std::min(n_kv, causal_offset + r + 1);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    head_scores_f16_avx2(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
+    for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
+    head_values_f16_avx2(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
+    return;
+  }
+#endif
+  // no F16C: widen this head's rows and take the float path
+  thread_local std::vector<float> k32, v32;
+  k32.resize(static_cast<std::size_t>(n_kv * stride));
+  v32.resize(static_cast<std::size_t>(n_kv * stride));
+  for (std::int64_t j = 0; j < n_kv; ++j) {
+    halves_to_floats(k + j * stride, k32.data() + j * stride, hd);
+    halves_to_floats(v + j * stride, v32.data() + j * stride, hd);
+  }
+  attention_head_few_queries(q, n_q, k32.data(), v32.data(), n_kv, stride, hd, causal_offset, out);
 }
 
 void softmax_fast(float* row, std::int64_t n, std::int64_t n_zero) {

@@ -18,6 +18,17 @@ void softmax_fast(float* row, std::int64_t n, std::int64_t n_zero);
 void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
                                 std::int64_t stride, std::int64_t hd, std::int64_t causal_offset, float* out);
 
+// The same with keys and values stored as IEEE half (a window's cross-attention keys
+// and values: half the bytes a decoder step reads), widened to float as they are read;
+// the arithmetic is the float version's.
+void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std::uint16_t* k, const std::uint16_t* v,
+                                    std::int64_t n_kv, std::int64_t stride, std::int64_t hd, std::int64_t causal_offset,
+                                    float* out);
+
+// Bulk IEEE half conversion (F16C where the CPU has it), rounding to nearest even.
+void floats_to_halves(const float* x, std::uint16_t* y, std::int64_t n);
+void halves_to_floats(const std::uint16_t* x, float* y, std::int64_t n);
+
 // y[i] = exp(x[i]) for x <= 88; inputs below -87.3 give 0 (flushed).
 void exp_fast(const float* x, float* y, std::int64_t n);
 

@@ -400,6 +400,18 @@ class OnednnBackend final : public Backend {
     });
   }
 
+  void attention_f16kv(std::span<const float> q, std::int64_t n_q, std::span<const std::uint16_t> k,
+                       std::span<const std::uint16_t> v, std::int64_t n_kv, int n_head, std::int64_t d,
+                       std::int64_t causal_offset, std::span<float> out) const override {
+    if (n_q > kFewQueries) return Backend::attention_f16kv(q, n_q, k, v, n_kv, n_head, d, causal_offset, out);
+    const std::int64_t hd = d / n_head;
+    maybe_parallel(n_head, 4.0 * n_q * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t h = begin; h < end; ++h)
+        cpu::attention_head_few_queries_f16(q.data() + h * hd, n_q, k.data() + h * hd, v.data() + h * hd, n_kv, d, hd,
+                                            causal_offset, out.data() + h * hd);
+    });
+  }
+
   void layer_norm(std::span<float> x, std::int64_t rows, std::span<const float> gamma,
                   std::span<const float> beta) const override {
     const auto d = static_cast<std::int64_t>(gamma.size());
