@@ -235,6 +235,10 @@ ModelFile ModelFile::open(const std::filesystem::path& path) {
   return model;
 }
 
+void ModelFile::release_pages() const {
+  if (mapping_ && mapping_->address && mapping_->length > 0) madvise(mapping_->address, mapping_->length, MADV_DONTNEED);
+}
+
 ModelFile ModelFile::parse(std::span<const std::byte> bytes, std::string source) {
   ModelFile model;
   model.bytes_ = bytes;

@@ -84,6 +84,12 @@ class ModelFile {
   // Tensor names in the order the file stores them.
   const std::vector<std::string>& tensor_order() const { return tensor_order_; }
 
+  // Drops the mapped file's pages from this process's memory (madvise DONTNEED): call it
+  // once the weights are copied into the backend's own storage, so the model does not
+  // count twice in the resident set. Tensors stay readable: their pages come back from
+  // the file if touched again. No effect on parsed in-memory bytes.
+  void release_pages() const;
+
  private:
   struct Mapping;
   std::shared_ptr<Mapping> mapping_;  // keeps the bytes alive; shared so models can copy cheaply

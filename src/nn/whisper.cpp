@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/fast_math.h"
+#include "model/fp16.h"
 
 namespace amanuensis::nn {
 namespace {
@@ -161,8 +162,21 @@ std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFil
   for (int i = 0; i < hp.n_audio_layer; ++i)
     w->encoder_blocks.push_back(block_weights(be, f, "encoder.blocks." + std::to_string(i), false));
   w->encoder_ln_post = norm_weights(f, "encoder.ln_post");
-  w->token_embedding = cpu::to_dense_matrix(f.tensor("decoder.token_embedding.weight"));
-  w->logits = {be.pack(w->token_embedding.rows, w->token_embedding.cols, w->token_embedding.values, {}, RowsHint::Few)};
+  {
+    auto embedding = cpu::to_dense_matrix(f.tensor("decoder.token_embedding.weight"));
+    w->embedding_dim = embedding.cols;
+    std::vector<std::uint16_t> halves(embedding.values.size());
+    cpu::floats_to_halves(embedding.values.data(), halves.data(), static_cast<std::int64_t>(halves.size()));
+    bool exact = true;
+    for (std::size_t i = 0; i < halves.size() && exact; ++i) exact = model::half_to_float(halves[i]) == embedding.values[i];
+    if (exact) {
+      w->token_embedding_f16 = std::move(halves);
+    } else {
+      w->token_embedding_f32 = embedding.values;
+    }
+    // the same matrix is the output projection (moved: no third copy at load)
+    w->logits = {be.pack(embedding.rows, embedding.cols, std::move(embedding.values), {}, RowsHint::Few)};
+  }
   w->decoder_positions = cpu::to_float_vector(f.tensor("decoder.positional_embedding"));
   for (int i = 0; i < hp.n_text_layer; ++i)
     w->decoder_blocks.push_back(block_weights(be, f, "decoder.blocks." + std::to_string(i), true));
@@ -228,9 +242,14 @@ KvCache Decoder::new_cache() const {
 }
 
 void Decoder::embed(TokenId token, std::int64_t position, std::span<float> out) const {
-  const auto emb = w_->token_embedding.row(token);
-  const float* pos = w_->decoder_positions.data() + position * static_cast<std::int64_t>(out.size());
-  for (std::size_t j = 0; j < out.size(); ++j) out[j] = emb[j] + pos[j];
+  const std::int64_t d = w_->embedding_dim;
+  if (w_->token_embedding_f16.empty()) {
+    std::copy_n(w_->token_embedding_f32.data() + token * d, d, out.data());
+  } else {
+    cpu::halves_to_floats(w_->token_embedding_f16.data() + token * d, out.data(), d);
+  }
+  const float* pos = w_->decoder_positions.data() + position * d;
+  for (std::int64_t j = 0; j < d; ++j) out[j] += pos[j];
 }
 
 void Decoder::copy_cache(const KvCache& from, KvCache& to) const {

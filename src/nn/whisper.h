@@ -54,7 +54,11 @@ struct WhisperWeights {
   std::vector<float> encoder_positions;  // n_audio_ctx x d
   std::vector<BlockWeights> encoder_blocks;
   NormWeights encoder_ln_post;
-  kernels::cpu::DenseMatrix token_embedding;  // n_vocab x d, for the embedding lookup
+  // n_vocab x d, for the embedding lookup: as IEEE half when every value is exact in it
+  // (f16 and quantized-to-f16-exact files: half the memory of floats), else as float
+  std::int64_t embedding_dim = 0;
+  std::vector<std::uint16_t> token_embedding_f16;
+  std::vector<float> token_embedding_f32;
   LinearWeights logits;                       // the same matrix as the output projection
   std::vector<float> decoder_positions;       // n_text_ctx x d
   std::vector<BlockWeights> decoder_blocks;
