@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -140,6 +141,33 @@ TEST(KernelsBackend, AttentionMatchesDefinition) {
           }
         }
       EXPECT_LE(worst, tolerance(*backend, 1.0));  // bf16: many-query attention multiplies in bf16
+    }
+  }
+}
+
+// Keys and values stored as half: the same as attention() on the widened values, within
+// float rounding, whether the backend reads the halves itself (few queries: the decoder's
+// steps) or widens them (many queries).
+TEST(KernelsBackend, HalfKeysAndValuesMatchWidenedOnes) {
+  for (const auto& backend : all_backends()) {
+    SCOPED_TRACE(backend->name());
+    const int n_head = 6;
+    const std::int64_t d = 384, n_kv = 300;
+    auto k = random_values(n_kv * d, 11, 1.0f), v = random_values(n_kv * d, 12, 1.0f);
+    std::vector<std::uint16_t> k16(k.size()), v16(v.size());
+    cpu::floats_to_halves(k.data(), k16.data(), static_cast<std::int64_t>(k.size()));
+    cpu::floats_to_halves(v.data(), v16.data(), static_cast<std::int64_t>(v.size()));
+    cpu::halves_to_floats(k16.data(), k.data(), static_cast<std::int64_t>(k.size()));
+    cpu::halves_to_floats(v16.data(), v.data(), static_cast<std::int64_t>(v.size()));
+    for (const std::int64_t n_q : {1, 5, 40}) {
+      SCOPED_TRACE("n_q " + std::to_string(n_q));
+      const auto q = random_values(n_q * d, 13, 1.0f);
+      std::vector<float> widened(n_q * d), halves(n_q * d);
+      backend->attention(q, n_q, k, v, n_kv, n_head, d, -1, widened);
+      backend->attention_f16kv(q, n_q, k16, v16, n_kv, n_head, d, -1, halves);
+      double worst = 0.0;
+      for (std::size_t i = 0; i < widened.size(); ++i) worst = std::max(worst, std::abs(double(widened[i]) - halves[i]));
+      EXPECT_LE(worst, 1e-5);
     }
   }
 }
