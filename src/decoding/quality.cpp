@@ -14,7 +14,7 @@ double compression_ratio(std::string_view text) {
   std::vector<Bytef> buffer(size);
   if (compress2(buffer.data(), &size, reinterpret_cast<const Bytef*>(text.data()), static_cast<uLong>(text.size()),
                 Z_DEFAULT_COMPRESSION) != Z_OK) {
-    throw Error("internal: zlib compression failed");
+    throw InternalError("zlib compression failed");
   }
   return static_cast<double>(text.size()) / static_cast<double>(size);
 }

@@ -117,7 +117,7 @@ std::pair<std::vector<int>, std::vector<int>> dynamic_time_warping(std::span<con
       case 0: --i, --j; break;
       case 1: --i; break;
       case 2: --j; break;
-      default: throw Error("internal: dynamic time warping left its table");
+      default: throw InternalError("dynamic time warping left its table");
     }
   }
   std::reverse(row_path.begin(), row_path.end());
@@ -126,7 +126,7 @@ std::pair<std::vector<int>, std::vector<int>> dynamic_time_warping(std::span<con
 }
 
 std::vector<float> median_filter_rows(std::span<const float> x, int rows, int cols, int width) {
-  if (width % 2 == 0 || width < 1) throw Error("internal: median filter width must be odd");
+  if (width % 2 == 0 || width < 1) throw InternalError("median filter width must be odd");
   const int pad = width / 2;
   if (cols <= pad) return {x.begin(), x.end()};  // OpenAI skips the filter when the row is too short
   std::vector<float> out(x.size());
@@ -185,7 +185,7 @@ std::vector<WordTiming> align_words(const text::Tokenizer& tokenizer, std::span<
                                     bool space_delimited) {
   if (text_tokens.empty() || n_heads <= 0 || audio_positions <= 0) return {};
   const std::size_t plane = static_cast<std::size_t>(n_tokens) * audio_positions;
-  if (attention.size() != plane * n_heads) throw Error("internal: attention size does not match its shape");
+  if (attention.size() != plane * n_heads) throw InternalError("attention size does not match its shape");
 
   // standardise each head over the tokens (per audio position), median-filter, average heads
   std::vector<float> matrix(plane, 0.0f);

@@ -41,7 +41,7 @@ bool cpu_has_native_bf16() {
 
 void check_pack_sizes(std::int64_t rows, std::int64_t cols, std::span<const float> values, std::span<const float> bias) {
   if (static_cast<std::int64_t>(values.size()) != rows * cols || (!bias.empty() && static_cast<std::int64_t>(bias.size()) != rows))
-    throw Error("internal: pack called with mismatched sizes");
+    throw InternalError("pack called with mismatched sizes");
 }
 
 std::vector<std::string> cpu_features() {

@@ -135,7 +135,7 @@ void quantize_block(TensorType type, const float* x, std::byte* out) {
     case TensorType::F16:
       break;
   }
-  throw Error("internal: quantize_block called for " + std::string(tensor_type_name(type)));
+  throw InternalError("quantize_block called for " + std::string(tensor_type_name(type)));
 }
 
 // The output file: written under a temporary name beside the target, renamed into place by
@@ -218,7 +218,7 @@ std::int32_t quantized_ftype(TensorType type) {
     case TensorType::Q5_1: ftype = 9; break;
     case TensorType::F32:
     case TensorType::F16:
-      throw Error("internal: quantized_ftype called for " + std::string(tensor_type_name(type)));
+      throw InternalError("quantized_ftype called for " + std::string(tensor_type_name(type)));
   }
   return ftype + kQuantVersion * kQuantVersionFactor;
 }
@@ -230,9 +230,9 @@ bool is_quantizable(std::string_view name, int n_dims) {
 }
 
 void quantize_values(TensorType type, std::span<const float> values, std::span<std::byte> out) {
-  if (values.size() % kBlock != 0) throw Error("internal: quantize_values needs a multiple of 32 values");
+  if (values.size() % kBlock != 0) throw InternalError("quantize_values needs a multiple of 32 values");
   const std::size_t block_bytes = tensor_bytes(type, kBlock);
-  if (out.size() != values.size() / kBlock * block_bytes) throw Error("internal: quantize_values output size");
+  if (out.size() != values.size() / kBlock * block_bytes) throw InternalError("quantize_values output size");
   for (std::size_t b = 0; b < values.size() / kBlock; ++b) {
     quantize_block(type, values.data() + b * kBlock, out.data() + b * block_bytes);
   }

@@ -321,10 +321,10 @@ void Decoder::check_step(std::span<const SequenceStep> steps) const {
   for (const auto& step : steps) caches.push_back(step.cache);
   std::sort(caches.begin(), caches.end());
   if (std::adjacent_find(caches.begin(), caches.end()) != caches.end())
-    throw Error("internal: one KV cache appears twice in a decoder step");
+    throw InternalError("one KV cache appears twice in a decoder step");
   for (const auto& step : steps) {
     if (!step.cache || !step.cross || step.logits.size() < static_cast<std::size_t>(hp.n_vocab))
-      throw Error("internal: a decoder step needs a cache, audio and room for the logits");
+      throw InternalError("a decoder step needs a cache, audio and room for the logits");
     if (step.token < 0 || step.token >= hp.n_vocab) throw Error("token id " + std::to_string(step.token) + " out of range");
     if (step.cache->n_past + 1 > hp.n_text_ctx) {
       throw Error("token sequence of " + std::to_string(step.cache->n_past + 1) +

@@ -497,7 +497,8 @@ class Session : public std::enable_shared_from_this<Session> {
       result = future_.get();
     } catch (const Error& e) {
       return send_error(bad_request(e.what()));
-    } catch (const std::exception& e) {
+    } catch (const std::exception& e) {  // InternalError among them: a bug, so it is logged
+      std::fprintf(stderr, "amanuensis serve: transcription failed: %s\n", e.what());
       return send_error({500, std::string("transcription failed: ") + e.what(), "server_error", std::nullopt, std::nullopt});
     }
     if (result.dropped && client_gone_ && *client_gone_) {

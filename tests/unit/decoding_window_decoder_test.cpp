@@ -113,5 +113,22 @@ TEST(Sampling, SeededAndReproducible) {
   EXPECT_NEAR(best.sum_logprob / std::max<double>(1.0, static_cast<double>(best.tokens.size())), best_score, 1e-5);
 }
 
+// A step that names one KV cache twice is a bug in the caller, not bad input: an
+// InternalError (a 500 in the server), never an Error (which would be a 400).
+TEST(DecoderStep, BrokenInvariantIsAnInternalErrorNotABadRequest) {
+  auto& en = load("micro.en-f16");
+  auto cache = en.decoder.new_cache();
+  std::vector<float> a(static_cast<std::size_t>(en.decoder.n_vocab())), b(a.size());
+  const nn::SequenceStep steps[] = {{0, &cache, &en.audio, a}, {0, &cache, &en.audio, b}};
+  EXPECT_THROW(en.decoder.step(steps), InternalError);
+  try {
+    en.decoder.step(steps);
+  } catch (const Error&) {
+    ADD_FAILURE() << "an internal invariant was reported as the user's error";
+  } catch (const InternalError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("internal: ", 0), 0u) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace amanuensis::decoding

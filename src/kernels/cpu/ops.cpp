@@ -97,7 +97,7 @@ void linear(std::span<const float> x, std::int64_t m, const DenseMatrix& w, std:
             std::span<float> y) {
   if (static_cast<std::int64_t>(x.size()) < m * w.cols || static_cast<std::int64_t>(y.size()) < m * w.rows ||
       (!bias.empty() && static_cast<std::int64_t>(bias.size()) != w.rows)) {
-    throw Error("internal: linear called with mismatched sizes");
+    throw InternalError("linear called with mismatched sizes");
   }
   if (m >= 8) {
     // split rows across threads, in multiples of four

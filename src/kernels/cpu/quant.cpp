@@ -72,7 +72,7 @@ void dequantize_blocks(model::TensorType type, const std::byte* in, float* out, 
         break;
       }
       default:
-        throw Error("internal: dequantize_blocks called for a non-quantized type");
+        throw InternalError("dequantize_blocks called for a non-quantized type");
     }
   }
 }
@@ -83,7 +83,7 @@ void dequantize(model::TensorType type, std::span<const std::byte> in, std::span
   using model::TensorType;
   const std::size_t n = out.size();
   if (in.size() < model::tensor_bytes(type, static_cast<std::int64_t>(n))) {
-    throw Error("internal: dequantize input shorter than its values");
+    throw InternalError("dequantize input shorter than its values");
   }
   switch (type) {
     case TensorType::F32:
@@ -93,7 +93,7 @@ void dequantize(model::TensorType type, std::span<const std::byte> in, std::span
       for (std::size_t i = 0; i < n; ++i) out[i] = half_to_float(load_u16(in.data() + 2 * i));
       return;
     default:
-      if (n % kBlock != 0) throw Error("internal: quantized row length not a multiple of 32");
+      if (n % kBlock != 0) throw InternalError("quantized row length not a multiple of 32");
       dequantize_blocks(type, in.data(), out.data(), n);
   }
 }

@@ -81,7 +81,7 @@ class ReferenceBackend final : public Backend {
               Epilogue epilogue) const override {
     const auto& w = static_cast<const ReferenceMatrix&>(packed);
     if (static_cast<std::int64_t>(x.size()) < m * w.cols() || static_cast<std::int64_t>(y.size()) < m * w.rows())
-      throw Error("internal: linear called with mismatched sizes");
+      throw InternalError("linear called with mismatched sizes");
     std::vector<float> rounded;
     if (precision_ == Precision::Bf16) {
       rounded.assign(x.begin(), x.begin() + m * w.cols());

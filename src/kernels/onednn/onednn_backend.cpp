@@ -323,7 +323,7 @@ class OnednnBackend final : public Backend {
               Epilogue epilogue) const override {
     const auto& w = static_cast<const OnednnMatrix&>(packed);
     if (static_cast<std::int64_t>(x.size()) < m * w.cols() || static_cast<std::int64_t>(y.size()) < m * w.rows())
-      throw Error("internal: linear called with mismatched sizes");
+      throw InternalError("linear called with mismatched sizes");
     if (m == 0) return;
     if (w.plain) {
       plain_linear(x, m, w, y, epilogue);
