@@ -11,7 +11,7 @@ PACKAGES=(
   build-essential cmake pkg-config python3
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev
   ffmpeg libdnnl-dev libavformat-dev libavcodec-dev libswresample-dev libavutil-dev
-  libboost-dev curl
+  libboost-dev curl libssl-dev
   # Debian's libdnnl-dev is built with the OpenCL GPU runtime: its CMake config needs the
   # OpenCL headers and loader, which are only a Recommends (not installed below).
   ocl-icd-opencl-dev

@@ -18,9 +18,11 @@
 #include "cli/bench.h"
 #include "cli/compute_flags.h"
 #include "cli/decoding_flags.h"
+#include "cli/download.h"
 #include "cli/loadtest.h"
 #include "cli/serve.h"
 #include "common/error.h"
+#include "model/catalog.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "mel/log_mel.h"
@@ -40,7 +42,13 @@ usage:
   amanuensis bench --model MODEL.bin [options]   (stage timings; --help for its options)
   amanuensis loadtest --url http://HOST:PORT [options] FILE [FILE ...]   (load a running server, see below)
   amanuensis quantize IN.bin OUT.bin TYPE   (TYPE: q8_0, q5_0, q5_1, q4_0 or q4_1; IN f32 or f16)
+  amanuensis download NAME [NAME ...] | --list   (official models into the model cache, see below)
   amanuensis --help | --version
+
+MODEL is a ggml .bin file or a model name: tiny, tiny.en, base, base.en, small, small.en,
+medium, medium.en, large-v1, large-v2, large-v3, large-v3-turbo (and their -q5_0 files),
+or any NAME whose ggml-NAME.bin is in the model cache ($XDG_CACHE_HOME/amanuensis, else
+~/.cache/amanuensis), where `amanuensis download NAME` puts it.
 
 transcribe options:
   --output-format FMT     txt (default), json, verbose_json, srt, vtt or tsv
@@ -141,7 +149,7 @@ int run_transcribe(const Args& args) {
   apply_common_options(args);
   if (args.positional().empty()) throw Error("transcribe needs at least one audio file");
   const auto format = pipeline::parse_output_format(args.get_or("output-format", "txt"));
-  const auto model = pipeline::Model::load(args.required("model"), load_options(args));
+  const auto model = pipeline::Model::load(model::resolve_model(args.required("model")), load_options(args));
   const auto options = transcribe_options(args);
   int failures = 0;
   for (const auto& file : args.positional()) {
@@ -193,7 +201,7 @@ std::vector<float> read_mel_file(const std::string& path, int n_mels) {
 
 int run_dump_logits(const Args& args) {
   apply_common_options(args);
-  const auto model = pipeline::Model::load(args.required("model"), load_options(args));
+  const auto model = pipeline::Model::load(model::resolve_model(args.required("model")), load_options(args));
   const int n_mels = model->hparams().n_mels;
   std::vector<float> mel_window;
   if (auto mel_path = args.get("mel")) {
@@ -239,7 +247,7 @@ int run_quantize(const Args& args) {
 
 int run(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || argv[0] == "help") {
-    std::cout << kUsage << "\n" << kDecodingUsage << "\n" << kServeUsage << "\n" << kLoadtestUsage;
+    std::cout << kUsage << "\n" << kDecodingUsage << "\n" << kServeUsage << "\n" << kLoadtestUsage << "\n" << kDownloadUsage;
     return argv.empty() ? 2 : 0;
   }
   if (argv[0] == "--version") {
@@ -261,6 +269,7 @@ int run(const std::vector<std::string>& argv) {
   if (command == "bench") return run_bench(rest);
   if (command == "loadtest") return run_loadtest(rest);
   if (command == "quantize") return run_quantize(Args(rest, {}, {}));
+  if (command == "download") return run_download(rest);
   if (command == "dump-logits") {
     Args args(rest, {}, {"model", "audio", "mel", "tokens", "out", "threads", "pcm-rate", "pcm-channels", "pcm-format",
                          "precision"});

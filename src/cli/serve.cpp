@@ -7,6 +7,7 @@
 #include "cli/compute_flags.h"
 #include "cli/decoding_flags.h"
 #include "common/error.h"
+#include "model/catalog.h"
 #include "kernels/cpu/thread_pool.h"
 #include "server/server.h"
 
@@ -45,7 +46,7 @@ int run_serve(const std::vector<std::string>& argv) {
                  kDecodingOptions));
   if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
   server::ServerOptions o;
-  o.model_path = args.required("model");
+  o.model_path = model::resolve_model(args.required("model"));
   o.load_options = load_options(args);
   o.host = args.get_or("host", "127.0.0.1");
   const int port = args.get_int("port", 8080);
