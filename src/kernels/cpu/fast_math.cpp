@@ -395,8 +395,7 @@ void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k
   head_values(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
 }
 
-namespace {
-bool have_f16c() {
+bool have_avx2_fma_f16c() {
 #if defined(__x86_64__)
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return ok;
@@ -404,6 +403,8 @@ bool have_f16c() {
   return false;
 #endif
 }
+
+namespace {
 
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma,f16c"))) inline __m256 load_half8(const std::uint16_t* p) {
@@ -466,14 +467,14 @@ __attribute__((target("avx2,f16c"))) void halves_to_floats_f16c(const std::uint1
 
 void floats_to_halves(const float* x, std::uint16_t* y, std::int64_t n) {
 #if defined(__x86_64__)
-  if (have_f16c()) return floats_to_halves_f16c(x, y, n);
+  if (have_avx2_fma_f16c()) return floats_to_halves_f16c(x, y, n);
 #endif
   for (std::int64_t i = 0; i < n; ++i) y[i] = model::float_to_half(x[i]);
 }
 
 void halves_to_floats(const std::uint16_t* x, float* y, std::int64_t n) {
 #if defined(__x86_64__)
-  if (have_f16c()) return halves_to_floats_f16c(x, y, n);
+  if (have_avx2_fma_f16c()) return halves_to_floats_f16c(x, y, n);
 #endif
   for (std::int64_t i = 0; i < n; ++i) y[i] = model::half_to_float(x[i]);
 }
@@ -482,7 +483,7 @@ void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std:
                                     std::int64_t n_kv, std::int64_t stride, std::int64_t hd, std::int64_t causal_offset,
                                     float* out) {
 #if defined(__x86_64__)
-  if (have_f16c() && hd % 8 == 0) {
+  if (have_avx2_fma_f16c() && hd % 8 == 0) {
     thread_local std::vector<float> scores;
     thread_local std::vector<std::int64_t> visible;
     scores.resize(static_cast<std::size_t>(n_q * n_kv));

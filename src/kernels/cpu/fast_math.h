@@ -25,6 +25,9 @@ void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std:
                                     std::int64_t n_kv, std::int64_t stride, std::int64_t hd, std::int64_t causal_offset,
                                     float* out);
 
+// Whether this CPU has AVX2, FMA and F16C (both machine kinds the project runs on do).
+bool have_avx2_fma_f16c();
+
 // Bulk IEEE half conversion (F16C where the CPU has it), rounding to nearest even.
 void floats_to_halves(const float* x, std::uint16_t* y, std::int64_t n);
 void halves_to_floats(const std::uint16_t* x, float* y, std::int64_t n);

@@ -18,8 +18,9 @@ using dims = dnnl::memory::dims;
 // probabilities, and the tile is tall enough for the engine's 16-row blocks.
 constexpr std::int64_t kTile = 128;
 
-// The two products of a tile of `rows` queries of one head: scores = q_h k_h^T and
-// out_h = p v_h. Full tiles pick the weight layouts; a shorter last tile reuses them.
+// The two products of a tile of kTile queries of one head: scores = q_h k_h^T and
+// out_h = p v_h. Every tile has kTile rows (the last padded with zero queries), so one
+// pair of primitives per key count serves every call.
 struct TileProducts {
   std::shared_ptr<const Matmul> scores, values;
 };
@@ -29,22 +30,18 @@ const PrimitiveCache<Matmul>& matmuls() {
   return cache;
 }
 
-TileProducts tile_products(std::int64_t rows, std::int64_t hd, std::int64_t n_kv, std::int64_t d,
-                           const TileProducts* full) {
+TileProducts tile_products(std::int64_t hd, std::int64_t n_kv) {
+  const std::int64_t rows = kTile;
   const dnnl::primitive_attr attr;
   // dense operands only: oneDNN 2.6 takes its AMX/brgemm kernels for nothing else
   const dnnl::memory::desc q_md({rows, hd}, dt::bf16, tag::ab);
   const dnnl::memory::desc scores_md({rows, n_kv}, dt::f32, tag::ab);
   const dnnl::memory::desc probs_md({rows, n_kv}, dt::bf16, tag::ab);
   const dnnl::memory::desc out_md({rows, hd}, dt::f32, tag::ab);
-  const dnnl::memory::desc keys_any({hd, n_kv}, dt::bf16, tag::any), values_any({n_kv, hd}, dt::bf16, tag::any);
-  const auto& keys_md = full ? full->scores->weights_md : keys_any;
-  const auto& values_md = full ? full->values->weights_md : values_any;
+  const dnnl::memory::desc keys_md({hd, n_kv}, dt::bf16, tag::any), values_md({n_kv, hd}, dt::bf16, tag::any);
   TileProducts t;
-  t.scores = matmuls().get({0, rows, hd, n_kv, d},
-                           [&] { return make_matmul(q_md, keys_md, scores_md, nullptr, attr); });
-  t.values = matmuls().get({1, rows, hd, n_kv, d},
-                           [&] { return make_matmul(probs_md, values_md, out_md, nullptr, attr); });
+  t.scores = matmuls().get({0, hd, n_kv}, [&] { return make_matmul(q_md, keys_md, scores_md, nullptr, attr); });
+  t.values = matmuls().get({1, hd, n_kv}, [&] { return make_matmul(probs_md, values_md, out_md, nullptr, attr); });
   return t;
 }
 
@@ -64,18 +61,20 @@ void reorder_head(const float* from, std::int64_t n_kv, std::int64_t hd, std::in
   thread_stream().wait();
 }
 
-// One tile of queries [i0, i0 + rows) of head h; q_head holds the head's n_q x hd queries.
+// The queries [i0, i0 + rows) of head h (rows <= kTile); q_head holds the head's queries
+// padded to whole tiles.
 void attend_tile(const TileProducts& p, const std::uint16_t* q_head, std::int64_t i0, std::int64_t rows,
                  std::int64_t h, std::int64_t hd, std::int64_t d, const dnnl::memory& keys, const dnnl::memory& values,
                  std::int64_t n_kv, std::int64_t causal_offset, float* out) {
   thread_local std::vector<float> scores, tile_out;
   thread_local std::vector<std::uint16_t> probs;
-  scores.resize(static_cast<std::size_t>(rows * n_kv));
-  probs.resize(static_cast<std::size_t>(rows * n_kv));
-  tile_out.resize(static_cast<std::size_t>(rows * hd));
+  scores.resize(static_cast<std::size_t>(kTile * n_kv));
+  probs.resize(static_cast<std::size_t>(kTile * n_kv));
+  std::fill(probs.begin() + rows * n_kv, probs.end(), std::uint16_t{0});  // padding rows weigh nothing
+  tile_out.resize(static_cast<std::size_t>(kTile * hd));
   auto& eng = cpu_engine();
-  dnnl::memory q_mem({{rows, hd}, dt::bf16, tag::ab}, eng, const_cast<std::uint16_t*>(q_head + i0 * hd));
-  dnnl::memory s_mem({{rows, n_kv}, dt::f32, tag::ab}, eng, scores.data());
+  dnnl::memory q_mem({{kTile, hd}, dt::bf16, tag::ab}, eng, const_cast<std::uint16_t*>(q_head + i0 * hd));
+  dnnl::memory s_mem({{kTile, n_kv}, dt::f32, tag::ab}, eng, scores.data());
   p.scores->execute(q_mem, keys, s_mem);
   thread_local std::vector<float> inverse_sums;
   inverse_sums.resize(static_cast<std::size_t>(rows));
@@ -84,8 +83,8 @@ void attend_tile(const TileProducts& p, const std::uint16_t* q_head, std::int64_
     const std::size_t at = static_cast<std::size_t>(r * n_kv);
     inverse_sums[r] = 1.0f / cpu::softmax_numerators_bf16(scores.data() + at, visible, n_kv, probs.data() + at);
   }
-  dnnl::memory p_mem({{rows, n_kv}, dt::bf16, tag::ab}, eng, probs.data());
-  dnnl::memory o_mem({{rows, hd}, dt::f32, tag::ab}, eng, tile_out.data());
+  dnnl::memory p_mem({{kTile, n_kv}, dt::bf16, tag::ab}, eng, probs.data());
+  dnnl::memory o_mem({{kTile, hd}, dt::f32, tag::ab}, eng, tile_out.data());
   p.values->execute(p_mem, values, o_mem);
   float* o = out + i0 * d + h * hd;
   for (std::int64_t r = 0; r < rows; ++r)
@@ -97,31 +96,30 @@ void attend_tile(const TileProducts& p, const std::uint16_t* q_head, std::int64_
 void attention_many_bf16(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
                          int n_head, std::int64_t d, std::int64_t causal_offset, float* out) {
   const std::int64_t hd = d / n_head;
-  const std::int64_t full_rows = std::min(kTile, n_q);
-  const TileProducts full = tile_products(full_rows, hd, n_kv, d, nullptr);
-  const std::int64_t tail_rows = n_q % full_rows;
-  const TileProducts tail = tail_rows ? tile_products(tail_rows, hd, n_kv, d, &full) : full;
+  const TileProducts products = tile_products(hd, n_kv);
+  const std::int64_t tiles = (n_q + kTile - 1) / kTile, n_padded = tiles * kTile;
 
   // the queries in bf16, head by head, scaled by 1/sqrt(hd) first (exact for Whisper's
   // head size of 64); the pool's threads see their own thread_local buffers: pass pointers
   thread_local std::vector<std::uint16_t> q16_buffer;
-  q16_buffer.resize(static_cast<std::size_t>(n_q * d));
+  q16_buffer.assign(static_cast<std::size_t>(n_padded * d), 0);
   std::uint16_t* q16 = q16_buffer.data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   maybe_parallel(n_q, 1.0 * n_q * d * 10, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t i = begin; i < end; ++i)
-      for (std::int64_t h = 0; h < n_head; ++h) convert_to_bf16(q + i * d + h * hd, q16 + (h * n_q + i) * hd, hd, scale);
+      for (std::int64_t h = 0; h < n_head; ++h) convert_to_bf16(q + i * d + h * hd, q16 + (h * n_padded + i) * hd, hd, scale);
   });
 
   // every head's keys and values in the engine's layout, in one buffer kept per thread
-  const std::size_t keys_bytes = full.scores->weights_md.get_size(), values_bytes = full.values->weights_md.get_size();
+  const std::size_t keys_bytes = products.scores->weights_md.get_size();
+  const std::size_t values_bytes = products.values->weights_md.get_size();
   thread_local std::vector<std::uint8_t> operands;
   operands.resize((keys_bytes + values_bytes) * static_cast<std::size_t>(n_head));
   std::vector<dnnl::memory> keys, values;
   for (int h = 0; h < n_head; ++h) {
     std::uint8_t* base = operands.data() + (keys_bytes + values_bytes) * static_cast<std::size_t>(h);
-    keys.emplace_back(full.scores->weights_md, cpu_engine(), base);
-    values.emplace_back(full.values->weights_md, cpu_engine(), base + keys_bytes);
+    keys.emplace_back(products.scores->weights_md, cpu_engine(), base);
+    values.emplace_back(products.values->weights_md, cpu_engine(), base + keys_bytes);
   }
   maybe_parallel(n_head, 4.0 * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
     single_threaded_onednn();
@@ -131,13 +129,11 @@ void attention_many_bf16(const float* q, std::int64_t n_q, const float* k, const
     }
   });
 
-  const std::int64_t tiles = (n_q + full_rows - 1) / full_rows;
   maybe_parallel(tiles * n_head, 4.0 * n_q * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
     single_threaded_onednn();
     for (std::int64_t item = begin; item < end; ++item) {
-      const std::int64_t h = item / tiles, i0 = (item % tiles) * full_rows;
-      const std::int64_t rows = std::min(full_rows, n_q - i0);
-      attend_tile(rows == full_rows ? full : tail, q16 + h * n_q * hd, i0, rows, h, hd, d, keys[h], values[h], n_kv,
+      const std::int64_t h = item / tiles, i0 = (item % tiles) * kTile;
+      attend_tile(products, q16 + h * n_padded * hd, i0, std::min(kTile, n_q - i0), h, hd, d, keys[h], values[h], n_kv,
                   causal_offset, out);
     }
   });

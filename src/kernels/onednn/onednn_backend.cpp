@@ -79,15 +79,6 @@ class OnednnMatrix final : public PackedMatrix {
   std::int64_t panels() const { return (rows() + kPanel - 1) / kPanel; }
 };
 
-bool avx2_fma_f16c() {
-#if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  return ok;
-#else
-  return false;
-#endif
-}
-
 bool exact_in_f16(std::span<const float> values) {
   return std::all_of(values.begin(), values.end(),
                      [](float v) { return cpu::half_to_float(cpu::float_to_half(v)) == v; });
@@ -201,7 +192,7 @@ void product(const float* x, std::int64_t m, const OnednnMatrix& w, std::int64_t
              std::int64_t ldo) {
   const std::int64_t k = w.cols(), offset = p0 * panel_size(k);
 #if defined(__x86_64__)
-  if (avx2_fma_f16c()) {
+  if (cpu::have_avx2_fma_f16c()) {
     if (!w.f16.empty()) {
       product_avx2(x, m, k, w.f16.data() + offset, p1 - p0, out, ldo);
     } else {
@@ -282,7 +273,7 @@ class OnednnBackend final : public Backend {
     if (hint == RowsHint::Few) {
       // also in bf16 mode: plain f16/f32 weights are more precise than bf16 products
       w->plain = true;
-      if (avx2_fma_f16c() && exact_in_f16(values)) {
+      if (cpu::have_avx2_fma_f16c() && exact_in_f16(values)) {
         w->f16 = to_panels<std::uint16_t>(values, rows, cols, cpu::float_to_half);
       } else {
         w->f32 = to_panels<float>(values, rows, cols, [](float v) { return v; });
@@ -369,7 +360,10 @@ class OnednnBackend final : public Backend {
       });
       return;
     }
-    if (precision_ == Precision::Bf16) {
+    // bf16 on the engine for attention over a fixed set of keys (encoder windows, the
+    // audio of cross-attention): one pair of primitives per key count. Causal prompt
+    // passes, whose key count changes with every prompt, stay on the float path.
+    if (precision_ == Precision::Bf16 && causal_offset < 0) {
       attention_many_bf16(q.data(), n_q, k.data(), v.data(), n_kv, n_head, d, causal_offset, out.data());
       return;
     }
