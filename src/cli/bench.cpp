@@ -194,11 +194,7 @@ int run_bench(const std::vector<std::string>& argv) {
       return 0;
     }
   Args args(argv, {"json"}, {"model", "audio", "seconds", "tokens-per-second", "threads", "precision", "runs", "batch-sizes"});
-  if (args.get("threads")) {
-    const int n = args.get_int("threads", 0);
-    if (n < 1) throw Error("--threads must be at least 1");
-    kernels::cpu::set_thread_count(n);
-  }
+  apply_thread_flag(args);
   const double tokens_per_second = args.get_double("tokens-per-second", 3.0);
   if (tokens_per_second < 0) throw Error("--tokens-per-second must not be negative");
   const int runs = args.get_int("runs", 3);

@@ -1,6 +1,12 @@
 #include "cli/compute_flags.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "common/error.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace amanuensis::cli {
 
@@ -10,6 +16,16 @@ nn::LoadOptions load_options(const Args& args) {
   const char* backend = std::getenv("AMANUENSIS_BACKEND");
   o.compute.backend = kernels::parse_backend_kind(backend ? backend : "");
   return o;
+}
+
+void apply_thread_flag(const Args& args) {
+  if (!args.get("threads")) return;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int n = args.get_int("threads", 0);
+  if (n < 1 || n > 4 * cores)
+    throw Error("--threads must be between 1 and " + std::to_string(4 * cores) + " (this machine has " +
+                std::to_string(cores) + " cores)");
+  kernels::cpu::set_thread_count(n);
 }
 
 }  // namespace amanuensis::cli

@@ -11,4 +11,8 @@ namespace amanuensis::cli {
 // AMANUENSIS_BACKEND=reference|onednn forces a backend (default: the best one).
 nn::LoadOptions load_options(const Args& args);
 
+// --threads N, when given: between 1 and 4 x the cores (more only oversubscribes the
+// machine, and thousands exhaust the process table), then the compute pool's size.
+void apply_thread_flag(const Args& args);
+
 }  // namespace amanuensis::cli

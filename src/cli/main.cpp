@@ -85,13 +85,7 @@ std::vector<float> read_audio(const std::string& path, const Args& args) {
 }
 
 
-void apply_common_options(const Args& args) {
-  if (auto threads = args.get("threads")) {
-    const int n = args.get_int("threads", 0);
-    if (n < 1) throw Error("--threads must be at least 1");
-    kernels::cpu::set_thread_count(n);
-  }
-}
+void apply_common_options(const Args& args) { apply_thread_flag(args); }
 
 pipeline::TranscribeOptions transcribe_options(const Args& args) {
   pipeline::TranscribeOptions o;

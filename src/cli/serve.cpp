@@ -52,7 +52,7 @@ int run_serve(const std::vector<std::string>& argv) {
   const int port = args.get_int("port", 8080);
   if (port < 0 || port > 65535) throw Error("--port must be between 0 and 65535");
   o.port = static_cast<unsigned short>(port);
-  if (args.get("threads")) kernels::cpu::set_thread_count(positive_int(args, "threads", 1, 1));
+  apply_thread_flag(args);
   o.workers = positive_int(args, "workers", 8, 1);
   o.io_threads = positive_int(args, "io-threads", 2, 1);
   o.max_queue_seconds = args.get_double("max-queue-seconds", 600.0);

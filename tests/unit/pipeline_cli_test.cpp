@@ -390,6 +390,40 @@ TEST(CliDumpLogits, AudioInputMatchesTheF16Reference) {
 // ---------------------------------------------------------------------------------------
 // Usage and errors
 
+// --threads beyond a sane multiple of the cores is refused up front.
+TEST(CliThreads, FarTooManyThreadsIsRefusedByName) {
+  const auto r = run_cli(transcribe_args("micro.en-f16", audio("speech-1s.wav"), {"--threads", "100000"}));
+  expect_clean_failure(r, "--threads must be between 1 and");
+}
+
+// When the system cannot create the threads asked for (a process limit), the CLI says so
+// and exits; it used to hang in the thread pool's unwinding. Needs root to drop to an
+// unprivileged user whose process limit applies.
+TEST(CliThreads, ThreadsTheSystemRefusesAreAClearErrorNotAHang) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run the CLI as nobody under ulimit -u";
+  if (std::system("command -v setpriv >/dev/null 2>&1") != 0) GTEST_SKIP() << "setpriv (util-linux) is not installed";
+  // the model and audio copied where user nobody can read them
+  const auto model_copy = fs::temp_directory_path() / "amanuensis-threads-model.bin";
+  const auto audio_copy = fs::temp_directory_path() / "amanuensis-threads-audio.wav";
+  fs::copy_file(model("micro.en-f16"), model_copy, fs::copy_options::overwrite_existing);
+  fs::copy_file(audio("speech-1s.wav"), audio_copy, fs::copy_options::overwrite_existing);
+  fs::permissions(model_copy, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+  fs::permissions(audio_copy, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+  const auto err_path = scratch() / "threads-err.txt";
+  const std::string command = "timeout 60 setpriv --reuid=65534 --regid=65534 --clear-groups bash -c " +
+                              shell_quote("ulimit -u 3; exec " + shell_quote(testing::cli_path().string()) +
+                                          " transcribe --threads 8 --beam-size 1 --model " +
+                                          shell_quote(model_copy.string()) + " " + shell_quote(audio_copy.string())) +
+                              " </dev/null >/dev/null 2>" + shell_quote(err_path.string());
+  const int status = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  std::ifstream in(err_path);
+  const std::string err((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(WEXITSTATUS(status), 124) << "timed out: the CLI hung\n" << err;
+  EXPECT_EQ(WEXITSTATUS(status), 1) << err;
+  EXPECT_NE(err.find("cannot start 8 compute threads"), std::string::npos) << err;
+}
+
 TEST(CliUsage, HelpVersionAndNoArguments) {
   const auto help = run_cli({"--help"});
   EXPECT_EQ(help.exit_code, 0) << help;

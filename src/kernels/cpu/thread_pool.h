@@ -29,6 +29,7 @@ class ThreadPool {
 
  private:
   void worker_loop(int index);
+  void stop_workers();  // wakes every worker to leave, and joins them
   void keep_first_error(std::exception_ptr error);
 
   std::vector<std::thread> workers_;
