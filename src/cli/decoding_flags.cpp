@@ -49,9 +49,15 @@ void apply_decoding_flags(const Args& args, bool whisper_cpp, pipeline::Transcri
   o.condition_on_previous_text = !args.flag("no-context");
   o.temperatures = temperature_schedule(args.get_double("temperature", 0.0), args.get_double("temperature-increment", 0.2),
                                         !(args.flag("no-fallback") || whisper_cpp));
+  // Bounded: each candidate or beam is a sequence with its own KV cache decoded every
+  // step, so thousands would take the machine's memory and minutes per second of audio.
+  constexpr int kMaxCandidates = 32;
   o.best_of = args.get_int("best-of", 5);
-  if (o.best_of < 1) throw Error("--best-of must be at least 1");
+  if (o.best_of < 1 || o.best_of > kMaxCandidates)
+    throw Error("--best-of must be between 1 and " + std::to_string(kMaxCandidates));
   const int beam_size = args.get_int("beam-size", whisper_cpp ? 0 : 5);
+  if (beam_size < 0 || beam_size > kMaxCandidates)
+    throw Error("--beam-size must be between 0 and " + std::to_string(kMaxCandidates) + " (0 or 1: greedy)");
   o.beam.reset();
   if (beam_size > 1) {
     decoding::BeamOptions beam;

@@ -61,7 +61,9 @@ int run_serve(const std::vector<std::string>& argv) {
   o.max_upload_bytes = static_cast<std::size_t>(upload_mb) << 20;
   o.api_key = args.get_or("api-key", "");
   o.request_timeout = args.get_double("request-timeout", 300.0);
-  if (!(o.request_timeout > 0)) throw Error("--request-timeout must be positive");
+  // a day at most: the deadline is kept in nanoseconds, where 1e10 s and more overflow
+  if (!(o.request_timeout > 0 && o.request_timeout <= 86400.0))
+    throw Error("--request-timeout must be between 0 and 86400 seconds");
   o.model_id = args.get_or("model-id", "");
 
   apply_decoding_flags(args, /*whisper_cpp=*/false, o.defaults);

@@ -437,6 +437,24 @@ TEST(CliUsage, HelpVersionAndNoArguments) {
   EXPECT_EQ(none.exit_code, 2) << "usage error\n" << none;
 }
 
+// Candidate counts are bounded (each is a sequence decoded every step: 100000 beams took
+// the machine's memory), negative ones are refused rather than silently greedy, and serve's
+// durations must fit the deadline arithmetic (1e10 s overflowed it).
+TEST(CliErrors, OutOfRangeSearchSizesAndDurationsAreRefusedByName) {
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--beam-size", "100000"}, {"--beam-size", "-5"}, {"--best-of", "1000"}, {"--best-of", "0"}}) {
+    SCOPED_TRACE(flag + " " + value);
+    expect_clean_failure(run_cli(transcribe_args("micro.en-f16", audio("speech-1s.wav"), {flag, value})), flag);
+  }
+  for (const std::string value : {"1e10", "inf", "nan", "-1"}) {
+    SCOPED_TRACE(value);
+    expect_clean_failure(run_cli({"serve", "--model", model("micro.en-f16"), "--port", "0", "--request-timeout", value}),
+                         "--request-timeout must be between");
+  }
+  const auto ok = run_cli(transcribe_args("micro.en-f16", audio("speech-1s.wav"), {"--beam-size", "32", "--sample-len", "4"}));
+  EXPECT_EQ(ok.exit_code, 0) << ok;
+}
+
 TEST(CliErrors, MissingModelFile) {
   const auto missing = (scratch() / "no-such-model.bin").string();
   const auto r = run_cli({"transcribe", "--threads", "1", "--model", missing, audio("jfk.wav").string()});
