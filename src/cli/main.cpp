@@ -1,6 +1,7 @@
 // cli: the `amanuensis` command: transcribe files, dump decoder logits for conformance.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <filesystem>
@@ -250,6 +251,17 @@ int run(const std::vector<std::string>& argv) {
   }
   const std::string command = argv[0];
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
+  // `amanuensis COMMAND --help`: that command's options (bench, loadtest and download
+  // answer it themselves)
+  const bool help = std::any_of(rest.begin(), rest.end(), [](const std::string& a) { return a == "--help" || a == "-h"; });
+  if (help && (command == "transcribe" || command == "dump-logits" || command == "quantize")) {
+    std::cout << kUsage << (command == "transcribe" ? std::string("\n") + kDecodingUsage : std::string());
+    return 0;
+  }
+  if (help && command == "serve") {
+    std::cout << kServeUsage << "\n" << kDecodingUsage;
+    return 0;
+  }
   if (command == "transcribe") {
     Args args(rest, with({"no-timestamps", "word-timestamps", "vad"}, kDecodingFlags),
               with({"model", "output-format", "output-dir", "task", "prompt", "compat", "threads", "pcm-rate",

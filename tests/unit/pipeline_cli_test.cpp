@@ -455,6 +455,18 @@ TEST(CliErrors, OutOfRangeSearchSizesAndDurationsAreRefusedByName) {
   EXPECT_EQ(ok.exit_code, 0) << ok;
 }
 
+TEST(CliUsage, EachCommandAnswersHelp) {
+  for (const std::string command : {"transcribe", "serve", "dump-logits", "quantize", "bench"}) {
+    SCOPED_TRACE(command);
+    const auto r = run_cli({command, "--help"});
+    EXPECT_EQ(r.exit_code, 0) << r;
+    EXPECT_NE(r.out.find("--"), std::string::npos) << "its options are listed\n" << r;
+    EXPECT_EQ(r.err.find("unknown option"), std::string::npos) << r;
+  }
+  EXPECT_NE(run_cli({"serve", "--help"}).out.find("--port"), std::string::npos);
+  EXPECT_NE(run_cli({"transcribe", "--help"}).out.find("--beam-size"), std::string::npos);
+}
+
 TEST(CliErrors, MissingModelFile) {
   const auto missing = (scratch() / "no-such-model.bin").string();
   const auto r = run_cli({"transcribe", "--threads", "1", "--model", missing, audio("jfk.wav").string()});
