@@ -3,7 +3,7 @@
 # 30 s and 75 s of speech, silence, noise and broken files, against `amanuensis serve` with
 # the kit's micro model. Passes when no request got a 5xx or no answer, every valid file got
 # 200 and every broken one 400, and the server's resident memory over the last 200 requests
-# is within 10% of that over the first 200 (a leak would grow it).
+# is within 15% of that over the first 200 (a leak would grow it).
 # usage: tests/stress/stress.sh AMANUENSIS_BINARY [SHARED_DIR] [REQUESTS]
 #   SHARED_DIR: the folder holding conformance/ (default: ../shared beside the checkout)
 #   The loadtest report is kept when STRESS_REPORT names a path for it.
@@ -98,7 +98,10 @@ memory = level.get("memory", {})
 ratio = memory.get("last_to_first_ratio")
 if ratio is None:
     failures.append("no resident memory for the first and last 200 requests (needs >= 400 requests and /metrics)")
-elif abs(ratio - 1.0) > 0.10:
+# 15%: the mean over 200 requests moves with the batch sizes the machine's load allows
+# (x0.97-1.11 measured at 1000 requests with a build running beside, x0.99-1.03 without);
+# a leak of a few kB a request is the soak's to find (issue 12), not this run's.
+elif abs(ratio - 1.0) > 0.15:
     failures.append(f"resident memory over the last 200 requests is {ratio:.3f}x that over the first 200")
 
 latency = level["latency_seconds"]
