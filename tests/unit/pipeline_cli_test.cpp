@@ -27,6 +27,7 @@
 
 #include "audio/decode.h"
 #include "pipeline/transcriber.h"
+#include "segment_rows.h"
 #include "test_paths.h"
 
 namespace amanuensis {
@@ -246,31 +247,8 @@ TEST(CliTranscribe, LongAudioSegmentsAcrossWindows) {
 }
 
 // The segments of a verbose_json transcript, and of a library transcript, as comparable rows.
-struct SegmentRow {
-  int seek = 0;
-  double start = 0, end = 0;
-  std::string text;
-  std::vector<int> tokens;
-  bool operator==(const SegmentRow&) const = default;
-};
-std::ostream& operator<<(std::ostream& os, const SegmentRow& s) {
-  os << "{seek " << s.seek << ", " << s.start << "-" << s.end << ", '" << s.text << "', tokens";
-  for (int t : s.tokens) os << " " << t;
-  return os << "}";
-}
-
-std::vector<SegmentRow> rows_of(const json& verbose) {
-  std::vector<SegmentRow> rows;
-  for (const auto& s : verbose["segments"])
-    rows.push_back({s["seek"], s["start"], s["end"], s["text"], s["tokens"].get<std::vector<int>>()});
-  return rows;
-}
-
-std::vector<SegmentRow> rows_of(const pipeline::Transcript& t) {
-  std::vector<SegmentRow> rows;
-  for (const auto& s : t.segments) rows.push_back({s.seek, s.start, s.end, s.text, {s.tokens.begin(), s.tokens.end()}});
-  return rows;
-}
+using testing::rows_of;
+using testing::SegmentRow;
 
 // --prompt reaches the decoder: the CLI's segments equal those of the library given the
 // same initial prompt, and the prompt changes them (the random model's output depends on

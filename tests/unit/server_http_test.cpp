@@ -35,6 +35,7 @@
 #include "audio/decode.h"
 #include "pipeline/transcriber.h"
 #include "server_process.h"
+#include "segment_rows.h"
 #include "test_paths.h"
 
 namespace amanuensis {
@@ -287,26 +288,8 @@ TEST_F(ServerTest, TheSameRequestGivesTheSameOutput) {
 }
 
 // One segment as the server's verbose_json or the library's Transcript has it.
-struct SegmentRow {
-  int seek = 0;
-  double start = 0, end = 0;
-  std::string text;
-  std::vector<int> tokens;
-  bool operator==(const SegmentRow&) const = default;
-};
-
-std::vector<SegmentRow> rows_of(const json& verbose) {
-  std::vector<SegmentRow> rows;
-  for (const auto& s : verbose["segments"])
-    rows.push_back({s["seek"], s["start"], s["end"], s["text"], s["tokens"].get<std::vector<int>>()});
-  return rows;
-}
-
-std::vector<SegmentRow> rows_of(const pipeline::Transcript& t) {
-  std::vector<SegmentRow> rows;
-  for (const auto& s : t.segments) rows.push_back({s.seek, s.start, s.end, s.text, {s.tokens.begin(), s.tokens.end()}});
-  return rows;
-}
+using testing::rows_of;
+using testing::SegmentRow;
 
 void expect_same_segments(const std::vector<SegmentRow>& served, const std::vector<SegmentRow>& library) {
   ASSERT_EQ(served.size(), library.size());
