@@ -37,7 +37,7 @@ void BM_linear(benchmark::State& state, std::shared_ptr<const kernels::Backend> 
   auto values = random_values(n * k, 1);
   if (few)
     for (auto& v : values) v = kernels::cpu::half_to_float(kernels::cpu::float_to_half(v));
-  const auto w = backend->pack(n, k, std::move(values), random_values(n, 2),
+  const auto w = backend->pack(kernels::stored_floats(values, {n, k}), random_values(n, 2),
                                few ? kernels::RowsHint::Few : kernels::RowsHint::Many);
   const auto x = random_values(m * k, 3, 1.0f);
   std::vector<float> y(m * n);

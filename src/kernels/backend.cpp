@@ -39,8 +39,11 @@ bool cpu_has_native_bf16() {
 #endif
 }
 
-void check_pack_sizes(std::int64_t rows, std::int64_t cols, std::span<const float> values, std::span<const float> bias) {
-  if (static_cast<std::int64_t>(values.size()) != rows * cols || (!bias.empty() && static_cast<std::int64_t>(bias.size()) != rows))
+void check_pack_sizes(const StoredMatrix& weights, std::span<const float> bias) {
+  const auto [rows, cols] = weights.shape;
+  const bool blocks_fit = !is_block_quantized(weights.dtype) || cols % kQuantBlock == 0;
+  if (rows <= 0 || cols <= 0 || !blocks_fit || weights.bytes.size() != dtype_bytes(weights.dtype, rows * cols) ||
+      (!bias.empty() && static_cast<std::int64_t>(bias.size()) != rows))
     throw InternalError("pack called with mismatched sizes");
 }
 

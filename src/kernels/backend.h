@@ -1,5 +1,6 @@
 // kernels: the compute backend seam. The network hands every weight matrix to a Backend
-// once at load ("pack": convert, reorder, upload, whatever the backend wants), then asks
+// once at load, as the file stores it ("pack": keep the blocks, convert, reorder,
+// upload, whatever the backend wants; kernels/tensor.h), then asks
 // that backend to run the dense work on it (linear layers with fused epilogues,
 // attention, layer norm). Backends live beside each other (kernels/cpu: fp32 reference,
 // kernels/onednn: oneDNN matmul, a GPU backend would be one more folder); nn only sees
@@ -14,6 +15,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "kernels/tensor.h"
 
 namespace amanuensis::kernels {
 
@@ -88,9 +91,16 @@ class Backend {
   virtual std::string name() const = 0;
   virtual Precision precision() const = 0;
 
-  // Takes a row-major float matrix (rows x cols) and its bias (empty, or rows values).
-  virtual std::unique_ptr<PackedMatrix> pack(std::int64_t rows, std::int64_t cols, std::vector<float> values,
-                                             std::vector<float> bias, RowsHint hint = RowsHint::Many) const = 0;
+  // Takes a weight matrix as stored (read during the call only) and its bias (empty, or
+  // one value per row).
+  virtual std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias,
+                                             RowsHint hint = RowsHint::Many) const = 0;
+
+  // Row `row` of a matrix packed with RowsHint::Few, as float (out: w.cols() values,
+  // exactly the stored values): the token
+  // embedding lookup from the output projection, which Whisper ties to it, so that the
+  // embedding needs no copy of its own.
+  virtual void matrix_row(const PackedMatrix& w, std::int64_t row, std::span<float> out) const = 0;
 
   // y (m x w.rows()) <- epilogue(x (m x w.cols()) W^T + b).
   virtual void linear(std::span<const float> x, std::int64_t m, const PackedMatrix& w, std::span<float> y,
@@ -115,9 +125,10 @@ class Backend {
                           std::span<const float> beta) const = 0;
 };
 
-// Throws for a pack() call whose values are not rows x cols or whose bias is neither empty
-// nor `rows` long: the check every backend's pack() starts with.
-void check_pack_sizes(std::int64_t rows, std::int64_t cols, std::span<const float> values, std::span<const float> bias);
+// Throws for a pack() call whose bytes do not hold rows x cols values of its dtype (block
+// types: cols a multiple of 32) or whose bias is neither empty nor `rows` long: the
+// check every backend's pack() starts with.
+void check_pack_sizes(const StoredMatrix& weights, std::span<const float> bias);
 
 // The backend for `options` (precision Auto as resolve()): for Best, oneDNN when it is
 // built in and can run that precision on this CPU, else the reference backend (which

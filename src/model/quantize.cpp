@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "model/fp16.h"
+#include "common/fp16.h"
 
 namespace amanuensis::model {
 namespace {

@@ -7,7 +7,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/fast_math.h"
-#include "model/fp16.h"
+#include "kernels/cpu/quant.h"
 
 namespace amanuensis::nn {
 namespace {
@@ -18,30 +18,55 @@ using kernels::Epilogue;
 
 using kernels::RowsHint;
 
+kernels::DType dtype_of(model::TensorType t) {
+  using kernels::DType;
+  using model::TensorType;
+  switch (t) {
+    case TensorType::F32: return DType::F32;
+    case TensorType::F16: return DType::F16;
+    case TensorType::Q8_0: return DType::Q8_0;
+    case TensorType::Q5_0: return DType::Q5_0;
+    case TensorType::Q5_1: return DType::Q5_1;
+    case TensorType::Q4_0: return DType::Q4_0;
+    case TensorType::Q4_1: return DType::Q4_1;
+  }
+  throw InternalError("a tensor type the model reader accepted has no dtype");
+}
+
+// A tensor of the file as a matrix: PyTorch's first dimension against all the others.
+kernels::StoredMatrix stored(const model::TensorView& t) { return {dtype_of(t.type), {t.rows(), t.cols()}, t.data}; }
+
+std::vector<float> floats(const model::TensorView& t) {
+  std::vector<float> v(static_cast<std::size_t>(t.elements()));
+  cpu::dequantize(dtype_of(t.type), t.data, v);
+  return v;
+}
+
 LinearWeights linear_weights(const Backend& backend, const model::ModelFile& f, const std::string& prefix,
                              bool has_bias = true, RowsHint hint = RowsHint::Many) {
   std::vector<float> bias;
-  if (has_bias) bias = cpu::to_float_vector(f.tensor(prefix + ".bias"));
-  auto dense = cpu::to_dense_matrix(f.tensor(prefix + ".weight"));
-  return {backend.pack(dense.rows, dense.cols, std::move(dense.values), std::move(bias), hint)};
+  if (has_bias) bias = floats(f.tensor(prefix + ".bias"));
+  return {backend.pack(stored(f.tensor(prefix + ".weight")), std::move(bias), hint)};
 }
 
 // A conv1d kernel of width 3, stored [out][channel][tap], packed as a matrix whose
 // columns are [tap][channel]: then each tap of an im2col row is one contiguous input frame.
 LinearWeights conv_weights(const Backend& backend, const model::ModelFile& f, const std::string& prefix) {
-  auto bias = cpu::to_float_vector(f.tensor(prefix + ".bias"));
-  const auto dense = cpu::to_dense_matrix(f.tensor(prefix + ".weight"));
-  const std::int64_t channels = dense.cols / 3;
-  std::vector<float> by_tap(dense.values.size());
-  for (std::int64_t o = 0; o < dense.rows; ++o)
+  auto bias = floats(f.tensor(prefix + ".bias"));
+  const auto& tensor = f.tensor(prefix + ".weight");
+  const std::vector<float> values = floats(tensor);
+  const kernels::MatrixShape shape{tensor.rows(), tensor.cols()};
+  const std::int64_t channels = shape.cols / 3;
+  std::vector<float> by_tap(values.size());
+  for (std::int64_t o = 0; o < shape.rows; ++o)
     for (std::int64_t c = 0; c < channels; ++c)
       for (std::int64_t tap = 0; tap < 3; ++tap)
-        by_tap[o * dense.cols + tap * channels + c] = dense.values[o * dense.cols + c * 3 + tap];
-  return {backend.pack(dense.rows, dense.cols, std::move(by_tap), std::move(bias))};
+        by_tap[o * shape.cols + tap * channels + c] = values[o * shape.cols + c * 3 + tap];
+  return {backend.pack(kernels::stored_floats(by_tap, shape), std::move(bias))};
 }
 
 NormWeights norm_weights(const model::ModelFile& f, const std::string& prefix) {
-  return {cpu::to_float_vector(f.tensor(prefix + ".weight")), cpu::to_float_vector(f.tensor(prefix + ".bias"))};
+  return {floats(f.tensor(prefix + ".weight")), floats(f.tensor(prefix + ".bias"))};
 }
 
 // `kv_hint`: keys/values of cross-attention are computed once per window from all frames.
@@ -158,26 +183,17 @@ std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFil
   const Backend& be = *w->backend;
   w->conv1 = conv_weights(be, f, "encoder.conv1");
   w->conv2 = conv_weights(be, f, "encoder.conv2");
-  w->encoder_positions = cpu::to_float_vector(f.tensor("encoder.positional_embedding"));
+  w->encoder_positions = floats(f.tensor("encoder.positional_embedding"));
   for (int i = 0; i < hp.n_audio_layer; ++i)
     w->encoder_blocks.push_back(block_weights(be, f, "encoder.blocks." + std::to_string(i), false));
   w->encoder_ln_post = norm_weights(f, "encoder.ln_post");
   {
-    auto embedding = cpu::to_dense_matrix(f.tensor("decoder.token_embedding.weight"));
-    w->embedding_dim = embedding.cols;
-    std::vector<std::uint16_t> halves(embedding.values.size());
-    cpu::floats_to_halves(embedding.values.data(), halves.data(), static_cast<std::int64_t>(halves.size()));
-    bool exact = true;
-    for (std::size_t i = 0; i < halves.size() && exact; ++i) exact = model::half_to_float(halves[i]) == embedding.values[i];
-    if (exact) {
-      w->token_embedding_f16 = std::move(halves);
-    } else {
-      w->token_embedding_f32 = embedding.values;
-    }
-    // the same matrix is the output projection (moved: no third copy at load)
-    w->logits = {be.pack(embedding.rows, embedding.cols, std::move(embedding.values), {}, RowsHint::Few)};
+    // the output projection, which is also the token embedding (Decoder::embed)
+    const auto& embedding = f.tensor("decoder.token_embedding.weight");
+    w->embedding_dim = embedding.cols();
+    w->logits = {be.pack(stored(embedding), {}, RowsHint::Few)};
   }
-  w->decoder_positions = cpu::to_float_vector(f.tensor("decoder.positional_embedding"));
+  w->decoder_positions = floats(f.tensor("decoder.positional_embedding"));
   for (int i = 0; i < hp.n_text_layer; ++i)
     w->decoder_blocks.push_back(block_weights(be, f, "decoder.blocks." + std::to_string(i), true));
   w->decoder_ln = norm_weights(f, "decoder.ln");
@@ -235,25 +251,38 @@ CrossAttentionCache Decoder::cross_attention(const AudioFeatures& audio) const {
 KvCache Decoder::new_cache() const {
   const auto& hp = w_->hparams;
   KvCache cache;
-  const auto size = static_cast<std::size_t>(hp.n_text_ctx) * hp.n_text_state;
-  cache.keys.assign(hp.n_text_layer, std::vector<float>(size));
-  cache.values.assign(hp.n_text_layer, std::vector<float>(size));
+  cache.keys.resize(hp.n_text_layer);
+  cache.values.resize(hp.n_text_layer);
   return cache;
+}
+
+namespace {
+
+// Positions a cache grows by: its memory follows the tokens decoded (a window rarely
+// fills the text context), without a reallocation at every token.
+constexpr std::int64_t kCacheGrowth = 64;
+
+}  // namespace
+
+void Decoder::reserve_positions(KvCache& cache, std::int64_t positions) const {
+  const auto& hp = w_->hparams;
+  const std::int64_t d = hp.n_text_state;
+  if (cache.keys.empty() || static_cast<std::int64_t>(cache.keys[0].size()) >= positions * d) return;
+  const std::int64_t grown = std::min<std::int64_t>(hp.n_text_ctx, (positions + kCacheGrowth - 1) / kCacheGrowth * kCacheGrowth);
+  for (auto* layers : {&cache.keys, &cache.values})
+    for (auto& layer : *layers) layer.resize(static_cast<std::size_t>(std::max(grown, positions) * d));
 }
 
 void Decoder::embed(TokenId token, std::int64_t position, std::span<float> out) const {
   const std::int64_t d = w_->embedding_dim;
-  if (w_->token_embedding_f16.empty()) {
-    std::copy_n(w_->token_embedding_f32.data() + token * d, d, out.data());
-  } else {
-    cpu::halves_to_floats(w_->token_embedding_f16.data() + token * d, out.data(), d);
-  }
+  w_->backend->matrix_row(*w_->logits.packed, token, out.subspan(0, d));
   const float* pos = w_->decoder_positions.data() + position * d;
   for (std::int64_t j = 0; j < d; ++j) out[j] += pos[j];
 }
 
 void Decoder::copy_cache(const KvCache& from, KvCache& to) const {
   const auto used = static_cast<std::ptrdiff_t>(from.n_past * w_->hparams.n_text_state);
+  reserve_positions(to, from.n_past);
   for (std::size_t layer = 0; layer < from.keys.size(); ++layer) {
     std::copy_n(from.keys[layer].begin(), used, to.keys[layer].begin());
     std::copy_n(from.values[layer].begin(), used, to.values[layer].begin());
@@ -272,6 +301,7 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
     throw Error("token sequence of " + std::to_string(n_past + n) + " exceeds the model's text context of " +
                 std::to_string(hp.n_text_ctx));
   }
+  reserve_positions(cache, n_past + n);
   std::vector<float> x(n * d);
   for (std::int64_t i = 0; i < n; ++i) {
     if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) throw Error("token id " + std::to_string(tokens[i]) + " out of range");
@@ -365,6 +395,7 @@ void copy_rows(std::span<const float> from, std::span<const std::size_t> rows, s
 void Decoder::step(std::span<const SequenceStep> steps) const {
   check_step(steps);
   if (steps.empty()) return;
+  for (const auto& step : steps) reserve_positions(*step.cache, step.cache->n_past + 1);
   const auto& hp = w_->hparams;
   const auto m = static_cast<std::int64_t>(steps.size());
   const std::int64_t d = hp.n_text_state;

@@ -54,11 +54,8 @@ struct WhisperWeights {
   std::vector<float> encoder_positions;  // n_audio_ctx x d
   std::vector<BlockWeights> encoder_blocks;
   NormWeights encoder_ln_post;
-  // n_vocab x d, for the embedding lookup: as IEEE half when every value is exact in it
-  // (f16 and quantized-to-f16-exact files: half the memory of floats), else as float
+  // the token embedding is read from `logits`, the same matrix (Backend::matrix_row)
   std::int64_t embedding_dim = 0;
-  std::vector<std::uint16_t> token_embedding_f16;
-  std::vector<float> token_embedding_f32;
   LinearWeights logits;                       // the same matrix as the output projection
   std::vector<float> decoder_positions;       // n_text_ctx x d
   std::vector<BlockWeights> decoder_blocks;
@@ -87,7 +84,7 @@ struct CrossAttentionCache {
 // Self-attention cache of one token sequence.
 struct KvCache {
   std::int64_t n_past = 0;
-  std::vector<std::vector<float>> keys, values;  // per layer, n_text_ctx x d
+  std::vector<std::vector<float>> keys, values;  // per layer, (positions reserved) x d
 };
 
 // Raw cross-attention scores (q . k / sqrt(head_dim), before the softmax) of chosen
@@ -127,6 +124,9 @@ class Decoder {
   // Copies the filled positions of `from` into `to` (a cache of new_cache()): what a
   // sequence that forks needs, without the unused rest of the context.
   void copy_cache(const KvCache& from, KvCache& to) const;
+  // Grows every layer of `cache` to hold at least `positions` positions (new_cache()
+  // starts empty); forward() and step() call it before they write.
+  void reserve_positions(KvCache& cache, std::int64_t positions) const;
 
   // Appends `tokens` to the sequence held by `cache` (positions n_past, n_past+1, ...) and
   // returns logits: tokens.size() x n_vocab rows when `all_rows`, else only the last row.

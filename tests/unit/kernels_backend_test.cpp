@@ -82,7 +82,7 @@ TEST(KernelsBackend, LinearMatchesDefinition) {
           const auto bias = with_bias ? random_values(n, 2, 0.5f) : std::vector<float>{};
           const auto x = random_values(m * k, 3, 1.0f);
           const auto residual = random_values(m * n, 4, 1.0f);
-          const auto packed = backend->pack(n, k, w, bias, few ? RowsHint::Few : RowsHint::Many);
+          const auto packed = backend->pack(kernels::stored_floats(w, {n, k}), bias, few ? RowsHint::Few : RowsHint::Many);
           ASSERT_EQ(packed->rows(), n);
           ASSERT_EQ(packed->cols(), k);
           for (auto e : {Epilogue::Store, Epilogue::Gelu, Epilogue::Accumulate}) {
@@ -223,7 +223,7 @@ std::uint64_t check_few_rows_independent(const Backend& backend) {
         if (exact_f16)
           for (auto& v : w) v = cpu::half_to_float(cpu::float_to_half(v));
         const auto bias = with_bias ? random_values(n, 12, 0.5f) : std::vector<float>{};
-        const auto packed = backend.pack(n, k, w, bias, RowsHint::Few);
+        const auto packed = backend.pack(kernels::stored_floats(w, {n, k}), bias, RowsHint::Few);
         const auto x = random_values(kInputs * k, 13, 1.0f);
         const auto residual = random_values(kInputs * n, 14, 1.0f);
         for (auto e : {Epilogue::Store, Epilogue::Gelu, Epilogue::Accumulate}) {

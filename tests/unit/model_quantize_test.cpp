@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "model/fp16.h"
+#include "common/fp16.h"
 #include "model/ggml_file.h"
 #include "model/quantize.h"
 #include "test_paths.h"

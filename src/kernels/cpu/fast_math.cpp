@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/fp16.h"
+#include "common/fp16.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -453,14 +453,14 @@ __attribute__((target("avx2,f16c"))) void floats_to_halves_f16c(const float* x, 
   for (; i + 8 <= n; i += 8)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
                      _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  for (; i < n; ++i) y[i] = model::float_to_half(x[i]);
+  for (; i < n; ++i) y[i] = amanuensis::float_to_half(x[i]);
 }
 
 __attribute__((target("avx2,f16c"))) void halves_to_floats_f16c(const std::uint16_t* x, float* y, std::int64_t n) {
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
-  for (; i < n; ++i) y[i] = model::half_to_float(x[i]);
+  for (; i < n; ++i) y[i] = amanuensis::half_to_float(x[i]);
 }
 #endif
 }  // namespace
@@ -469,14 +469,14 @@ void floats_to_halves(const float* x, std::uint16_t* y, std::int64_t n) {
 #if defined(__x86_64__)
   if (have_avx2_fma_f16c()) return floats_to_halves_f16c(x, y, n);
 #endif
-  for (std::int64_t i = 0; i < n; ++i) y[i] = model::float_to_half(x[i]);
+  for (std::int64_t i = 0; i < n; ++i) y[i] = amanuensis::float_to_half(x[i]);
 }
 
 void halves_to_floats(const std::uint16_t* x, float* y, std::int64_t n) {
 #if defined(__x86_64__)
   if (have_avx2_fma_f16c()) return halves_to_floats_f16c(x, y, n);
 #endif
-  for (std::int64_t i = 0; i < n; ++i) y[i] = model::half_to_float(x[i]);
+  for (std::int64_t i = 0; i < n; ++i) y[i] = amanuensis::half_to_float(x[i]);
 }
 
 void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std::uint16_t* k, const std::uint16_t* v,

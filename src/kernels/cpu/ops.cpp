@@ -18,21 +18,6 @@ constexpr int kLanes = 16;  // independent partial sums, so the compiler may vec
 
 }  // namespace
 
-DenseMatrix to_dense_matrix(const model::TensorView& tensor) {
-  DenseMatrix m;
-  m.rows = tensor.rows();
-  m.cols = tensor.cols();
-  m.values.resize(static_cast<std::size_t>(m.rows * m.cols));
-  dequantize(tensor.type, tensor.data, m.values);
-  return m;
-}
-
-std::vector<float> to_float_vector(const model::TensorView& tensor) {
-  std::vector<float> v(static_cast<std::size_t>(tensor.elements()));
-  dequantize(tensor.type, tensor.data, v);
-  return v;
-}
-
 AMANUENSIS_MULTIVERSION
 float dot(const float* a, const float* b, std::int64_t n) {
   float partial[kLanes] = {};

@@ -7,7 +7,6 @@
 #include <span>
 #include <vector>
 
-#include "model/ggml_file.h"
 
 namespace amanuensis::kernels::cpu {
 
@@ -19,11 +18,6 @@ struct DenseMatrix {
 
   std::span<const float> row(std::int64_t r) const { return {values.data() + r * cols, static_cast<std::size_t>(cols)}; }
 };
-
-// Converts any stored tensor to float: a matrix (rows x cols as PyTorch sees the first
-// dimension against the rest) or a flat vector.
-DenseMatrix to_dense_matrix(const model::TensorView& tensor);
-std::vector<float> to_float_vector(const model::TensorView& tensor);
 
 float dot(const float* a, const float* b, std::int64_t n);
 

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace amanuensis::kernels {
@@ -27,7 +28,8 @@ class ReferenceMatrix final : public PackedMatrix {
  public:
   ReferenceMatrix(cpu::DenseMatrix m, std::vector<float> bias, RowsHint hint)
       : PackedMatrix(m.rows, m.cols), matrix(std::move(m)), bias(std::move(bias)), hint(hint) {}
-  cpu::DenseMatrix matrix;
+  cpu::DenseMatrix matrix;  // as multiplied (bf16: rounded)
+  std::vector<float> unrounded;  // bf16 only: the stored values, for matrix_row
   std::vector<float> bias;
   RowsHint hint;
 };
@@ -65,16 +67,28 @@ class ReferenceBackend final : public Backend {
   std::string name() const override { return precision_ == Precision::Bf16 ? "reference-bf16-emulated" : "reference-fp32"; }
   Precision precision() const override { return precision_; }
 
-  std::unique_ptr<PackedMatrix> pack(std::int64_t rows, std::int64_t cols, std::vector<float> values,
-                                     std::vector<float> bias, RowsHint hint) const override {
-    check_pack_sizes(rows, cols, values, bias);
-    if (precision_ == Precision::Bf16)
-      for (float& v : values) v = round_to_bf16(v);
+  std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias,
+                                     RowsHint hint) const override {
+    check_pack_sizes(weights, bias);
     cpu::DenseMatrix m;
-    m.rows = rows;
-    m.cols = cols;
-    m.values = std::move(values);
-    return std::make_unique<ReferenceMatrix>(std::move(m), std::move(bias), hint);
+    m.rows = weights.shape.rows;
+    m.cols = weights.shape.cols;
+    m.values = cpu::to_floats(weights);
+    std::vector<float> unrounded;
+    if (precision_ == Precision::Bf16) {
+      unrounded = m.values;
+      for (float& v : m.values) v = round_to_bf16(v);
+    }
+    auto packed = std::make_unique<ReferenceMatrix>(std::move(m), std::move(bias), hint);
+    packed->unrounded = std::move(unrounded);
+    return packed;
+  }
+
+  // the stored values (the embedding is added, never multiplied in bf16)
+  void matrix_row(const PackedMatrix& packed, std::int64_t row, std::span<float> out) const override {
+    const auto& w = static_cast<const ReferenceMatrix&>(packed);
+    const float* values = w.unrounded.empty() ? w.matrix.values.data() : w.unrounded.data();
+    std::copy_n(values + row * w.cols(), w.cols(), out.begin());
   }
 
   void linear(std::span<const float> x, std::int64_t m, const PackedMatrix& packed, std::span<float> y,

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <unordered_map>
@@ -18,6 +19,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/panel_matrix.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
@@ -53,15 +55,8 @@ struct Slice {
 };
 
 // RowsHint::Few matrices skip oneDNN, whose result for a row may depend on how many
-// rows come with it. Their weights are stored once, in panels of kPanel output features:
-// panel p holds w[p * kPanel + j][i] at p * panel_size(cols) + i * kPanel + j (the last
-// panel padded with zeros), so one vector load gives one input's weight for kPanel
-// features.
-constexpr std::int64_t kPanel = 8;
-
-// A panel is 4 inputs (64 or 128 bytes) longer than its weights: with cols a multiple of
-// 256, the panels a tile reads at once would otherwise all map to the same L1 sets.
-constexpr std::int64_t panel_size(std::int64_t cols) { return (cols + 4) * kPanel; }
+// rows come with it: their weights are a cpu::PanelMatrix, in their stored precision.
+constexpr std::int64_t kPanel = cpu::PanelMatrix::kPanel;
 
 class OnednnMatrix final : public PackedMatrix {
  public:
@@ -69,140 +64,11 @@ class OnednnMatrix final : public PackedMatrix {
   dt src_type = dt::f32;
   bool has_bias = false;
   std::vector<std::unique_ptr<Slice>> slices;
-  // Few: panels in f16 when every weight is exact in it (f16 model files: half the
-  // bytes to read per decoder step), else in f32; read by plain_linear.
-  bool plain = false;
-  std::vector<std::uint16_t> f16;
-  std::vector<float> f32;
+  // Few: the panels, read by plain_linear
+  std::optional<cpu::PanelMatrix> plain;
   std::vector<float> bias;
-
-  std::int64_t panels() const { return (rows() + kPanel - 1) / kPanel; }
+  std::int64_t panels() const { return plain->panels(); }
 };
-
-bool exact_in_f16(std::span<const float> values) {
-  return std::all_of(values.begin(), values.end(),
-                     [](float v) { return cpu::half_to_float(cpu::float_to_half(v)) == v; });
-}
-
-// rows x cols row-major -> the panel layout above.
-template <typename T, typename Convert>
-std::vector<T> to_panels(std::span<const float> values, std::int64_t rows, std::int64_t cols, Convert convert) {
-  const std::int64_t panels = (rows + kPanel - 1) / kPanel;
-  std::vector<T> out(static_cast<std::size_t>(panels * panel_size(cols)), convert(0.0f));
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t i = 0; i < cols; ++i)
-      out[(r / kPanel) * panel_size(cols) + i * kPanel + r % kPanel] = convert(values[r * cols + i]);
-  return out;
-}
-
-// The raw products of a Few matrix: out[r * ldo + f] = x[r] . w[p0 * kPanel + f] for
-// rows r < m and the features of panels [p0, p1). Every element is the same chain,
-// acc = 0, then acc = fma(w[f][i], x[r][i], acc) for i = 0, 1, ..., k - 1, whatever
-// tile computes it, so a row's result never depends on the other rows of the product,
-// on m, or on how the work was shared out; nor is there a horizontal sum or k tail.
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const std::uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
-// R rows x P panels of accumulators; w points at the first of P consecutive panels.
-template <int R, int P, typename T>
-__attribute__((target("avx2,fma,f16c"))) void product_tile(const float* x, std::int64_t k, const T* w, float* out,
-                                                             std::int64_t ldo) {
-  // (unrolled early, or GCC keeps the accumulators in memory)
-  __m256 acc[R][P];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) acc[r][p] = _mm256_setzero_ps();
-  for (std::int64_t i = 0; i < k; ++i) {
-    if constexpr (R == 1) {  // each weight used once: no need to hold them all
-      const __m256 xv = _mm256_broadcast_ss(x + i);
-#pragma GCC unroll 16
-      for (int p = 0; p < P; ++p) acc[0][p] = _mm256_fmadd_ps(load8(w + p * panel_size(k) + i * kPanel), xv, acc[0][p]);
-      continue;
-    }
-    __m256 wv[P];
-#pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) wv[p] = load8(w + p * panel_size(k) + i * kPanel);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * k + i);
-#pragma GCC unroll 16
-      for (int p = 0; p < P; ++p) acc[r][p] = _mm256_fmadd_ps(wv[p], xv, acc[r][p]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) _mm256_storeu_ps(out + r * ldo + p * kPanel, acc[r][p]);
-}
-
-// How many panels a tile of R rows takes: R x P accumulators, P weights and an input
-// in the 16 vector registers, and at least 8 accumulators (FMA latency x throughput)
-// where the rows allow; one row streams its weights through, 8 panels at a time.
-template <int R>
-constexpr int kTilePanels = R == 1 ? 8 : R == 2 ? 5 : R <= 4 ? 3 : 2;
-
-// R rows against `panels` panels: P at a time, then what is left with fewer.
-template <int R, int P = kTilePanels<R>, typename T>
-__attribute__((target("avx2,fma,f16c"))) void product_row_tile(const float* x, std::int64_t k, const T* w,
-                                                                 std::int64_t panels, float* out, std::int64_t ldo) {
-  std::int64_t p = 0;
-  for (; p + P <= panels; p += P) product_tile<R, P>(x, k, w + p * panel_size(k), out + p * kPanel, ldo);
-  if constexpr (P > 1)
-    if (p < panels) product_row_tile<R, P - 1>(x, k, w + p * panel_size(k), panels - p, out + p * kPanel, ldo);
-}
-
-template <typename T>
-__attribute__((target("avx2,fma,f16c"))) void product_avx2(const float* x, std::int64_t m, std::int64_t k, const T* w,
-                                                             std::int64_t panels, float* out, std::int64_t ldo) {
-  constexpr int kRows = 6;
-  std::int64_t r = 0;
-  for (; m - r >= kRows; r += kRows) product_row_tile<kRows>(x + r * k, k, w, panels, out + r * ldo, ldo);
-  const float* xr = x + r * k;
-  float* o = out + r * ldo;
-  switch (m - r) {
-    case 5: product_row_tile<5>(xr, k, w, panels, o, ldo); break;
-    case 4: product_row_tile<4>(xr, k, w, panels, o, ldo); break;
-    case 3: product_row_tile<3>(xr, k, w, panels, o, ldo); break;
-    case 2: product_row_tile<2>(xr, k, w, panels, o, ldo); break;
-    case 1: product_row_tile<1>(xr, k, w, panels, o, ldo); break;
-    default: break;
-  }
-}
-#endif
-
-// Without AVX2/FMA/F16C (weights then always f32): the same chain per element in plain
-// code, one path for every element (so row-independent too, if not the same bits).
-void product_portable(const float* x, std::int64_t m, std::int64_t k, const float* w, std::int64_t panels, float* out,
-                      std::int64_t ldo) {
-  for (std::int64_t r = 0; r < m; ++r)
-    for (std::int64_t p = 0; p < panels; ++p) {
-      float acc[kPanel] = {};
-      for (std::int64_t i = 0; i < k; ++i)
-        for (std::int64_t j = 0; j < kPanel; ++j) acc[j] += w[p * panel_size(k) + i * kPanel + j] * x[r * k + i];
-      std::copy(acc, acc + kPanel, out + r * ldo + p * kPanel);
-    }
-}
-
-// Panels [p0, p1) of a Few matrix against m rows; out needs (p1 - p0) * kPanel columns.
-void product(const float* x, std::int64_t m, const OnednnMatrix& w, std::int64_t p0, std::int64_t p1, float* out,
-             std::int64_t ldo) {
-  const std::int64_t k = w.cols(), offset = p0 * panel_size(k);
-#if defined(__x86_64__)
-  if (cpu::have_avx2_fma_f16c()) {
-    if (!w.f16.empty()) {
-      product_avx2(x, m, k, w.f16.data() + offset, p1 - p0, out, ldo);
-    } else {
-      product_avx2(x, m, k, w.f32.data() + offset, p1 - p0, out, ldo);
-    }
-    return;
-  }
-#endif
-  product_portable(x, m, k, w.f32.data() + offset, p1 - p0, out, ldo);
-}
 
 // The product of m rows against a slice, writing into rows of the full output (stride n).
 dnnl::matmul::primitive_desc matmul_pd(const OnednnMatrix& w, const Slice& s, std::int64_t m,
@@ -266,21 +132,18 @@ class OnednnBackend final : public Backend {
   std::string name() const override { return precision_ == Precision::Bf16 ? "onednn-bf16" : "onednn-fp32"; }
   Precision precision() const override { return precision_; }
 
-  std::unique_ptr<PackedMatrix> pack(std::int64_t rows, std::int64_t cols, std::vector<float> values,
-                                     std::vector<float> bias, RowsHint hint) const override {
-    check_pack_sizes(rows, cols, values, bias);
+  std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias,
+                                     RowsHint hint) const override {
+    check_pack_sizes(weights, bias);
+    const auto [rows, cols] = weights.shape;
     auto w = std::make_unique<OnednnMatrix>(rows, cols);
     if (hint == RowsHint::Few) {
-      // also in bf16 mode: plain f16/f32 weights are more precise than bf16 products
-      w->plain = true;
-      if (cpu::have_avx2_fma_f16c() && exact_in_f16(values)) {
-        w->f16 = to_panels<std::uint16_t>(values, rows, cols, cpu::float_to_half);
-      } else {
-        w->f32 = to_panels<float>(values, rows, cols, [](float v) { return v; });
-      }
+      // also in bf16 mode: the stored weights are more precise than bf16 products
+      w->plain.emplace(weights);
       w->bias = std::move(bias);
       return w;
     }
+    const std::vector<float> values = cpu::to_floats(weights);
     single_threaded_onednn();
     w->src_type = precision_ == Precision::Bf16 ? dt::bf16 : dt::f32;
     w->has_bias = !bias.empty();
@@ -298,7 +161,7 @@ class OnednnBackend final : public Backend {
       s->weights_md = matmul_pd(*w, *s, 256, any, make_attr(Epilogue::Store)).weights_desc();
       s->weights = dnnl::memory(s->weights_md, cpu_engine());
       // PyTorch's rows x cols row-major weight is oneDNN's K x N matrix in "ba" order
-      dnnl::memory plain({{cols, s->rows}, dt::f32, tag::ba}, cpu_engine(), values.data() + first * cols);
+      dnnl::memory plain({{cols, s->rows}, dt::f32, tag::ba}, cpu_engine(), const_cast<float*>(values.data()) + first * cols);
       dnnl::reorder(plain, s->weights).execute(thread_stream(), plain, s->weights);
       if (w->has_bias) {
         s->bias = dnnl::memory({{1, s->rows}, dt::f32, tag::ab}, cpu_engine());
@@ -308,6 +171,12 @@ class OnednnBackend final : public Backend {
     }
     thread_stream().wait();
     return w;
+  }
+
+  void matrix_row(const PackedMatrix& packed, std::int64_t row, std::span<float> out) const override {
+    const auto& w = static_cast<const OnednnMatrix&>(packed);
+    if (!w.plain) throw InternalError("matrix_row needs a matrix packed with RowsHint::Few");
+    w.plain->row(row, out);
   }
 
   void linear(std::span<const float> x, std::int64_t m, const PackedMatrix& packed, std::span<float> y,
@@ -438,7 +307,7 @@ class OnednnBackend final : public Backend {
       const std::int64_t c0 = p0 * kPanel, c1 = std::min(n, p1 * kPanel);
       for (std::int64_t r0 = 0; r0 < m; r0 += kChunkRows) {
         const std::int64_t rows = std::min(kChunkRows, m - r0);
-        product(x.data() + r0 * k, rows, w, p0, p1, acc.data(), width);
+        w.plain->product(x.data() + r0 * k, rows, p0, p1, acc.data(), width);
         finish_rows(acc.data(), width, rows, w, c0, c1, y.data() + r0 * n, epilogue);
       }
     }
@@ -513,7 +382,7 @@ bool self_test(const OnednnBackend& backend) {
   for (std::int64_t i = 0; i < n * k; ++i) w[i] = static_cast<float>((i * 7 % 13) - 6) / 8.0f;
   for (std::int64_t i = 0; i < n; ++i) b[i] = static_cast<float>(i % 5) - 2.0f;
   for (std::int64_t i = 0; i < m * k; ++i) x[i] = static_cast<float>((i * 5 % 11) - 5) / 4.0f;
-  const auto packed = backend.pack(n, k, w, b, RowsHint::Many);
+  const auto packed = backend.pack(stored_floats(w, {n, k}), b, RowsHint::Many);
   {
     const auto& w = static_cast<const OnednnMatrix&>(*packed);
     if (is_reference_impl(matmul_pd(w, *w.slices[0], 256, w.slices[0]->weights_md, make_attr(Epilogue::Store))))

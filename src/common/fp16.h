@@ -1,4 +1,4 @@
-// model: IEEE half-precision conversion, the 16-bit float of f16 tensors and of the scales
+// common: IEEE half-precision conversion, the 16-bit float of f16 tensors and of the scales
 // in quantized blocks. Inline: the kernels convert weights with it in their inner loops.
 #pragma once
 
@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-namespace amanuensis::model {
+namespace amanuensis {
 
 inline float half_to_float(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
@@ -47,4 +47,4 @@ inline std::uint16_t float_to_half(float f) {
   return static_cast<std::uint16_t>(sign | ((rounded - 0x38000000) >> 13));
 }
 
-}  // namespace amanuensis::model
+}  // namespace amanuensis

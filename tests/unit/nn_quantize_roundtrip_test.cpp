@@ -1,6 +1,7 @@
 // The quantizer (model/quantize.h) against the engine's own reader of the formats
 // (kernels/cpu/quant.h): every type dequantizes back to its input within the step of its
 // block, and values the format holds exactly come back exactly.
+// (In the nn layer's tests: nn is the lowest layer that links both model and kernels.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,12 +21,51 @@ using model::TensorType;
 
 const TensorType kTypes[] = {TensorType::Q8_0, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q4_0, TensorType::Q4_1};
 
-std::vector<float> roundtrip(TensorType type, const std::vector<float>& values) {
+DType dtype(TensorType t) {
+  switch (t) {
+    case TensorType::Q8_0: return DType::Q8_0;
+    case TensorType::Q5_0: return DType::Q5_0;
+    case TensorType::Q5_1: return DType::Q5_1;
+    case TensorType::Q4_0: return DType::Q4_0;
+    default: return DType::Q4_1;
+  }
+}
+
+std::vector<std::byte> quantized(TensorType type, const std::vector<float>& values) {
   std::vector<std::byte> q(model::tensor_bytes(type, static_cast<std::int64_t>(values.size())));
+  EXPECT_EQ(q.size(), dtype_bytes(dtype(type), static_cast<std::int64_t>(values.size())));
   model::quantize_values(type, values, q);
+  return q;
+}
+
+std::vector<float> roundtrip(TensorType type, const std::vector<float>& values) {
+  const auto q = quantized(type, values);
   std::vector<float> back(values.size());
-  cpu::dequantize(type, q, back);
+  cpu::dequantize(dtype(type), q, back);
   return back;
+}
+
+// The int8 codes and scales that the decoder's panels keep (kernels/cpu/panel_matrix.h)
+// give exactly the dequantized weights, for the types that have them.
+TEST(QuantizeRoundTrip, BlockCodesTimesScaleAreTheDequantizedValues) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist(0.0f, 0.05f);
+  std::vector<float> values(32 * 64);
+  for (auto& v : values) v = dist(rng);
+  int checked = 0;
+  for (TensorType type : kTypes) {
+    if (!cpu::has_int8_codes(dtype(type))) continue;
+    const auto q = quantized(type, values);
+    const auto back = roundtrip(type, values);
+    const std::size_t block_bytes = dtype_bytes(dtype(type), 32);
+    for (std::size_t b = 0; b < values.size() / 32; ++b) {
+      std::int8_t codes[32];
+      const float scale = cpu::block_codes(dtype(type), q.data() + b * block_bytes, codes);
+      for (int j = 0; j < 32; ++j) ASSERT_EQ(scale * codes[j], back[b * 32 + j]) << model::tensor_type_name(type);
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 3);  // q8_0, q5_0, q4_0
 }
 
 TEST(QuantizeRoundTrip, ErrorWithinOneStepOfEachBlock) {

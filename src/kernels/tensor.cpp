@@ -1,0 +1,45 @@
+#include "kernels/tensor.h"
+
+#include "common/error.h"
+
+namespace amanuensis::kernels {
+
+std::string_view dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "f32";
+    case DType::F16: return "f16";
+    case DType::BF16: return "bf16";
+    case DType::Q8_0: return "q8_0";
+    case DType::Q5_0: return "q5_0";
+    case DType::Q5_1: return "q5_1";
+    case DType::Q4_0: return "q4_0";
+    case DType::Q4_1: return "q4_1";
+  }
+  return "?";
+}
+
+bool is_block_quantized(DType t) { return t != DType::F32 && t != DType::F16 && t != DType::BF16; }
+
+std::size_t dtype_bytes(DType t, std::int64_t elements) {
+  const auto n = static_cast<std::size_t>(elements);
+  const std::size_t blocks = n / kQuantBlock;
+  switch (t) {
+    case DType::F32: return n * 4;
+    case DType::F16:
+    case DType::BF16: return n * 2;
+    case DType::Q8_0: return blocks * 34;
+    case DType::Q5_0: return blocks * 22;
+    case DType::Q5_1: return blocks * 24;
+    case DType::Q4_0: return blocks * 18;
+    case DType::Q4_1: return blocks * 20;
+  }
+  throw InternalError("dtype_bytes: unknown dtype");
+}
+
+StoredMatrix stored_floats(std::span<const float> values, MatrixShape shape) {
+  if (static_cast<std::int64_t>(values.size()) != shape.elements())
+    throw InternalError("stored_floats: values do not match the shape");
+  return {DType::F32, shape, std::as_bytes(values)};
+}
+
+}  // namespace amanuensis::kernels
