@@ -15,35 +15,54 @@
 
 namespace amanuensis::kernels::cpu {
 
+// The panels of a PanelMatrix: panel p holds w[p * lanes + j][i] at p * stride + i * lanes
+// + j (the last panel padded with zeros), so one vector load gives one input's weight for
+// `lanes` features; stride is (cols + 4) * lanes: with cols a multiple of 256, the panels
+// a tile reads at once would otherwise all map to the same L1 sets. One of f16, codes
+// (with scales: [panel][block of 32 inputs][lanes]) or f32 holds the weights.
+struct PanelStore {
+  std::int64_t cols = 0, lanes = 8, stride = 0, scale_stride = 0;
+  std::vector<std::uint16_t> f16;
+  std::vector<std::int8_t> codes;
+  std::vector<float> scales;
+  std::vector<float> f32;
+};
+
 class PanelMatrix {
  public:
-  // Output features per panel: one AVX2 vector of floats.
-  static constexpr std::int64_t kPanel = 8;
+  // Panels are 16 features wide where the CPU has AVX-512 (one zmm of floats), else 8;
+  // every width divides this, so work shared out in multiples of it splits no panel.
+  static constexpr std::int64_t kMaxPanelWidth = 16;
 
-  explicit PanelMatrix(const StoredMatrix& weights);
+  // panel_width: 8 or 16 where the CPU runs it (tests compare the two); 0 picks the
+  // widest this CPU runs. Throws InternalError for a width the CPU cannot run.
+  explicit PanelMatrix(const StoredMatrix& weights, std::int64_t panel_width = 0);
+
+  // The widest panels this CPU runs: 16 with AVX-512, else 8.
+  static std::int64_t widest_panel_width();
 
   const MatrixShape& shape() const { return shape_; }
-  std::int64_t panels() const { return (shape_.rows + kPanel - 1) / kPanel; }
+  std::int64_t panel_width() const { return store_.lanes; }
   // Which storage the panels use: "f16", "int8" or "f32".
   const char* storage() const;
   std::size_t bytes() const;
 
-  // The raw products out[r * ldo + f] = x[r] . w[p0 * kPanel + f] for rows r < m and the
-  // features of panels [p0, p1) (out needs (p1 - p0) * kPanel columns). Each element is
-  // acc = 0, then acc = fma(w[f][i], x[r][i], acc) for i = 0, 1, ..., cols - 1, with
-  // w[f][i] the stored weight as float (for codes: float(code) * scale, one rounding,
-  // which is exactly the dequantized value).
-  void product(const float* x, std::int64_t m, std::int64_t p0, std::int64_t p1, float* out, std::int64_t ldo) const;
+  // The raw products out[r * ldo + f - first] = x[r] . w[f] for rows r < m and features f
+  // in [first, end), first a multiple of panel_width(); whole panels are written, so out
+  // needs (end - first) rounded up to panel_width() columns. Each element is acc = 0,
+  // then acc = fma(w[f][i], x[r][i], acc) for i = 0, 1, ..., cols - 1, with w[f][i] the
+  // stored weight as float (for codes: float(code) * scale, one rounding, which is
+  // exactly the dequantized value), at every panel width: the same bits on AVX2 and
+  // AVX-512.
+  void product(const float* x, std::int64_t m, std::int64_t first, std::int64_t end, float* out,
+               std::int64_t ldo) const;
 
   // The weights of output feature `row` as float (out: cols values), exactly as stored.
   void row(std::int64_t row, std::span<float> out) const;
 
  private:
   MatrixShape shape_;
-  std::vector<std::uint16_t> f16_;
-  std::vector<std::int8_t> codes_;
-  std::vector<float> scales_;  // with codes_: [panel][block of 32 inputs][kPanel]
-  std::vector<float> f32_;
+  PanelStore store_;
 };
 
 }  // namespace amanuensis::kernels::cpu

@@ -56,7 +56,6 @@ struct Slice {
 
 // RowsHint::Few matrices skip oneDNN, whose result for a row may depend on how many
 // rows come with it: their weights are a cpu::PanelMatrix, in their stored precision.
-constexpr std::int64_t kPanel = cpu::PanelMatrix::kPanel;
 
 class OnednnMatrix final : public PackedMatrix {
  public:
@@ -67,7 +66,6 @@ class OnednnMatrix final : public PackedMatrix {
   // Few: the panels, read by plain_linear
   std::optional<cpu::PanelMatrix> plain;
   std::vector<float> bias;
-  std::int64_t panels() const { return plain->panels(); }
 };
 
 // The product of m rows against a slice, writing into rows of the full output (stride n).
@@ -284,14 +282,15 @@ class OnednnBackend final : public Backend {
   }
 
  private:
-  // Work items: kItemPanels panels of output features. Rows go through in chunks whose
-  // products fit a small buffer; an item's weights stay in cache for all the chunks.
-  static constexpr std::int64_t kItemPanels = 8;
+  // Work items: kItemFeatures output features (whole panels at every panel width). Rows
+  // go through in chunks whose products fit a small buffer; an item's weights stay in
+  // cache for all the chunks.
+  static constexpr std::int64_t kItemFeatures = 4 * cpu::PanelMatrix::kMaxPanelWidth;
   static constexpr std::int64_t kChunkRows = 64;
 
   static void plain_linear(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
                            Epilogue epilogue) {
-    const std::int64_t items = (w.panels() + kItemPanels - 1) / kItemPanels;
+    const std::int64_t items = (w.rows() + kItemFeatures - 1) / kItemFeatures;
     maybe_parallel(items, 2.0 * m * w.rows() * w.cols(),
                    [&](std::int64_t begin, std::int64_t end) { plain_items(x, m, w, y, epilogue, begin, end); });
   }
@@ -299,16 +298,14 @@ class OnednnBackend final : public Backend {
   static void plain_items(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
                           Epilogue epilogue, std::int64_t begin, std::int64_t end) {
     const std::int64_t n = w.rows(), k = w.cols();
-    constexpr std::int64_t width = kItemPanels * kPanel;
     thread_local std::vector<float> acc;
-    acc.resize(static_cast<std::size_t>(kChunkRows * width));
+    acc.resize(static_cast<std::size_t>(kChunkRows * kItemFeatures));
     for (std::int64_t item = begin; item < end; ++item) {
-      const std::int64_t p0 = item * kItemPanels, p1 = std::min(w.panels(), p0 + kItemPanels);
-      const std::int64_t c0 = p0 * kPanel, c1 = std::min(n, p1 * kPanel);
+      const std::int64_t c0 = item * kItemFeatures, c1 = std::min(n, c0 + kItemFeatures);
       for (std::int64_t r0 = 0; r0 < m; r0 += kChunkRows) {
         const std::int64_t rows = std::min(kChunkRows, m - r0);
-        w.plain->product(x.data() + r0 * k, rows, p0, p1, acc.data(), width);
-        finish_rows(acc.data(), width, rows, w, c0, c1, y.data() + r0 * n, epilogue);
+        w.plain->product(x.data() + r0 * k, rows, c0, c1, acc.data(), kItemFeatures);
+        finish_rows(acc.data(), kItemFeatures, rows, w, c0, c1, y.data() + r0 * n, epilogue);
       }
     }
   }
