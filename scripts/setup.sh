@@ -15,6 +15,9 @@ PACKAGES=(
   # Debian's libdnnl-dev is built with the OpenCL GPU runtime: its CMake config needs the
   # OpenCL headers and loader, which are only a Recommends (not installed below).
   ocl-icd-opencl-dev
+  # The .deb (`cmake --build build --target package`): CPack finds the ELF files with `file`
+  # and dpkg-shlibdeps (dpkg-dev, also pulled in by build-essential) writes their Depends.
+  file dpkg-dev
   # The fresh-machine test (tests/fresh) builds a minimal bookworm root with it.
   debootstrap
 )
