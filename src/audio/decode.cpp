@@ -1,6 +1,8 @@
 #include "audio/decode.h"
 
 #include <algorithm>
+#include <cmath>
+#include <new>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -149,8 +151,15 @@ std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded) {
   auto resampler = make_resampler(decoder.get());
 
   std::vector<float> samples;
-  // Growing the vector by doubling would briefly need twice the memory of a long recording.
-  if (format->duration > 0) samples.reserve(static_cast<std::size_t>(format->duration / AV_TIME_BASE + 2) * kSampleRate);
+  // Growing the vector by doubling would briefly need twice the memory of a long recording,
+  // so room for the duration the container states is reserved, but at most what the file's
+  // size can plausibly hold (32 samples a byte: 6 kbit/s Opus at 16 kHz is about 21), as
+  // a header may claim any duration.
+  if (format->duration > 0) {
+    const double stated = static_cast<double>(format->duration) / AV_TIME_BASE * kSampleRate;
+    const double plausible = 32.0 * static_cast<double>(encoded.size());
+    samples.reserve(static_cast<std::size_t>(std::min(stated, plausible)) + 2 * kSampleRate);
+  }
   std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
   std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
   auto drain = [&] {
@@ -181,15 +190,32 @@ std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded) {
 
 }  // namespace
 
-std::vector<float> decode_audio(std::span<const std::byte> encoded) {
+std::size_t replace_non_finite(std::span<float> samples) {
+  std::size_t replaced = 0;
+  for (float& v : samples)
+    if (!std::isfinite(v)) {
+      v = 0.0f;
+      ++replaced;
+    }
+  return replaced;
+}
+
+std::vector<float> decode_audio(std::span<const std::byte> encoded, DecodeReport* report) {
   if (encoded.empty()) throw Error("the audio file is empty");
-  if (is_plain_16k_mono_wav(encoded)) return decode_wav(encoded);
-  auto samples = decode_with_ffmpeg(encoded);
+  if (is_plain_16k_mono_wav(encoded)) return decode_wav(encoded);  // int16: always finite
+  std::vector<float> samples;
+  try {
+    samples = decode_with_ffmpeg(encoded);
+  } catch (const std::bad_alloc&) {
+    throw Error("the audio file decodes to more samples than this machine can hold");
+  }
   if (samples.empty()) throw Error("the audio file holds no samples");
+  const std::size_t replaced = replace_non_finite(samples);
+  if (report) report->non_finite_samples = replaced;
   return samples;
 }
 
-std::vector<float> load_audio_file(const std::filesystem::path& path) {
+std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeReport* report) {
   std::vector<char> bytes;
   if (path == "-") {
     bytes.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
@@ -201,13 +227,14 @@ std::vector<float> load_audio_file(const std::filesystem::path& path) {
     bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   try {
-    return decode_audio(std::as_bytes(std::span(bytes)));
+    return decode_audio(std::as_bytes(std::span(bytes)), report);
   } catch (const Error& e) {
     throw Error(path.string() + ": " + e.what());
   }
 }
 
-std::vector<float> decode_raw_pcm(std::span<const std::byte> bytes, PcmFormat format, int sample_rate, int channels) {
+std::vector<float> decode_raw_pcm(std::span<const std::byte> bytes, PcmFormat format, int sample_rate, int channels,
+                                  DecodeReport* report) {
   if (sample_rate < 1000 || sample_rate > 384000) throw Error("--pcm-rate must be between 1000 and 384000 Hz");
   if (channels < 1 || channels > 16) throw Error("--pcm-channels must be between 1 and 16");
   const std::size_t width = format == PcmFormat::S16 ? 2 : 4;
@@ -230,6 +257,8 @@ std::vector<float> decode_raw_pcm(std::span<const std::byte> bytes, PcmFormat fo
     }
     mono[f] = sum / static_cast<float>(channels);
   }
+  const std::size_t replaced = replace_non_finite(mono);  // before resampling spreads them
+  if (report) report->non_finite_samples = replaced;
   if (sample_rate == kSampleRate) return mono;
   // resample through libswresample, the same path as decoded files
   SwrContext* raw = nullptr;

@@ -10,16 +10,28 @@
 
 namespace amanuensis::audio {
 
+// What a decode found that the caller may want to tell its user about.
+struct DecodeReport {
+  // NaN or infinite samples (float WAV/PCM), replaced by silence: one of them would turn
+  // every window it touches into NaN logits
+  std::size_t non_finite_samples = 0;
+};
+
 // Decodes an encoded audio file held in memory: the first audio stream, down-mixed and
 // resampled to 16 kHz mono. 16 kHz mono 16-bit PCM WAV takes a direct path that gives
-// exactly int16 / 32768. Throws amanuensis::Error for empty, truncated or non-audio input.
-std::vector<float> decode_audio(std::span<const std::byte> encoded);
+// exactly int16 / 32768. Throws amanuensis::Error for empty, truncated or non-audio input,
+// and for input whose sizes cannot be held (a header claiming years of audio).
+std::vector<float> decode_audio(std::span<const std::byte> encoded, DecodeReport* report = nullptr);
 
 // Reads and decodes a file; "-" reads standard input.
-std::vector<float> load_audio_file(const std::filesystem::path& path);
+std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeReport* report = nullptr);
 
 // Raw little-endian PCM (s16 or f32), any rate and channel count, to 16 kHz mono.
 enum class PcmFormat { S16, F32 };
-std::vector<float> decode_raw_pcm(std::span<const std::byte> bytes, PcmFormat format, int sample_rate, int channels);
+std::vector<float> decode_raw_pcm(std::span<const std::byte> bytes, PcmFormat format, int sample_rate, int channels,
+                                  DecodeReport* report = nullptr);
+
+// Replaces NaN and infinite samples by 0 and returns how many there were.
+std::size_t replace_non_finite(std::span<float> samples);
 
 }  // namespace amanuensis::audio

@@ -75,14 +75,23 @@ Audio files of any common format are decoded with FFmpeg's libraries (wav, flac,
 ogg/opus, m4a/aac, webm, mp4) and resampled to 16 kHz mono.
 )";
 
-std::vector<float> read_audio(const std::string& path, const Args& args) {
-  if (path != "-" || !args.get("pcm-rate")) return audio::load_audio_file(path);
+std::vector<float> decode_input(const std::string& path, const Args& args, audio::DecodeReport& report) {
+  if (path != "-" || !args.get("pcm-rate")) return audio::load_audio_file(path, &report);
   const std::string format = args.get_or("pcm-format", "s16");
   if (format != "s16" && format != "f32") throw Error("--pcm-format must be s16 or f32");
   std::vector<char> bytes(std::istreambuf_iterator<char>(std::cin), {});
   return audio::decode_raw_pcm(std::as_bytes(std::span(bytes)),
                                format == "s16" ? audio::PcmFormat::S16 : audio::PcmFormat::F32,
-                               args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1));
+                               args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1), &report);
+}
+
+std::vector<float> read_audio(const std::string& path, const Args& args) {
+  audio::DecodeReport report;
+  auto samples = decode_input(path, args, report);
+  if (report.non_finite_samples > 0)
+    std::fprintf(stderr, "amanuensis: warning: %s: %zu NaN or infinite samples replaced by silence\n", path.c_str(),
+                 report.non_finite_samples);
+  return samples;
 }
 
 

@@ -148,6 +148,15 @@ std::vector<float> conv3_gelu(const Backend& be, std::span<const float> input, s
 }
 
 // Scores of the captured heads of one layer: q . k / sqrt(head_dim) over all audio positions.
+// NaN or infinite logits come from damaged weights (or non-finite input): decoding them
+// would pick token 0 forever or fail deep in the rules, so the user is told here.
+void check_finite(std::span<const float> logits) {
+  bool finite = true;
+  for (float v : logits) finite &= std::isfinite(v);  // no early exit: vectorises
+  if (!finite)
+    throw Error("the model produced NaN or infinite logits: its weights are damaged (or the audio was not finite)");
+}
+
 void capture_scores(AttentionCapture& capture, int layer, std::span<const float> q, std::int64_t n,
                     const CrossAttentionCache& cross, std::size_t cache_layer, int n_head, std::int64_t d) {
   const std::int64_t hd = d / n_head;
@@ -342,6 +351,7 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
   const std::int64_t rows = n - first_row;
   std::vector<float> logits(rows * hp.n_vocab);
   be.linear({x.data() + first_row * d, static_cast<std::size_t>(rows * d)}, rows, *w_->logits.packed, logits);
+  check_finite(logits);
   return logits;
 }
 
@@ -453,6 +463,7 @@ void Decoder::step(std::span<const SequenceStep> steps) const {
   be.layer_norm(x, m, w_->decoder_ln.gamma, w_->decoder_ln.beta);
   logits.resize(m * hp.n_vocab);
   be.linear(x, m, *w_->logits.packed, logits);
+  check_finite(logits);
   for (std::int64_t i = 0; i < m; ++i)
     std::copy_n(logits.data() + i * hp.n_vocab, hp.n_vocab, steps[i].logits.data());
 }

@@ -1,0 +1,123 @@
+// Hostile input to the FFmpeg decoding path (issue 12): a header that claims far more
+// audio than the file holds must not size any allocation, and NaN or infinite float
+// samples come out as silence, counted, instead of turning every window into NaN.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "audio/decode.h"
+#include "common/error.h"
+
+namespace amanuensis::audio {
+namespace {
+
+using Bytes = std::vector<std::byte>;
+
+void put(Bytes& out, const void* p, std::size_t n) {
+  const std::size_t at = out.size();
+  out.resize(at + n);
+  std::memcpy(out.data() + at, p, n);
+}
+void put_u16(Bytes& out, std::uint16_t v) { put(out, &v, 2); }
+void put_u32(Bytes& out, std::uint32_t v) { put(out, &v, 4); }
+void put_tag(Bytes& out, const char* tag) { put(out, tag, 4); }
+
+// A WAV file: `format` 1 (PCM) or 3 (IEEE float), one channel; `data_size` is what the
+// header states (the real payload is `payload`).
+Bytes wav(std::uint16_t format, std::uint16_t bits, std::uint32_t rate, const Bytes& payload, std::uint32_t data_size) {
+  Bytes out;
+  put_tag(out, "RIFF");
+  put_u32(out, data_size > 0xFFFFFFFFu - 36 ? 0xFFFFFFFFu : data_size + 36);
+  put_tag(out, "WAVE");
+  put_tag(out, "fmt ");
+  put_u32(out, 16);
+  put_u16(out, format);
+  put_u16(out, 1);
+  put_u32(out, rate);
+  put_u32(out, rate * bits / 8);
+  put_u16(out, bits / 8);
+  put_u16(out, bits);
+  put_tag(out, "data");
+  put_u32(out, data_size);
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
+
+// One second of Matroska audio (made by the ffmpeg tool from a WAV) whose Info element
+// says it lasts 1e9 s: as 16 kHz floats that would be 64 TB.
+Bytes matroska_claiming_a_billion_seconds() {
+  const auto dir = std::filesystem::temp_directory_path() / ("amanuensis-mka-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  Bytes tone;
+  for (int i = 0; i < 16000; ++i) put_u16(tone, static_cast<std::uint16_t>(static_cast<std::int16_t>(3000 * std::sin(0.05 * i))));
+  const Bytes source = wav(1, 16, 16000, tone, static_cast<std::uint32_t>(tone.size()));
+  std::ofstream(dir / "in.wav", std::ios::binary).write(reinterpret_cast<const char*>(source.data()), static_cast<std::streamsize>(source.size()));
+  const std::string cmd = "ffmpeg -nostdin -loglevel error -y -i '" + (dir / "in.wav").string() + "' -c:a pcm_s16le '" +
+                          (dir / "out.mka").string() + "'";
+  if (std::system(cmd.c_str()) != 0) return {};
+  std::ifstream in(dir / "out.mka", std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::filesystem::remove_all(dir);
+  // Duration: element 0x4489 holding an 8-byte big-endian double (in TimecodeScale units, ms)
+  const auto at = text.find("\x44\x89\x88");
+  if (at == std::string::npos) return {};
+  Bytes out(text.size());
+  std::memcpy(out.data(), text.data(), text.size());
+  const double claimed_ms = 1e12;
+  std::uint64_t bits;
+  std::memcpy(&bits, &claimed_ms, 8);
+  for (int i = 0; i < 8; ++i) out[at + 3 + i] = static_cast<std::byte>((bits >> (56 - 8 * i)) & 0xff);
+  return out;
+}
+
+TEST(AudioDecode, HeaderClaimingYearsOfAudioDoesNotSizeTheBuffer) {
+  const Bytes file = matroska_claiming_a_billion_seconds();
+  ASSERT_FALSE(file.empty()) << "the ffmpeg tool (installed by scripts/setup.sh) could not make the test file";
+  std::vector<float> samples;
+  ASSERT_NO_THROW(samples = decode_audio(file));
+  EXPECT_NEAR(static_cast<double>(samples.size()), 16000.0, 400.0);
+}
+
+TEST(AudioDecode, NonFiniteFloatSamplesBecomeSilenceAndAreCounted) {
+  std::vector<float> values(16000);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = 0.25f * std::sin(0.05f * static_cast<float>(i));
+  values[100] = std::numeric_limits<float>::quiet_NaN();
+  values[8000] = std::numeric_limits<float>::infinity();
+  values[8001] = -std::numeric_limits<float>::infinity();
+  Bytes payload;
+  put(payload, values.data(), values.size() * 4);
+  const Bytes file = wav(3, 32, 16000, payload, static_cast<std::uint32_t>(payload.size()));
+  DecodeReport report;
+  const auto samples = decode_audio(file, &report);
+  ASSERT_EQ(samples.size(), values.size());
+  EXPECT_EQ(report.non_finite_samples, 3u);
+  for (float v : samples) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_EQ(samples[100], 0.0f);
+  EXPECT_EQ(samples[8000], 0.0f);
+  EXPECT_EQ(samples[50], values[50]);  // the rest as it was
+}
+
+TEST(AudioDecode, NonFiniteRawPcmIsReplacedBeforeResampling) {
+  std::vector<float> values(8000, 0.1f);
+  values[4000] = std::numeric_limits<float>::quiet_NaN();
+  Bytes raw;
+  put(raw, values.data(), values.size() * 4);
+  DecodeReport report;
+  const auto samples = decode_raw_pcm(raw, PcmFormat::F32, 8000, 1, &report);
+  EXPECT_EQ(report.non_finite_samples, 1u);
+  for (float v : samples) ASSERT_TRUE(std::isfinite(v));
+}
+
+}  // namespace
+}  // namespace amanuensis::audio
