@@ -1,5 +1,10 @@
 #include "pipeline/batched_compute.h"
 
+#include <string>
+#include <system_error>
+
+#include "common/error.h"
+
 #include <algorithm>
 
 namespace amanuensis::pipeline {
@@ -18,7 +23,11 @@ struct BatchedCompute::Pending {
 };
 
 BatchedCompute::BatchedCompute(BatchedComputeOptions options) : options_(options) {
-  thread_ = std::thread([this] { compute_loop(); });
+  try {
+    thread_ = std::thread([this] { compute_loop(); });
+  } catch (const std::system_error& e) {
+    throw Error(std::string("cannot start the compute thread (") + e.what() + "): raise the process limit (ulimit -u)");
+  }
 }
 
 BatchedCompute::~BatchedCompute() {

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <system_error>
+
+#include "common/error.h"
 
 namespace amanuensis::pipeline {
 
@@ -23,7 +27,14 @@ BatchingScheduler::BatchingScheduler(std::shared_ptr<const Model> model, int slo
                                      BatchedComputeOptions compute)
     : model_(std::move(model)), max_queue_seconds_(max_queue_seconds), n_slots_(std::max(1, slots)), compute_(compute) {
   slots_.reserve(static_cast<std::size_t>(n_slots_));
-  for (int i = 0; i < n_slots_; ++i) slots_.emplace_back([this] { slot_loop(); });
+  try {
+    for (int i = 0; i < n_slots_; ++i) slots_.emplace_back([this] { slot_loop(); });
+  } catch (const std::system_error& e) {
+    // the slots already running must stop and be joined before the vector goes away
+    shutdown();
+    throw Error("cannot start " + std::to_string(n_slots_) + " transcription slots (" + e.what() +
+                "): lower --workers or raise the process limit (ulimit -u)");
+  }
 }
 
 BatchingScheduler::~BatchingScheduler() { shutdown(); }

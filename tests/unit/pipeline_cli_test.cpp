@@ -20,6 +20,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -374,12 +375,23 @@ TEST(CliThreads, FarTooManyThreadsIsRefusedByName) {
   expect_clean_failure(r, "--threads must be between 1 and");
 }
 
-// When the system cannot create the threads asked for (a process limit), the CLI says so
-// and exits; it used to hang in the thread pool's unwinding. Needs root to drop to an
-// unprivileged user whose process limit applies.
-TEST(CliThreads, ThreadsTheSystemRefusesAreAClearErrorNotAHang) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run the CLI as nobody under ulimit -u";
-  if (std::system("command -v setpriv >/dev/null 2>&1") != 0) GTEST_SKIP() << "setpriv (util-linux) is not installed";
+struct LimitedRun {
+  int exit_code = -1;
+  std::string err;
+};
+
+// The CLI with `args` (which may name MODEL and AUDIO, replaced by readable copies of the
+// micro model and a 1 s file) as user nobody under `ulimit -u LIMIT`, 60 s at most.
+// Needs root (for setpriv); returns nothing (and the caller skips) without it.
+std::optional<LimitedRun> run_as_nobody_limited(int limit, const std::string& args, std::string& skip_reason) {
+  if (::geteuid() != 0) {
+    skip_reason = "needs root to run the CLI as nobody under ulimit -u";
+    return std::nullopt;
+  }
+  if (std::system("command -v setpriv >/dev/null 2>&1") != 0) {
+    skip_reason = "setpriv (util-linux) is not installed";
+    return std::nullopt;
+  }
   // the model and audio copied where user nobody can read them
   const auto model_copy = fs::temp_directory_path() / "amanuensis-threads-model.bin";
   const auto audio_copy = fs::temp_directory_path() / "amanuensis-threads-audio.wav";
@@ -387,19 +399,43 @@ TEST(CliThreads, ThreadsTheSystemRefusesAreAClearErrorNotAHang) {
   fs::copy_file(audio("speech-1s.wav"), audio_copy, fs::copy_options::overwrite_existing);
   fs::permissions(model_copy, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
   fs::permissions(audio_copy, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+  std::string expanded = args;
+  for (const auto& [name, path] : {std::pair{std::string("MODEL"), model_copy}, std::pair{std::string("AUDIO"), audio_copy}})
+    if (const auto at = expanded.find(name); at != std::string::npos) expanded.replace(at, name.size(), shell_quote(path.string()));
   const auto err_path = scratch() / "threads-err.txt";
   const std::string command = "timeout 60 setpriv --reuid=65534 --regid=65534 --clear-groups bash -c " +
-                              shell_quote("ulimit -u 3; exec " + shell_quote(testing::cli_path().string()) +
-                                          " transcribe --threads 8 --beam-size 1 --model " +
-                                          shell_quote(model_copy.string()) + " " + shell_quote(audio_copy.string())) +
+                              shell_quote("ulimit -u " + std::to_string(limit) + "; exec " +
+                                          shell_quote(testing::cli_path().string()) + " " + expanded) +
                               " </dev/null >/dev/null 2>" + shell_quote(err_path.string());
   const int status = std::system(command.c_str());
-  ASSERT_TRUE(WIFEXITED(status));
+  LimitedRun run;
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   std::ifstream in(err_path);
-  const std::string err((std::istreambuf_iterator<char>(in)), {});
-  EXPECT_NE(WEXITSTATUS(status), 124) << "timed out: the CLI hung\n" << err;
-  EXPECT_EQ(WEXITSTATUS(status), 1) << err;
-  EXPECT_NE(err.find("cannot start 8 compute threads"), std::string::npos) << err;
+  run.err.assign(std::istreambuf_iterator<char>(in), {});
+  return run;
+}
+
+// When the system cannot create the threads asked for (a process limit), the CLI says so
+// and exits; it used to hang in the thread pool's unwinding.
+TEST(CliThreads, ThreadsTheSystemRefusesAreAClearErrorNotAHang) {
+  std::string skip;
+  const auto run = run_as_nobody_limited(3, "transcribe --threads 8 --beam-size 1 --model MODEL AUDIO", skip);
+  if (!run) GTEST_SKIP() << skip;
+  EXPECT_NE(run->exit_code, 124) << "timed out: the CLI hung\n" << run->err;
+  EXPECT_EQ(run->exit_code, 1) << run->err;
+  EXPECT_NE(run->err.find("cannot start 8 compute threads"), std::string::npos) << run->err;
+}
+
+// serve with more transcription slots than the process limit allows: a clear error and
+// exit 1 (it aborted with "terminate called without an active exception", exit 134,
+// when the scheduler's constructor unwound with running threads in its vector).
+TEST(CliThreads, ServeSlotsTheSystemRefusesAreAClearErrorNotAnAbort) {
+  std::string skip;
+  const auto run = run_as_nobody_limited(40, "serve --port 0 --threads 1 --workers 200 --model MODEL", skip);
+  if (!run) GTEST_SKIP() << skip;
+  EXPECT_NE(run->exit_code, 124) << "timed out: serve hung\n" << run->err;
+  EXPECT_EQ(run->exit_code, 1) << run->err;
+  EXPECT_NE(run->err.find("cannot start 200 transcription slots"), std::string::npos) << run->err;
 }
 
 TEST(CliUsage, HelpVersionAndNoArguments) {
