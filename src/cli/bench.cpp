@@ -284,6 +284,16 @@ int run_bench(const std::vector<std::string>& argv) {
                           {"ms_per_sequence", b.ms_per_step / b.sequences}});
 
   const double end_to_end = median(e2e_ms);
+  // KV memory: self-attention keys and values are float32 per layer and position, grown
+  // 64 positions at a time (nn::Decoder::reserve_positions); a window's cross-attention
+  // keys and values are halves, shared by all the window's sequences.
+  const auto& hp = model->hparams();
+  const double kv_per_token = 2.0 * hp.n_text_layer * hp.n_text_state * sizeof(float);
+  const double window_positions = std::ceil((4.0 + static_cast<double>(total_tokens) / std::max<std::size_t>(1, n_windows)) / 64.0) * 64.0;
+  nlohmann::json kv = {{"bytes_per_token", kv_per_token},
+                       {"bytes_per_sequence_at_this_audio", kv_per_token * std::min<double>(window_positions, hp.n_text_ctx)},
+                       {"bytes_per_sequence_full_context", kv_per_token * hp.n_text_ctx},
+                       {"cross_bytes_per_window", 2.0 * hp.n_text_layer * hp.n_audio_ctx * hp.n_text_state * 2}};
   nlohmann::json out = {
       {"model", args.required("model")},
       {"backend", weights_backend.name()},
@@ -303,6 +313,7 @@ int run_bench(const std::vector<std::string>& argv) {
       {"decoder_cpu_ms_per_token", median(tok_cpu_ms)},
       {"realtime_factor", audio_seconds / (end_to_end / 1000.0)},
       {"decoder_batched_steps", batch_json},
+      {"kv_cache", kv},
       {"runs", runs},
   };
   if (json) {
@@ -325,6 +336,8 @@ int run_bench(const std::vector<std::string>& argv) {
   std::printf("%-28s %12.2f\n", "encoder CPU time / window", median(enc_cpu_ms));
   std::printf("%-28s %12.3f\n", "decoder CPU time / token", median(tok_cpu_ms));
   std::printf("%-28s %11.1fx\n", "realtime factor", audio_seconds / (end_to_end / 1000.0));
+  std::printf("%-28s %12.0f\n", "KV KB / sequence", kv["bytes_per_sequence_at_this_audio"].get<double>() / 1024);
+  std::printf("%-28s %12.0f\n", "cross K/V KB / window", kv["cross_bytes_per_window"].get<double>() / 1024);
   std::printf("\n%-28s %12s %16s\n", "batched decoder step", "ms / step", "ms / sequence");
   for (const auto& b : batched)
     std::printf("%4d sequences %13s %12.2f %16.3f\n", b.sequences, "", b.ms_per_step, b.ms_per_step / b.sequences);

@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "audio/decode.h"
+#include "model/ggml_file.h"
 #include "pipeline/transcriber.h"
 #include "segment_rows.h"
 #include "test_paths.h"
@@ -436,6 +437,24 @@ TEST(CliThreads, ServeSlotsTheSystemRefusesAreAClearErrorNotAnAbort) {
   EXPECT_NE(run->exit_code, 124) << "timed out: serve hung\n" << run->err;
   EXPECT_EQ(run->exit_code, 1) << run->err;
   EXPECT_NE(run->err.find("cannot start 200 transcription slots"), std::string::npos) << run->err;
+}
+
+// `bench --json` reports the KV memory of a sequence (issue 10): per token, float32 keys
+// and values of every decoder layer; the cross-attention keys and values of a window in
+// halves.
+TEST(CliBench, JsonReportsKvBytes) {
+  const auto r = run_cli({"bench", "--model", model("micro.en-f16"), "--json", "--runs", "1", "--seconds", "5",
+                          "--batch-sizes", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const auto j = nlohmann::json::parse(r.out);
+  const auto hp = amanuensis::model::ModelFile::open(model("micro.en-f16")).hparams();
+  const auto& kv = j.at("kv_cache");
+  EXPECT_EQ(kv.at("bytes_per_token").template get<double>(), 2.0 * hp.n_text_layer * hp.n_text_state * 4);
+  EXPECT_EQ(kv.at("bytes_per_sequence_full_context").template get<double>(), 2.0 * hp.n_text_layer * hp.n_text_state * 4 * hp.n_text_ctx);
+  EXPECT_EQ(kv.at("cross_bytes_per_window").template get<double>(), 2.0 * hp.n_text_layer * hp.n_audio_ctx * hp.n_text_state * 2);
+  const double at_audio = kv.at("bytes_per_sequence_at_this_audio").template get<double>();
+  EXPECT_GT(at_audio, 0.0);
+  EXPECT_LE(at_audio, kv.at("bytes_per_sequence_full_context").template get<double>());
 }
 
 TEST(CliUsage, HelpVersionAndNoArguments) {
