@@ -1,5 +1,7 @@
 #include "cli/args.h"
 
+#include <cmath>
+
 #include <type_traits>
 
 #include "common/error.h"
@@ -83,7 +85,8 @@ int Args::get_int(const std::string& name, int fallback) const {
 double Args::get_double(const std::string& name, double fallback) const {
   auto v = get(name);
   if (!v) return fallback;
-  if (auto n = parse_number<double>(*v)) return *n;
+  // NaN compares false with every bound, so it would slip past each range check after
+  if (auto n = parse_number<double>(*v); n && !std::isnan(*n)) return *n;
   throw Error("option --" + name + " needs a number, got '" + *v + "'");
 }
 

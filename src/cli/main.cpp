@@ -106,9 +106,11 @@ pipeline::TranscribeOptions transcribe_options(const Args& args) {
   o.decode.task = args.get_or("task", "transcribe");
   o.initial_prompt = args.get_or("prompt", "");
   o.word_timestamps = args.flag("word-timestamps");
+  if (args.get("vad-threshold") && !args.flag("vad")) throw Error("--vad-threshold needs --vad");
   if (args.flag("vad")) {
     vad::VadOptions v;
     v.threshold = args.get_double("vad-threshold", v.threshold);
+    if (!(v.threshold > 0.0 && v.threshold < 1.0)) throw Error("--vad-threshold must be between 0 and 1");
     o.vad = v;
   }
   if (args.get("hallucination-silence-threshold")) {
@@ -125,13 +127,22 @@ void write_output(const std::string& input, const std::string& rendered, pipelin
     std::cout << rendered << std::flush;
     return;
   }
-  std::filesystem::create_directories(*output_dir);
   const std::string stem = input == "-" ? "stdin" : std::filesystem::path(input).stem().string();
   const auto path = std::filesystem::path(*output_dir) / (stem + "." + std::string(pipeline::file_extension(format)));
   std::ofstream out(path, std::ios::binary);
   out << rendered;
   if (!out) throw Error("cannot write " + path.string());
   std::cerr << "wrote " << path.string() << "\n";
+}
+
+// --output-dir must be a directory this process can write to: checked (and created)
+// before any work, not after a long transcription.
+void prepare_output_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir))
+    throw Error("--output-dir " + dir + " is not a directory that can be created" + (ec ? " (" + ec.message() + ")" : ""));
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) throw Error("--output-dir " + dir + " is not writable");
 }
 
 // A one-line progress bar on the terminal; silent when output goes to a file or pipe.
@@ -153,6 +164,7 @@ int run_transcribe(const Args& args) {
   apply_common_options(args);
   if (args.positional().empty()) throw Error("transcribe needs at least one audio file");
   const auto format = pipeline::parse_output_format(args.get_or("output-format", "txt"));
+  if (const auto dir = args.get("output-dir")) prepare_output_dir(*dir);
   const auto model = pipeline::Model::load(model::resolve_model(args.required("model")), load_options(args));
   const auto options = transcribe_options(args);
   int failures = 0;
@@ -260,8 +272,8 @@ int run(const std::vector<std::string>& argv) {
   }
   const std::string command = argv[0];
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
-  // `amanuensis COMMAND --help`: that command's options (bench, loadtest and download
-  // answer it themselves)
+  // `amanuensis COMMAND --help`: that command's options (bench and loadtest answer it
+  // themselves)
   const bool help = std::any_of(rest.begin(), rest.end(), [](const std::string& a) { return a == "--help" || a == "-h"; });
   if (help && (command == "transcribe" || command == "dump-logits" || command == "quantize")) {
     std::cout << kUsage << (command == "transcribe" ? std::string("\n") + kDecodingUsage : std::string());
@@ -269,6 +281,10 @@ int run(const std::vector<std::string>& argv) {
   }
   if (help && command == "serve") {
     std::cout << kServeUsage << "\n" << kDecodingUsage;
+    return 0;
+  }
+  if (help && command == "download") {
+    std::cout << kDownloadUsage;
     return 0;
   }
   if (command == "transcribe") {

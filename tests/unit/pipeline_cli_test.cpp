@@ -488,8 +488,29 @@ TEST(CliErrors, OutOfRangeSearchSizesAndDurationsAreRefusedByName) {
   EXPECT_EQ(ok.exit_code, 0) << ok;
 }
 
+// NaN slipped past every range check (it compares false with each bound): --temperature
+// nan was "at least one decoding temperature is needed", --vad-threshold nan was taken.
+// An --output-dir that is a file failed with "internal error: filesystem error" after all
+// the work; it is checked first now.
+TEST(CliErrors, NanValuesAndUnusableOutputDirAreRefusedByName) {
+  for (const std::string flag : {"--temperature", "--vad-threshold", "--no-speech-threshold", "--patience"}) {
+    SCOPED_TRACE(flag);
+    std::vector<std::string> extra{flag, "nan"};
+    if (flag == "--vad-threshold") extra.push_back("--vad");
+    expect_clean_failure(run_cli(transcribe_args("micro.en-f16", audio("speech-1s.wav"), extra)), flag);
+  }
+  // a detector setting without the detector would be silently ignored
+  expect_clean_failure(run_cli(transcribe_args("micro.en-f16", audio("speech-1s.wav"), {"--vad-threshold", "0.3"})),
+                       "--vad-threshold needs --vad");
+  const auto file = scratch() / "not-a-directory";
+  std::ofstream(file) << "x";
+  const auto r = run_cli(transcribe_args("micro.en-f16", audio("speech-1s.wav"), {"--output-dir", file.string()}));
+  expect_clean_failure(r, "--output-dir");
+  EXPECT_EQ(r.err.find("internal"), std::string::npos) << r;
+}
+
 TEST(CliUsage, EachCommandAnswersHelp) {
-  for (const std::string command : {"transcribe", "serve", "dump-logits", "quantize", "bench"}) {
+  for (const std::string command : {"transcribe", "serve", "dump-logits", "quantize", "bench", "download"}) {
     SCOPED_TRACE(command);
     const auto r = run_cli({command, "--help"});
     EXPECT_EQ(r.exit_code, 0) << r;
