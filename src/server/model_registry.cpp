@@ -1,7 +1,9 @@
 #include "server/model_registry.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <map>
 #include <utility>
 

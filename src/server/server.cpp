@@ -3,7 +3,6 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -297,7 +296,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (path == "/metrics") {
         const auto models = server_.registry.status();
         return send_text(server_.metrics.render(total_stats(models), server_.active_requests, seconds_up(),
-                                                loaded_models(models)),
+                                                server_.registry.loaded_count()),
                          "text/plain; version=0.0.4; charset=utf-8", 200);
       }
       if (path == "/v1/models") return send_json({{"object", "list"}, {"data", model_list()}}, 200);
@@ -311,12 +310,6 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   double seconds_up() const { return std::chrono::duration<double>(Clock::now() - server_.started).count(); }
-
-  static std::size_t loaded_models(const std::vector<ModelStatus>& models) {
-    return static_cast<std::size_t>(std::count_if(models.begin(), models.end(), [](const ModelStatus& m) {
-      return m.state == ModelState::Ready || m.state == ModelState::Loading;
-    }));
-  }
 
   // 404 in OpenAI's shape, listing what this server has.
   ApiError model_not_found(const std::string& name) const {
