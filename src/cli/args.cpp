@@ -27,9 +27,9 @@ Args::Args(const std::vector<std::string>& argv, const std::set<std::string>& fl
       flags_.insert(name);
     } else if (options.count(name)) {
       if (inline_value) {
-        values_[name] = *inline_value;
+        values_[name].push_back(*inline_value);
       } else if (i + 1 < argv.size()) {
-        values_[name] = argv[++i];
+        values_[name].push_back(argv[++i]);
       } else {
         throw Error("option --" + name + " needs a value");
       }
@@ -42,7 +42,12 @@ Args::Args(const std::vector<std::string>& argv, const std::set<std::string>& fl
 std::optional<std::string> Args::get(const std::string& name) const {
   auto it = values_.find(name);
   if (it == values_.end()) return std::nullopt;
-  return it->second;
+  return it->second.back();  // the last one given wins
+}
+
+std::vector<std::string> Args::get_all(const std::string& name) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? std::vector<std::string>{} : it->second;
 }
 
 std::string Args::get_or(const std::string& name, const std::string& fallback) const {

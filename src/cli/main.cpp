@@ -39,7 +39,7 @@ constexpr const char* kUsage = R"(amanuensis - Whisper speech recognition
 usage:
   amanuensis transcribe --model MODEL.bin [options] FILE [FILE ...]   (FILE "-" reads standard input)
   amanuensis dump-logits --model MODEL.bin (--audio FILE.wav | --mel MEL.f32) --tokens ID,ID,... --out OUT.f32
-  amanuensis serve --model MODEL.bin [--host ADDR] [--port N] [options]   (HTTP API, see below)
+  amanuensis serve --model MODEL.bin [--model MODEL2.bin ...] [--host ADDR] [--port N] [options]   (HTTP API, see below)
   amanuensis bench --model MODEL.bin [options]   (stage timings; --help for its options)
   amanuensis loadtest --url http://HOST:PORT [options] FILE [FILE ...]   (load a running server, see below)
   amanuensis quantize IN.bin OUT.bin TYPE   (TYPE: q8_0, q5_0, q5_1, q4_0 or q4_1; IN f32 or f16)

@@ -1,6 +1,7 @@
 #include "cli/serve.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "cli/args.h"
@@ -19,13 +20,22 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --port N                port (default 8080; 0 = any free port, printed at start)
   --threads N             compute threads (default: all cores)
   --precision P           matrix arithmetic: auto (default: bf16 where the CPU has it natively), fp32 or bf16
-  --workers N             transcriptions decoded at once; their decoder steps run as one
-                          batch and their encoder windows share one queue (default 8)
-  --max-queue-seconds S   audio waiting for a free slot at most, else 429 (default 600)
+  --workers N             transcriptions decoded at once (per model); their decoder steps run
+                          as one batch and their encoder windows share one queue (default 8)
+  --max-queue-seconds S   audio waiting for a free slot at most (per model), else 429 (default 600)
   --max-upload-mb N       largest upload accepted, else 413 (default 25)
   --api-key KEY           require "Authorization: Bearer KEY" on /v1/*
   --request-timeout S     seconds to send a request, and at most to wait in the queue (default 300)
-  --model-id NAME         model id reported by /v1/models (default: the file name)
+  --model M               a model to serve, by name or path; repeat it to serve several: a
+                          request's `model` field picks one by id (its catalog name, as in
+                          `--model tiny.en`, else its file name without .bin), whisper-1
+                          means the first. The first loads at start, the others on first use
+  --model-id NAME         the id of the model (one --model only; default as above)
+  --model-idle-unload S   unload a model after S seconds without requests; it loads again on
+                          the next request (default 0: never)
+  --max-loaded-models N   models loaded at once: loading one more unloads the least recently
+                          used idle one; when all have requests, 503 model_capacity with
+                          Retry-After (default: all of them)
   and the decoding options above: the defaults of every request
 )";
 
@@ -37,16 +47,45 @@ int positive_int(const Args& args, const std::string& name, int fallback, int mi
   return v;
 }
 
+// The id a --model argument serves under: the name itself when it named a model of the
+// cache (`--model tiny.en`), else the file name without its extension.
+std::string model_id_of(const std::string& argument, const std::filesystem::path& resolved) {
+  if (resolved != std::filesystem::path(argument)) return argument;
+  return resolved.stem().string();
+}
+
+// Every --model, resolved, with its id; the load itself waits for the server.
+std::vector<server::ModelSpec> served_models(const Args& args) {
+  const auto arguments = args.get_all("model");
+  if (arguments.empty()) throw Error("missing required option --model");
+  const auto given_id = args.get("model-id");
+  if (given_id && arguments.size() > 1)
+    throw Error("--model-id names the only model; with several --model options each model's id is its catalog "
+                "name or file name (see GET /v1/models)");
+  std::vector<server::ModelSpec> models;
+  for (const auto& argument : arguments) {
+    server::ModelSpec spec;
+    spec.path = model::resolve_model(argument);
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(spec.path, ec))
+      throw Error("--model " + argument + ": no such model file (" + spec.path.string() + ")");
+    spec.id = given_id && !given_id->empty() ? *given_id : model_id_of(argument, spec.path);
+    models.push_back(std::move(spec));
+  }
+  return models;
+}
+
 }  // namespace
 
 int run_serve(const std::vector<std::string>& argv) {
   Args args(argv, kDecodingFlags,
             with({"model", "host", "port", "threads", "workers", "max-queue-seconds", "max-upload-mb", "api-key",
-                  "request-timeout", "model-id", "io-threads", "precision"},
+                  "request-timeout", "model-id", "io-threads", "precision", "model-idle-unload",
+                  "max-loaded-models"},
                  kDecodingOptions));
   if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
   server::ServerOptions o;
-  o.model_path = model::resolve_model(args.required("model"));
+  o.models = served_models(args);
   o.load_options = load_options(args);
   o.host = args.get_or("host", "127.0.0.1");
   const int port = args.get_int("port", 8080);
@@ -64,7 +103,11 @@ int run_serve(const std::vector<std::string>& argv) {
   // a day at most: the deadline is kept in nanoseconds, where 1e10 s and more overflow
   if (!(o.request_timeout > 0 && o.request_timeout <= 86400.0))
     throw Error("--request-timeout must be between 0 and 86400 seconds");
-  o.model_id = args.get_or("model-id", "");
+  o.model_idle_unload = args.get_double("model-idle-unload", 0.0);
+  if (!(o.model_idle_unload >= 0.0 && o.model_idle_unload <= 86400.0 * 365))
+    throw Error("--model-idle-unload must be between 0 (never) and a year, in seconds");
+  o.max_loaded_models = static_cast<std::size_t>(
+      positive_int(args, "max-loaded-models", static_cast<int>(o.models.size()), 1));
 
   apply_decoding_flags(args, /*whisper_cpp=*/false, o.defaults);
   // a request's own temperature starts the fallback schedule
@@ -72,9 +115,12 @@ int run_serve(const std::vector<std::string>& argv) {
   o.temperature_increment = args.get_double("temperature-increment", 0.2);
 
   server::Server srv(o);
+  std::string others;
+  for (std::size_t i = 1; i < o.models.size(); ++i) others += ", " + o.models[i].id;
+  if (!others.empty()) others = "; on first use:" + others.substr(1);
   const int status = srv.run([&](unsigned short bound) {
-    std::printf("amanuensis serve: listening on http://%s:%u (model %s, loading)\n", o.host.c_str(),
-                static_cast<unsigned>(bound), o.model_path.string().c_str());
+    std::printf("amanuensis serve: listening on http://%s:%u (model %s, loading%s)\n", o.host.c_str(),
+                static_cast<unsigned>(bound), o.models.front().path.string().c_str(), others.c_str());
     std::fflush(stdout);
   });
   std::fprintf(stderr, "amanuensis serve: stopped\n");

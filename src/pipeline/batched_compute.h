@@ -4,7 +4,8 @@
 // Decoder::step (a sequence joins or leaves between steps), and exclusive work (encoder
 // windows, prompt passes) runs in turns between steps, so a short request's windows
 // interleave with a long one's. Doing all network work on one thread also keeps the
-// kernels' thread pool to one caller.
+// kernels' thread pool to one caller per BatchedCompute (a server with several models has
+// one each; the pool serialises its callers).
 #pragma once
 
 #include <chrono>

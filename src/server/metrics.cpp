@@ -88,7 +88,7 @@ void Metrics::record_transcription(double audio_seconds, double run_seconds) {
 }
 
 std::string Metrics::render(const pipeline::SchedulerStats& scheduler, std::size_t active_requests,
-                            double uptime_seconds) const {
+                            double uptime_seconds, std::size_t loaded_models) const {
   std::lock_guard lock(mutex_);
   std::string out;
   header(out, "amanuensis_requests_total", "counter", "HTTP requests answered, by endpoint and status code.");
@@ -112,6 +112,7 @@ std::string Metrics::render(const pipeline::SchedulerStats& scheduler, std::size
                   scheduler.batches.decoder_sequences);
   sample(out, "amanuensis_active_requests", "gauge", "Transcription requests accepted and not yet answered.",
          std::to_string(active_requests));
+  sample(out, "amanuensis_loaded_models", "gauge", "Models loaded or loading.", std::to_string(loaded_models));
   sample(out, "amanuensis_uptime_seconds", "gauge", "Seconds since the server started.", number(uptime_seconds));
   sample(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
          std::to_string(resident_memory_bytes()));

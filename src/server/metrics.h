@@ -33,10 +33,10 @@ class Metrics {
   void record_request(const std::string& endpoint, int status, double latency_seconds);
   // One transcription done: its audio length and time spent transcribing.
   void record_transcription(double audio_seconds, double run_seconds);
-  // Gauges and the scheduler's batch counts are read at render time,
-  // process_resident_memory_bytes from /proc/self/statm.
-  std::string render(const pipeline::SchedulerStats& scheduler, std::size_t active_requests,
-                     double uptime_seconds) const;
+  // Gauges and the schedulers' batch counts (summed over the models) are read at render
+  // time, process_resident_memory_bytes from /proc/self/statm.
+  std::string render(const pipeline::SchedulerStats& scheduler, std::size_t active_requests, double uptime_seconds,
+                     std::size_t loaded_models) const;
 
  private:
   mutable std::mutex mutex_;

@@ -119,9 +119,12 @@ class Session;
 class Server::Impl {
  public:
   explicit Impl(ServerOptions options)
-      : opt(std::move(options)), acceptor(ioc), signals(ioc), started(Clock::now()), started_unix(std::time(nullptr)) {
-    if (opt.model_id.empty()) opt.model_id = opt.model_path.empty() ? "whisper" : opt.model_path.stem().string();
-  }
+      : opt(std::move(options)),
+        acceptor(ioc),
+        signals(ioc),
+        started(Clock::now()),
+        started_unix(std::time(nullptr)),
+        registry(registry_options()) {}
 
   int run(const std::function<void(unsigned short)>& on_listening);
   void stop();
@@ -139,27 +142,18 @@ class Server::Impl {
   std::atomic<bool> stopping{false};
   std::atomic<bool> stop_requested{false};
   std::atomic<int> exit_code{0};
-
-  std::mutex model_mutex;  // guards model and scheduler while loading
-  std::shared_ptr<const pipeline::Model> model;
-  std::shared_ptr<TranscriptionScheduler> scheduler;
-  std::thread loader;
+  // After ioc: destroyed first, so that the jobs it finishes can still post their answers.
+  ModelRegistry registry;
   std::thread stopper;
 
   std::mutex sessions_mutex;
   std::vector<std::weak_ptr<Session>> sessions;
 
-  std::shared_ptr<TranscriptionScheduler> current_scheduler() {
-    std::lock_guard lock(model_mutex);
-    return scheduler;
-  }
-  std::shared_ptr<const pipeline::Model> current_model() {
-    std::lock_guard lock(model_mutex);
-    return model;
-  }
-
  private:
   void do_accept();
+  void load_first_model();
+  ModelRegistry::Options registry_options();
+  LoadedModel load_model(const ModelSpec& spec) const;
 };
 
 // One HTTP connection: reads requests one after another (keep-alive), answers them, and
@@ -300,18 +294,13 @@ class Session : public std::enable_shared_from_this<Session> {
         return send_json(h, health_status_);
       }
       if (path == "/metrics") {
-        const auto stats = scheduler_stats();
-        return send_text(server_.metrics.render(stats, server_.active_requests,
-                                                seconds_up()),
+        const auto models = server_.registry.status();
+        return send_text(server_.metrics.render(total_stats(models), server_.active_requests, seconds_up(),
+                                                server_.registry.loaded_count()),
                          "text/plain; version=0.0.4; charset=utf-8", 200);
       }
-      if (path == "/v1/models") return send_json({{"object", "list"}, {"data", json::array({model_object()})}}, 200);
-      if (path.rfind("/v1/models/", 0) == 0) {
-        if (path.substr(11) != server_.opt.model_id)
-          return send_error({404, "the model '" + path.substr(11) + "' does not exist", "invalid_request_error",
-                             std::string("model"), std::string("model_not_found")});
-        return send_json(model_object(), 200);
-      }
+      if (path == "/v1/models") return send_json({{"object", "list"}, {"data", model_list()}}, 200);
+      if (path.rfind("/v1/models/", 0) == 0) return send_json(model_object(path.substr(11)), 200);
       return start_transcription(path == "/v1/audio/translations");
     } catch (const ApiError& e) {
       return send_error(e);
@@ -322,21 +311,51 @@ class Session : public std::enable_shared_from_this<Session> {
 
   double seconds_up() const { return std::chrono::duration<double>(Clock::now() - server_.started).count(); }
 
-  SchedulerStats scheduler_stats() const {
-    auto s = server_.current_scheduler();
-    return s ? s->stats() : SchedulerStats{};
+  // 404 in OpenAI's shape, listing what this server has.
+  ApiError model_not_found(const std::string& name) const {
+    std::string known;
+    for (const auto& id : server_.registry.ids()) known += (known.empty() ? "" : ", ") + id;
+    return {404,
+            "the model '" + name + "' does not exist; this server has " + known + " (and " +
+                std::string(ModelRegistry::kAlias) + " for " + server_.registry.ids().front() + ")",
+            "invalid_request_error", std::string("model"), std::string("model_not_found")};
   }
 
-  json model_object() const {
-    return {{"id", server_.opt.model_id}, {"object", "model"}, {"created", static_cast<std::int64_t>(server_.started_unix)},
-            {"owned_by", "amanuensis"}};
+  // OpenAI's model object, plus the file's size and whether it is loaded.
+  json model_json(const std::string& id, const ModelStatus& m) const {
+    return {{"id", id},
+            {"object", "model"},
+            {"created", static_cast<std::int64_t>(server_.started_unix)},
+            {"owned_by", "amanuensis"},
+            {"size_bytes", m.size_bytes},
+            {"state", state_name(m.state)}};
+  }
+
+  // Every model, then the alias of the first: what is listed is what a request may name.
+  json model_list() const {
+    const auto models = server_.registry.status();
+    json data = json::array();
+    for (const auto& m : models) data.push_back(model_json(m.id, m));
+    if (models.front().id != ModelRegistry::kAlias) {
+      json alias = model_json(std::string(ModelRegistry::kAlias), models.front());
+      alias["alias_of"] = models.front().id;
+      data.push_back(alias);
+    }
+    return data;
+  }
+
+  json model_object(const std::string& name) const {
+    for (const auto& m : model_list())
+      if (m["id"] == name) return m;
+    throw model_not_found(name);
   }
 
   json health() {
-    const auto model = server_.current_model();
-    const auto stats = scheduler_stats();
-    json j = {{"status", model ? (server_.stopping ? "stopping" : "ok") : "loading"},
-              {"model", server_.opt.model_id},
+    const auto models = server_.registry.status();
+    const auto stats = total_stats(models);
+    const bool started = server_.registry.first_loaded();
+    json j = {{"status", started ? (server_.stopping ? "stopping" : "ok") : "loading"},
+              {"model", models.front().id},
               {"threads", kernels::cpu::thread_count()},
               {"cpu_features", kernels::cpu_features()},
               {"workers", server_.opt.workers},
@@ -345,22 +364,77 @@ class Session : public std::enable_shared_from_this<Session> {
               {"queued_audio_seconds", stats.queued_audio_seconds},
               {"active_requests", server_.active_requests.load()},
               {"uptime_seconds", seconds_up()}};
-    if (model) {
-      j["n_vocab"] = model->hparams().n_vocab;
-      j["backend"] = model->encoder().backend()->name();
-      j["size"] = std::string(model->hparams().size_name());
-      j["multilingual"] = model->hparams().is_multilingual();
+    if (const auto& info = models.front().info) {  // the first model's, as with one model
+      j["n_vocab"] = info->n_vocab;
+      j["backend"] = info->backend;
+      j["size"] = info->size;
+      j["multilingual"] = info->multilingual;
     }
-    health_status_ = model && !server_.stopping ? 200 : 503;
+    j["models"] = json::array();
+    for (const auto& m : models) {
+      json one = {{"id", m.id},
+                  {"state", state_name(m.state)},
+                  {"size_bytes", m.size_bytes},
+                  {"requests", m.requests},
+                  {"active_transcriptions", m.stats.active_jobs},
+                  {"queue_depth", m.stats.queued_jobs}};
+      if (m.state == ModelState::Failed) one["error"] = m.error;
+      j["models"].push_back(one);
+    }
+    health_status_ = started && !server_.stopping ? 200 : 503;
     return j;
   }
 
-  // Parses the form, decodes the audio and queues the job; the answer is sent by
-  // finish_transcription when the scheduler is done.
-  void start_transcription(bool translate) {
-    auto scheduler = server_.current_scheduler();
-    if (!scheduler) throw ApiError{503, "the model is still loading; retry shortly", "server_error", std::nullopt,
-                                   std::string("model_loading")};
+  // The fields of a transcription request, checked. `file` views request_.body().
+  struct TranscriptionForm {
+    std::optional<std::string_view> file;
+    std::optional<std::string> model;
+    std::string response_format = "json", language, prompt;
+    std::optional<double> temperature;
+    bool words = false, include_timing = false;
+  };
+
+  static double read_temperature(const std::string& value) {
+    double t = -1.0;
+    try {
+      std::size_t used = 0;
+      t = std::stod(value, &used);
+      if (used != value.size()) t = -1.0;
+    } catch (const std::exception&) {
+    }
+    if (!(t >= 0.0 && t <= 1.0)) throw bad_request("temperature must be a number between 0 and 1", "temperature");
+    return t;
+  }
+
+  static void read_field(const FormPart& p, TranscriptionForm& form) {
+    const std::string value(p.data);
+    if (p.name == "file") {
+      form.file = p.data;
+    } else if (p.name == "model") {
+      form.model = value;
+    } else if (p.name == "response_format") {
+      form.response_format = value;
+    } else if (p.name == "language") {
+      form.language = value;
+    } else if (p.name == "prompt") {
+      form.prompt = value;
+    } else if (p.name == "temperature") {
+      form.temperature = read_temperature(value);
+    } else if (p.name == "timestamp_granularities[]" || p.name == "timestamp_granularities") {
+      if (value == "word") {
+        form.words = true;
+      } else if (value != "segment") {
+        throw bad_request("timestamp_granularities must be 'segment' or 'word' (got '" + value + "')",
+                          "timestamp_granularities");
+      }
+    } else if (p.name == "include_timing") {
+      form.include_timing = value == "true" || value == "1";
+    }
+    // unknown fields are accepted and ignored, as OpenAI's newer fields may be sent
+  }
+
+  // Parses and checks the multipart form: 400 (or 413) naming the field at fault.
+  TranscriptionForm read_form() const {
     const auto content_type = std::string(request_[http::field::content_type]);
     const auto boundary = multipart_boundary(content_type);
     if (!boundary) throw bad_request("the request must be multipart/form-data (got '" + content_type + "')");
@@ -370,83 +444,72 @@ class Session : public std::enable_shared_from_this<Session> {
     } catch (const Error& e) {
       throw bad_request(e.what());
     }
-    const FormPart* file = nullptr;
-    std::string response_format = "json", language, prompt;
-    std::optional<double> temperature;
-    bool words = false, include_timing = false;
-    for (const auto& p : parts) {
-      const std::string value(p.data);
-      if (p.name == "file") {
-        file = &p;
-      } else if (p.name == "response_format") {
-        response_format = value;
-      } else if (p.name == "language") {
-        language = value;
-      } else if (p.name == "prompt") {
-        prompt = value;
-      } else if (p.name == "temperature") {
-        try {
-          std::size_t used = 0;
-          temperature = std::stod(value, &used);
-          if (used != value.size()) throw std::invalid_argument(value);
-        } catch (const std::exception&) {
-          throw bad_request("temperature must be a number between 0 and 1", "temperature");
-        }
-        if (!(*temperature >= 0.0 && *temperature <= 1.0))
-          throw bad_request("temperature must be a number between 0 and 1", "temperature");
-      } else if (p.name == "timestamp_granularities[]" || p.name == "timestamp_granularities") {
-        if (value == "word") {
-          words = true;
-        } else if (value != "segment") {
-          throw bad_request("timestamp_granularities must be 'segment' or 'word' (got '" + value + "')",
-                            "timestamp_granularities");
-        }
-      } else if (p.name == "include_timing") {
-        include_timing = value == "true" || value == "1";
-      }
-      // "model" and unknown fields are accepted and ignored: the server has one model.
-    }
-    if (!file) throw bad_request("the form has no 'file' field with the audio", "file");
-    if (file->data.size() > server_.opt.max_upload_bytes) throw too_large();
+    TranscriptionForm form;
+    for (const auto& p : parts) read_field(p, form);
+    if (!form.file) throw bad_request("the form has no 'file' field with the audio", "file");
+    if (form.file->size() > server_.opt.max_upload_bytes) throw too_large();
     static const std::set<std::string> formats = {"json", "text", "srt", "verbose_json", "vtt"};
-    if (!formats.count(response_format))
-      throw bad_request("response_format must be " + std::string(kOpenAiFormats) + " (got '" + response_format + "')",
+    if (!formats.count(form.response_format))
+      throw bad_request("response_format must be " + std::string(kOpenAiFormats) + " (got '" + form.response_format +
+                            "')",
                         "response_format");
-    if (file->data.empty()) throw bad_request("the audio file is empty", "file");
-    if (words && server_.opt.defaults.decode.semantics != decoding::Semantics::OpenAI)
+    if (form.file->empty()) throw bad_request("the audio file is empty", "file");
+    if (form.words && server_.opt.defaults.decode.semantics != decoding::Semantics::OpenAI)
       throw bad_request("word timestamps need OpenAI semantics", "timestamp_granularities");
+    return form;
+  }
 
-    const auto decode_start = Clock::now();
-    std::shared_ptr<std::vector<float>> samples;
-    try {
-      samples = std::make_shared<std::vector<float>>(audio::decode_audio(std::as_bytes(std::span(file->data))));
-    } catch (const Error& e) {
-      throw bad_request(std::string("could not decode the audio file: ") + e.what(), "file");
-    }
-    if (samples->empty()) throw bad_request("the audio file has no samples", "file");
-    decode_seconds_ = std::chrono::duration<double>(Clock::now() - decode_start).count();
+  // The served model the form names: OpenAI requires the field.
+  std::size_t pick_model(const TranscriptionForm& form) const {
+    if (!form.model || form.model->empty())
+      throw bad_request("you must provide a model parameter (an id of GET /v1/models, such as " +
+                            std::string(ModelRegistry::kAlias) + ")",
+                        "model");
+    if (const auto index = server_.registry.find(*form.model)) return *index;
+    throw model_not_found(*form.model);
+  }
 
-    Job job;
-    job.samples = samples;
-    auto& o = job.options;
-    o = server_.opt.defaults;
+  // The request's options over the server's defaults, seeded by the request's content so
+  // that the same request always gives the same output.
+  pipeline::TranscribeOptions job_options(const TranscriptionForm& form, bool translate) const {
+    auto o = server_.opt.defaults;
     o.decode.task = translate ? "translate" : "transcribe";
-    if (!language.empty()) o.decode.language = language;
-    if (!prompt.empty()) o.initial_prompt = prompt;
-    if (temperature) {
+    if (!form.language.empty()) o.decode.language = form.language;
+    if (!form.prompt.empty()) o.initial_prompt = form.prompt;
+    if (const auto& temperature = form.temperature) {
       o.temperatures = {static_cast<float>(*temperature)};
       if (server_.opt.temperature_fallback && server_.opt.temperature_increment > 0)
         for (double t = *temperature + server_.opt.temperature_increment; t <= 1.0 + 1e-6;
              t += server_.opt.temperature_increment)
           o.temperatures.push_back(static_cast<float>(t));
     }
-    if (words) o.word_timestamps = true;
-    // Seeded by the request's content: the same request always gives the same output.
-    std::uint64_t seed = fnv1a(file->data, server_.opt.defaults.seed ^ 1469598103934665603ull);
-    seed = fnv1a(o.decode.task + "|" + o.decode.language + "|" + prompt + "|" + std::to_string(temperature.value_or(-1)),
+    if (form.words) o.word_timestamps = true;
+    std::uint64_t seed = fnv1a(*form.file, server_.opt.defaults.seed ^ 1469598103934665603ull);
+    seed = fnv1a(o.decode.task + "|" + o.decode.language + "|" + form.prompt + "|" +
+                     std::to_string(form.temperature.value_or(-1)),
                  seed);
     o.seed = seed;
     o.progress = nullptr;
+    return o;
+  }
+
+  // Decodes the audio (400 when it is not audio) and makes the job, whose completion
+  // posts finish_transcription.
+  Job make_job(const TranscriptionForm& form, bool translate) {
+    const auto decode_start = Clock::now();
+    std::shared_ptr<std::vector<float>> samples;
+    try {
+      samples = std::make_shared<std::vector<float>>(audio::decode_audio(std::as_bytes(std::span(*form.file))));
+    } catch (const Error& e) {
+      throw bad_request(std::string("could not decode the audio file: ") + e.what(), "file");
+    }
+    if (samples->empty()) throw bad_request("the audio file has no samples", "file");
+    decode_seconds_ = std::chrono::duration<double>(Clock::now() - decode_start).count();
+    audio_seconds_ = static_cast<double>(samples->size()) / 16000.0;
+
+    Job job;
+    job.samples = samples;
+    job.options = job_options(form, translate);
     const int fd = stream_.socket().native_handle();
     const auto deadline = request_start_ + std::chrono::duration_cast<Clock::duration>(
                                                std::chrono::duration<double>(server_.opt.request_timeout));
@@ -464,14 +527,69 @@ class Session : public std::enable_shared_from_this<Session> {
     job.on_complete = [self = shared_from_this()] {
       net::post(self->stream_.get_executor(), [self] { self->finish_transcription(); });
     };
-    response_format_ = response_format;
-    words_ = words;
-    include_timing_ = include_timing;
-    audio_seconds_ = static_cast<double>(samples->size()) / 16000.0;
-    request_.body().clear();
+    return job;
+  }
+
+  // Parses the form, decodes the audio and queues the job on its model, once that model is
+  // loaded (a request for a model still unloaded waits here without holding a thread); the
+  // answer is sent by finish_transcription when the model's scheduler is done.
+  void start_transcription(bool translate) {
+    if (!server_.registry.first_loaded())
+      throw ApiError{503, "the model is still loading; retry shortly", "server_error", std::nullopt,
+                     std::string("model_loading")};
+    const auto form = read_form();
+    const auto model = pick_model(form);
+    auto job = make_job(form, translate);
+    response_format_ = form.response_format;
+    words_ = form.words;
+    include_timing_ = form.include_timing;
+    request_.body().clear();  // `form` views it: not used below
     request_.body().shrink_to_fit();
+    std::optional<ModelLease> lease;
     try {
-      future_ = scheduler->submit(std::move(job));
+      lease = server_.registry.acquire(model, [self = shared_from_this()](std::optional<ModelLease> loaded,
+                                                                         std::exception_ptr error) {
+        auto held = std::make_shared<std::optional<ModelLease>>(std::move(loaded));
+        net::post(self->stream_.get_executor(),
+                  [self, held, error] { self->on_model_loaded(std::move(*held), error); });
+      });
+    } catch (const ModelCapacity& e) {
+      ApiError err{503, e.what(), "server_error", std::string("model"), std::string("model_capacity")};
+      err.retry_after = e.retry_after_seconds;
+      throw err;
+    } catch (const ShuttingDown& e) {
+      throw ApiError{503, e.what(), "server_error", std::nullopt, std::string("shutting_down")};
+    }
+    if (lease) return submit(std::move(job), std::move(*lease));
+    waiting_job_ = std::move(job);
+    ++server_.active_requests;  // accepted: it waits for its model
+  }
+
+  // On this session's strand once the model a request waited for is loaded, or is not.
+  void on_model_loaded(std::optional<ModelLease> lease, std::exception_ptr error) {
+    --server_.active_requests;
+    if (!waiting_job_) return;
+    Job job = std::move(*waiting_job_);
+    waiting_job_.reset();
+    try {
+      if (error) std::rethrow_exception(error);
+      if (!lease) throw InternalError("a model was loaded without a lease");
+      submit(std::move(job), std::move(*lease));
+    } catch (const ApiError& e) {
+      send_error(e);
+    } catch (const ModelLoadFailed& e) {
+      send_error({500, e.what(), "server_error", std::string("model"), std::string("model_load_failed")});
+    } catch (const ShuttingDown& e) {
+      send_error({503, e.what(), "server_error", std::nullopt, std::string("shutting_down")});
+    } catch (const std::exception& e) {
+      send_error({500, std::string("internal error: ") + e.what(), "server_error", std::nullopt, std::nullopt});
+    }
+  }
+
+  // Queues the job on the leased model's scheduler; the lease is held until it is done.
+  void submit(Job job, ModelLease lease) {
+    try {
+      future_ = lease.scheduler().submit(std::move(job));
     } catch (const QueueFull& e) {
       ApiError err{429, e.what(), "rate_limit_exceeded", std::nullopt, std::string("queue_full")};
       err.retry_after = e.retry_after_seconds;
@@ -479,11 +597,13 @@ class Session : public std::enable_shared_from_this<Session> {
     } catch (const ShuttingDown& e) {
       throw ApiError{503, e.what(), "server_error", std::nullopt, std::string("shutting_down")};
     }
+    lease_ = std::move(lease);
     ++server_.active_requests;
   }
 
   void finish_transcription() {
     --server_.active_requests;
+    lease_.reset();  // the job is done: its model may unload once idle
     try {
       answer_transcription();
     } catch (const std::exception& e) {
@@ -644,6 +764,8 @@ class Session : public std::enable_shared_from_this<Session> {
   int health_status_ = 200;
   // the transcription in progress
   std::future<JobResult> future_;
+  std::optional<Job> waiting_job_;     // while its model loads
+  std::optional<ModelLease> lease_;    // while its job is queued or running
   std::string response_format_;
   bool words_ = false;
   bool include_timing_ = false;
@@ -698,29 +820,7 @@ int Server::Impl::run(const std::function<void(unsigned short)>& on_listening) {
   do_accept();
   if (on_listening) on_listening(acceptor.local_endpoint().port());
 
-  auto start_scheduler = [this](std::shared_ptr<const pipeline::Model> m) {
-    auto s = std::make_shared<pipeline::BatchingScheduler>(m, opt.workers, opt.max_queue_seconds);
-    std::lock_guard lock(model_mutex);
-    model = std::move(m);
-    scheduler = std::move(s);
-  };
-  if (opt.model) {
-    start_scheduler(opt.model);
-  } else {
-    loader = std::thread([this, start_scheduler] {
-      try {
-        const auto t0 = Clock::now();
-        auto m = pipeline::Model::load(opt.model_path, opt.load_options);
-        start_scheduler(std::move(m));
-        std::fprintf(stderr, "amanuensis serve: loaded %s in %.2f s\n", opt.model_path.string().c_str(),
-                     std::chrono::duration<double>(Clock::now() - t0).count());
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "amanuensis serve: cannot load the model: %s\n", e.what());
-        exit_code = 1;
-        stop();
-      }
-    });
-  }
+  load_first_model();
 
   // A handler that throws must not take the server down: log it and go on.
   auto run_loop = [this] {
@@ -738,9 +838,45 @@ int Server::Impl::run(const std::function<void(unsigned short)>& on_listening) {
   run_loop();
   for (auto& t : threads) t.join();
   if (stopper.joinable()) stopper.join();
-  if (loader.joinable()) loader.join();
-  if (auto s = current_scheduler()) s->shutdown();
+  registry.shutdown();
   return exit_code;
+}
+
+// The first model loads at start, on the registry's loader thread; the server stops when
+// it cannot be loaded.
+void Server::Impl::load_first_model() {
+  (void)registry.acquire(0, [this](std::optional<ModelLease>, std::exception_ptr error) {
+    if (!error) return;  // ready: the lease just taken ends here, and the model stays loaded
+    try {
+      std::rethrow_exception(error);
+    } catch (const pipeline::ShuttingDown&) {
+      return;  // stopped before it was loaded
+    } catch (...) {  // the registry has logged why
+    }
+    exit_code = 1;
+    stop();
+  });
+}
+
+ModelRegistry::Options Server::Impl::registry_options() {
+  ModelRegistry::Options o;
+  o.models = opt.models;
+  o.loader = [this](const ModelSpec& spec) { return load_model(spec); };
+  o.idle_unload_seconds = opt.model_idle_unload;
+  o.max_loaded = opt.max_loaded_models;
+  o.log = [](const std::string& message) { std::fprintf(stderr, "amanuensis serve: %s\n", message.c_str()); };
+  return o;
+}
+
+// Runs on the registry's loader thread: reads the model and starts its own scheduler.
+LoadedModel Server::Impl::load_model(const ModelSpec& spec) const {
+  LoadedModel loaded;
+  loaded.model = spec.model ? spec.model : pipeline::Model::load(spec.path, opt.load_options);
+  loaded.scheduler = std::make_shared<pipeline::BatchingScheduler>(loaded.model, opt.workers, opt.max_queue_seconds);
+  const auto& hp = loaded.model->hparams();
+  loaded.info = {hp.n_vocab, loaded.model->encoder().backend()->name(), std::string(hp.size_name()),
+                 hp.is_multilingual()};
+  return loaded;
 }
 
 void Server::Impl::stop() {
@@ -758,8 +894,7 @@ void Server::Impl::stop() {
     // Finish every accepted job (their answers are posted to the network threads), then
     // let the network threads end once the last answer is written.
     stopper = std::thread([this] {
-      if (loader.joinable() && loader.get_id() != std::this_thread::get_id()) loader.join();
-      if (auto s = current_scheduler()) s->shutdown();
+      registry.shutdown();
       net::post(ioc, [this] { work.reset(); });
     });
   });
@@ -768,7 +903,6 @@ void Server::Impl::stop() {
 Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 Server::~Server() {
   if (impl_->stopper.joinable()) impl_->stopper.join();
-  if (impl_->loader.joinable()) impl_->loader.join();
 }
 int Server::run(const std::function<void(unsigned short)>& on_listening) { return impl_->run(on_listening); }
 void Server::stop() { impl_->stop(); }

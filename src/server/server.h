@@ -1,7 +1,8 @@
 // server: an HTTP server for transcription with an API compatible with OpenAI's audio
 // endpoints (POST /v1/audio/transcriptions, /v1/audio/translations, GET /v1/models), plus
-// GET /health and GET /metrics (Prometheus). Built on Boost.Beast; requests are queued on
-// a pipeline::TranscriptionScheduler that runs them on the shared, immutable model.
+// GET /health and GET /metrics (Prometheus). Built on Boost.Beast; a request's `model`
+// field picks one of the served models (ModelRegistry), and it is queued on that model's
+// pipeline::TranscriptionScheduler, which runs it on the shared, immutable model.
 #pragma once
 
 #include <cstddef>
@@ -10,19 +11,23 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "pipeline/transcriber.h"
+#include "server/model_registry.h"
 
 namespace amanuensis::server {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
   unsigned short port = 8080;          // 0: any free port (see the on_listening callback)
-  std::filesystem::path model_path;    // loaded after the socket is bound (/health says 503 meanwhile)
-  nn::LoadOptions load_options;        // how model_path is computed (precision, backend)
-  std::shared_ptr<const pipeline::Model> model;  // or an already loaded model
-  std::string model_id;                // reported by /v1/models; default: the file name's stem
-  int workers = 8;                     // transcriptions decoded at once, as one batch
+  // The models served, by id ("whisper-1" also means the first). The first is loaded after
+  // the socket is bound (/health says 503 meanwhile), the others on their first request.
+  std::vector<ModelSpec> models;
+  nn::LoadOptions load_options;        // how the models are computed (precision, backend)
+  double model_idle_unload = 0.0;      // seconds without requests before a model unloads; 0: never
+  std::size_t max_loaded_models = 0;   // models loaded at once (LRU idle one evicted); 0: all
+  int workers = 8;                     // transcriptions of one model decoded at once, as one batch
   int io_threads = 2;                  // threads running the network side
   double max_queue_seconds = 600.0;    // audio waiting for a worker, at most
   std::size_t max_upload_bytes = 25u << 20;
@@ -39,15 +44,16 @@ struct ServerOptions {
 
 class Server {
  public:
+  // Throws amanuensis::Error for bad options (no model, duplicate model ids).
   explicit Server(ServerOptions options);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
   // Binds and serves until stop() (or SIGTERM/SIGINT): then takes no new connection or
-  // request, finishes the accepted requests and returns 0. Returns 1 when the model fails
-  // to load. on_listening is called with the bound port once the socket listens. Throws
-  // amanuensis::Error when the address cannot be bound.
+  // request, finishes the accepted requests and returns 0. Returns 1 when the first model
+  // fails to load. on_listening is called with the bound port once the socket listens.
+  // Throws amanuensis::Error when the address cannot be bound.
   int run(const std::function<void(unsigned short port)>& on_listening = {});
   // Starts a graceful stop; callable from any thread.
   void stop();

@@ -29,10 +29,27 @@ function assert(cond, message) {
   if (!cond) throw new Error(message);
 }
 
-await check('models.list names the loaded model', async () => {
+await check('models.list names the served model and the whisper-1 alias', async () => {
   const page = await client.models.list();
-  assert(page.data.length === 1 && typeof page.data[0].id === 'string' && page.data[0].id.length > 0,
+  const ids = page.data.map((m) => m.id);
+  assert(page.data.length === 2 && ids.includes('whisper-1') && ids.every((id) => typeof id === 'string' && id.length > 0),
     `unexpected models: ${JSON.stringify(page.data)}`);
+});
+
+await check('models.retrieve finds a listed model', async () => {
+  const m = await client.models.retrieve('whisper-1');
+  assert(m.id === 'whisper-1' && m.object === 'model', `unexpected model: ${JSON.stringify(m)}`);
+});
+
+await check('an unknown model is refused with 404 (NotFoundError, model_not_found)', async () => {
+  try {
+    await client.audio.transcriptions.create({ file: fs.createReadStream(audioPath), model: 'no-such-model' });
+  } catch (e) {
+    assert(e instanceof OpenAI.NotFoundError, `expected NotFoundError, got ${e}`);
+    assert(e.code === 'model_not_found' && e.param === 'model', `error ${JSON.stringify(e.error)}`);
+    return;
+  }
+  throw new Error('the request was accepted');
 });
 
 let jsonText;

@@ -38,34 +38,7 @@ fs::path audio(const std::string& name) { return testing::conformance_dir() / "a
 
 // speech-75s repeated to ten minutes, as 16 kHz mono 16-bit WAV (19.2 MB), made once.
 const fs::path& long_recording() {
-  static const fs::path path = [] {
-    const std::string wav = testing::read_file(audio("speech-75s.wav"));
-    const auto data = wav.find("data");
-    const std::string pcm = wav.substr(data + 8);  // the kit's WAVs end with their data chunk
-    const auto n = static_cast<std::uint32_t>(kLongSeconds) * 32000u;
-    const auto p = testing::scratch_dir() / "ten-minutes.wav";
-    std::ofstream out(p, std::ios::binary);
-    auto u32 = [&](std::uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); };
-    auto u16 = [&](std::uint16_t v) { out.write(reinterpret_cast<const char*>(&v), 2); };
-    out.write("RIFF", 4);
-    u32(36 + n);
-    out.write("WAVEfmt ", 8);
-    u32(16);
-    u16(1);      // PCM
-    u16(1);      // mono
-    u32(16000);  // rate
-    u32(32000);  // bytes per second
-    u16(2);
-    u16(16);
-    out.write("data", 4);
-    u32(n);
-    for (std::uint32_t written = 0; written < n;) {
-      const auto take = std::min<std::uint32_t>(n - written, static_cast<std::uint32_t>(pcm.size()));
-      out.write(pcm.data(), take);
-      written += take;
-    }
-    return p;
-  }();
+  static const fs::path path = testing::repeated_recording(audio("speech-75s.wav"), kLongSeconds, "ten-minutes.wav");
   return path;
 }
 

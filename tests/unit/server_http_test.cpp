@@ -111,8 +111,8 @@ HttpResult transcribe(const ServerProcess& s, const std::string& fields, const f
 FILE* post_in_background(const ServerProcess& s, const fs::path& file, int n) {
   std::string cmd;
   for (int i = 0; i < n; ++i) {
-    cmd += "curl -s --max-time 120 -o /dev/null -w '%{http_code}\\n' -F " + quote("file=@" + file.string()) + " " +
-           quote(s.url("/v1/audio/transcriptions")) + " & ";
+    cmd += "curl -s --max-time 120 -o /dev/null -w '%{http_code}\\n' -F " + quote("file=@" + file.string()) +
+           " -F model=whisper-1 " + quote(s.url("/v1/audio/transcriptions")) + " & ";
   }
   return ::popen((cmd + "wait").c_str(), "r");
 }
@@ -188,11 +188,15 @@ TEST_F(ServerTest, ModelsListsTheLoadedModel) {
   ASSERT_EQ(r.status, 200) << r.body;
   const auto j = r.as_json();
   EXPECT_EQ(j["object"], "list");
-  ASSERT_EQ(j["data"].size(), 1u);
+  ASSERT_EQ(j["data"].size(), 2u) << r.body;  // the model, and the alias OpenAI's clients send
   EXPECT_EQ(j["data"][0]["id"], "micro.en-f16");
   EXPECT_EQ(j["data"][0]["object"], "model");
+  EXPECT_EQ(j["data"][1]["id"], "whisper-1");
   EXPECT_EQ(curl(auth() + quote(server_->url("/v1/models/micro.en-f16"))).status, 200);
-  EXPECT_EQ(curl(auth() + quote(server_->url("/v1/models/gpt-9"))).status, 404);
+  EXPECT_EQ(curl(auth() + quote(server_->url("/v1/models/whisper-1"))).status, 200);
+  const auto unknown = curl(auth() + quote(server_->url("/v1/models/gpt-9")));
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_EQ(unknown.error_code(), "model_not_found");
 }
 
 TEST_F(ServerTest, JsonFormat) {
@@ -415,6 +419,7 @@ TEST_F(ServerTest, BadRequestsAre400WithOpenAiErrorBodies) {
   };
   const std::vector<Case> cases = {
       {"no file", curl(auth() + "-F model=whisper-1 " + quote(server_->url("/v1/audio/transcriptions"))), "file"},
+      {"no model", curl(auth() + form_file(audio("jfk.wav")) + quote(server_->url("/v1/audio/transcriptions"))), "model"},
       {"bad response_format", transcribe(*server_, "-F response_format=docx"), "response_format"},
       {"bad temperature", transcribe(*server_, "-F temperature=hot"), "temperature"},
       {"temperature out of range", transcribe(*server_, "-F temperature=3"), "temperature"},
@@ -453,7 +458,7 @@ TEST_F(ServerTest, UploadOverTheLimitIs413) {
 }
 
 TEST_F(ServerTest, MissingOrWrongKeyIs401) {
-  const auto none = curl("-F " + quote("file=@" + audio("jfk.wav").string()) + " " +
+  const auto none = curl("-F " + quote("file=@" + audio("jfk.wav").string()) + " -F model=whisper-1 " +
                          quote(server_->url("/v1/audio/transcriptions")));
   EXPECT_EQ(none.status, 401) << none.body;
   EXPECT_EQ(none.error_code(), "invalid_api_key");

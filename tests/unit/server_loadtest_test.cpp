@@ -138,7 +138,7 @@ TEST_F(LoadtestTest, MetricsReportResidentMemory) {
 }
 
 TEST(ResidentMemoryGauge, IsRenderedWithTheOtherFamilies) {
-  const std::string text = server::Metrics().render({}, 0, 1.0);
+  const std::string text = server::Metrics().render({}, 0, 1.0, 1);
   EXPECT_NE(text.find("# HELP process_resident_memory_bytes "), std::string::npos) << text;
   const auto at = text.find("\nprocess_resident_memory_bytes ");
   ASSERT_NE(at, std::string::npos) << text;

@@ -11,7 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -128,6 +130,37 @@ inline bool eventually(const std::function<bool()>& condition, int seconds = 60)
   return true;
 }
 
+// `source` (a kit WAV: 16 kHz mono 16-bit, its data chunk last) repeated to `seconds`, as a
+// WAV file `name` in the scratch folder: a request that keeps a worker busy for long.
+inline std::filesystem::path repeated_recording(const std::filesystem::path& source, int seconds,
+                                                const std::string& name) {
+  const std::string wav = read_file(source);
+  const std::string pcm = wav.substr(wav.find("data") + 8);
+  const auto n = static_cast<std::uint32_t>(seconds) * 32000u;
+  const auto p = scratch_dir() / name;
+  std::ofstream out(p, std::ios::binary);
+  auto u32 = [&](std::uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); };
+  auto u16 = [&](std::uint16_t v) { out.write(reinterpret_cast<const char*>(&v), 2); };
+  out.write("RIFF", 4);
+  u32(36 + n);
+  out.write("WAVEfmt ", 8);
+  u32(16);
+  u16(1);      // PCM
+  u16(1);      // mono
+  u32(16000);  // rate
+  u32(32000);  // bytes per second
+  u16(2);
+  u16(16);
+  out.write("data", 4);
+  u32(n);
+  for (std::uint32_t written = 0; written < n;) {
+    const auto take = std::min<std::uint32_t>(n - written, static_cast<std::uint32_t>(pcm.size()));
+    out.write(pcm.data(), take);
+    written += take;
+  }
+  return p;
+}
+
 // A curl upload of `file` to `url` (multipart, model=whisper-1) running as a child process,
 // so that a test can kill the client while the server works on its request.
 class BackgroundUpload {
@@ -178,16 +211,19 @@ class BackgroundUpload {
   std::filesystem::path out_;
 };
 
-// `amanuensis serve` with the micro model and the given extra flags (later flags win),
-// killed on destruction. --threads 1 --sample-len 8 --beam-size 1 --no-fallback: the micro
+// `amanuensis serve` with the micro model (or the given models) and the given extra flags
+// (later flags win), killed on destruction. --threads 1 --sample-len 8 --beam-size 1 --no-fallback: the micro
 // model has random weights, and what is tested is the HTTP side. Its standard error goes
 // to a log file, for failure messages.
 class ServerProcess {
  public:
-  explicit ServerProcess(std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {cli_path().string(), "serve", "--model", model_path("micro.en-f16").string(),
-                                     "--port", "0", "--threads", "1", "--sample-len", "8", "--beam-size", "1",
-                                     "--no-fallback"};
+  explicit ServerProcess(std::vector<std::string> extra = {})
+      : ServerProcess(std::vector<std::filesystem::path>{model_path("micro.en-f16")}, std::move(extra)) {}
+  // Serving each of `models` (one --model each, in this order).
+  ServerProcess(const std::vector<std::filesystem::path>& models, std::vector<std::string> extra) {
+    std::vector<std::string> args = {cli_path().string(), "serve"};
+    for (const auto& m : models) args.insert(args.end(), {"--model", m.string()});
+    args.insert(args.end(), {"--port", "0", "--threads", "1", "--sample-len", "8", "--beam-size", "1", "--no-fallback"});
     args.insert(args.end(), extra.begin(), extra.end());
     int out[2];
     if (::pipe(out) != 0) return;

@@ -108,7 +108,7 @@ TEST(Metrics, RendersPrometheusText) {
   stats.queued_jobs = 3;
   stats.queued_audio_seconds = 12.5;
   stats.batches.decoder_sequences = {{1, 4}, {16, 2}};
-  const auto text = m.render(stats, 2, 60.0);
+  const auto text = m.render(stats, 2, 60.0, 1);
   EXPECT_NE(text.find("amanuensis_requests_total{endpoint=\"/v1/audio/transcriptions\",status=\"400\"} 1"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_audio_seconds_total 10"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_request_duration_seconds_bucket{le=\"0.005\"} 1"), std::string::npos);
@@ -117,6 +117,7 @@ TEST(Metrics, RendersPrometheusText) {
   EXPECT_NE(text.find("amanuensis_realtime_factor_bucket{le=\"0.2\"} 1"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_queue_depth 3"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_active_requests 2"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_loaded_models 1\n"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_decoder_batch_sequences_bucket{le=\"1\"} 4\n"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_decoder_batch_sequences_bucket{le=\"8\"} 4\n"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_decoder_batch_sequences_bucket{le=\"16\"} 6\n"), std::string::npos);
