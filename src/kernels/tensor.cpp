@@ -1,6 +1,8 @@
 #include "kernels/tensor.h"
 
 #include "common/error.h"
+#include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/quant.h"
 
 namespace amanuensis::kernels {
 
@@ -40,6 +42,18 @@ StoredMatrix stored_floats(std::span<const float> values, MatrixShape shape) {
   if (static_cast<std::int64_t>(values.size()) != shape.elements())
     throw InternalError("stored_floats: values do not match the shape");
   return {DType::F32, shape, std::as_bytes(values)};
+}
+
+void to_floats(DType t, std::span<const std::byte> in, std::span<float> out) { cpu::dequantize(t, in, out); }
+
+void to_halves(std::span<const float> in, std::span<std::uint16_t> out) {
+  if (out.size() < in.size()) throw InternalError("to_halves: output shorter than input");
+  cpu::floats_to_halves(in.data(), out.data(), static_cast<std::int64_t>(in.size()));
+}
+
+void from_halves(std::span<const std::uint16_t> in, std::span<float> out) {
+  if (out.size() < in.size()) throw InternalError("from_halves: output shorter than input");
+  cpu::halves_to_floats(in.data(), out.data(), static_cast<std::int64_t>(in.size()));
 }
 
 }  // namespace amanuensis::kernels

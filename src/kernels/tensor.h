@@ -44,4 +44,11 @@ struct StoredMatrix {
 // A float32 matrix seen as a StoredMatrix (for weights the caller has rearranged).
 StoredMatrix stored_floats(std::span<const float> values, MatrixShape shape);
 
+// Conversions a network needs around the backend (vectorised where the CPU allows):
+// `out.size()` stored values of type t to float (biases, norms, positions); floats to
+// IEEE halves and back (round to nearest even).
+void to_floats(DType t, std::span<const std::byte> in, std::span<float> out);
+void to_halves(std::span<const float> in, std::span<std::uint16_t> out);
+void from_halves(std::span<const std::uint16_t> in, std::span<float> out);
+
 }  // namespace amanuensis::kernels

@@ -6,13 +6,10 @@
 #include <string>
 
 #include "common/error.h"
-#include "kernels/cpu/fast_math.h"
-#include "kernels/cpu/quant.h"
 
 namespace amanuensis::nn {
 namespace {
 
-namespace cpu = kernels::cpu;
 using kernels::Backend;
 using kernels::Epilogue;
 
@@ -38,7 +35,7 @@ kernels::StoredMatrix stored(const model::TensorView& t) { return {dtype_of(t.ty
 
 std::vector<float> floats(const model::TensorView& t) {
   std::vector<float> v(static_cast<std::size_t>(t.elements()));
-  cpu::dequantize(dtype_of(t.type), t.data, v);
+  kernels::to_floats(dtype_of(t.type), t.data, v);
   return v;
 }
 
@@ -169,7 +166,7 @@ void capture_scores(AttentionCapture& capture, int layer, std::span<const float>
     const std::uint16_t* keys = cross.keys[cache_layer].data();
     std::vector<float> key(static_cast<std::size_t>(hd));
     for (std::int64_t a = 0; a < cross.n_ctx; ++a) {
-      cpu::halves_to_floats(keys + a * d + head * hd, key.data(), hd);
+      kernels::from_halves({keys + a * d + head * hd, static_cast<std::size_t>(hd)}, key);
       for (std::int64_t t = 0; t < n; ++t) {
         float dot = 0.0f;
         for (std::int64_t j = 0; j < hd; ++j) dot += q[t * d + head * hd + j] * key[j];
@@ -226,7 +223,7 @@ AudioFeatures Encoder::encode(std::span<const float> mel) const {
   auto x = conv3_gelu(be, h1, n_frames, d, 2, w_->conv2);
   const std::int64_t n = hp.n_audio_ctx;  // 1500, or fewer for a reduced audio context
   x.resize(n * d);
-  cpu::add_in_place(x, {w_->encoder_positions.data(), static_cast<std::size_t>(n * d)});
+  for (std::int64_t i = 0; i < n * d; ++i) x[i] += w_->encoder_positions[i];
 
   // kept per thread: a window's activations are megabytes, and fresh pages cost faults
   thread_local Scratch s;
@@ -251,8 +248,8 @@ CrossAttentionCache Decoder::cross_attention(const AudioFeatures& audio) const {
     be.linear(audio.states, audio.n_ctx, *block.cross_attn.value.packed, v);
     auto& k16 = cache.keys.emplace_back(static_cast<std::size_t>(size));
     auto& v16 = cache.values.emplace_back(static_cast<std::size_t>(size));
-    cpu::floats_to_halves(k.data(), k16.data(), size);
-    cpu::floats_to_halves(v.data(), v16.data(), size);
+    kernels::to_halves(k, k16);
+    kernels::to_halves(v, v16);
   }
   return cache;
 }

@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "kernels/backend.h"
-#include "kernels/cpu/ops.h"
 #include "model/ggml_file.h"
 
 namespace amanuensis::nn {
