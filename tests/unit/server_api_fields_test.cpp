@@ -232,18 +232,23 @@ TEST_F(ApiFields, OffsetAndDurationCutTheAudioAndShiftTheTimes) {
   EXPECT_NE(testing::rows_of(post(*server_, {"response_format=verbose_json"}, file).as_json()), expected);
 }
 
-// beam_size=1 is greedy whatever the server's default; beam_size N is a beam of N.
+// beam_size=1 is greedy whatever the server's default (a beam of 3 here); beam_size=2 is a
+// beam of 2, not the default's 3. speech-75s: a file where the three differ.
 TEST(ApiFieldsBeam, BeamSizeOneIsGreedyAndOthersAreBeams) {
   ServerProcess s({"--beam-size", "3"});
   ASSERT_TRUE(s.ready()) << s.log();
-  const auto file = audio("speech-30s.wav");
+  const auto file = audio("speech-75s.wav");
   const auto samples = audio::load_audio_file(file);
-  const auto greedy = testing::rows_of(library_transcript(samples));
-  const auto beam2 = testing::rows_of(library_transcript(samples, [](auto& o) {
-    o.beam = decoding::BeamOptions{};
-    o.beam->beam_size = 2;
-  }));
-  ASSERT_NE(greedy, beam2) << "the test needs beam search to change this model's output";
+  const auto beam_of = [&](int n) {
+    return testing::rows_of(library_transcript(samples, [n](auto& o) {
+      if (n > 1) o.beam = decoding::BeamOptions{};
+      if (n > 1) o.beam->beam_size = n;
+    }));
+  };
+  const auto greedy = beam_of(1), beam2 = beam_of(2), beam3 = beam_of(3);
+  ASSERT_NE(greedy, beam2) << "the test needs beam sizes to change this model's output";
+  ASSERT_NE(beam2, beam3) << "the test needs beam sizes to change this model's output";
+  EXPECT_EQ(testing::rows_of(post(s, {"response_format=verbose_json"}, file).as_json()), beam3);
   EXPECT_EQ(testing::rows_of(post(s, {"response_format=verbose_json", "beam_size=1"}, file).as_json()), greedy);
   EXPECT_EQ(testing::rows_of(post(s, {"response_format=verbose_json", "beam_size=2"}, file).as_json()), beam2);
 }
