@@ -12,7 +12,6 @@
 #include <mutex>
 #include <optional>
 #include <random>
-#include <set>
 #include <span>
 #include <thread>
 #include <vector>
@@ -116,7 +115,7 @@ std::string next_request_id() {
   return buf;
 }
 
-// OpenAI's text, words and language name have no leading space: Whisper's tokens do.
+// OpenAI's text and words have no outer spaces; Whisper's tokens start with one.
 std::string trimmed(const std::string& s) {
   const auto first = s.find_first_not_of(" \t\n");
   if (first == std::string::npos) return {};
@@ -513,6 +512,7 @@ class Session : public std::enable_shared_from_this<Session> {
     response_format_ = form.response_format;
     words_ = form.word_granularity;
     translate_ = translate;
+    requested_language_ = form.language;
     include_timing_ = form.include_timing;
     request_.body().clear();  // `form` views it: not used below
     request_.body().shrink_to_fit();
@@ -559,7 +559,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Queues the job on the leased model's scheduler; the lease is held until it is done.
   void submit(Job job, ModelLease lease) {
-    check_language(job.options.decode.language, *lease.model());
+    check_language(requested_language_, *lease.model());
     try {
       future_ = lease.scheduler().submit(std::move(job));
     } catch (const QueueFull& e) {
@@ -761,6 +761,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string response_format_;
   bool words_ = false;
   bool translate_ = false;
+  std::string requested_language_;  // the request's own: a server default is not checked per request
   bool include_timing_ = false;
   double offset_ = 0.0;        // seconds of the file before the audio transcribed
   double file_seconds_ = 0.0;  // of the whole file
