@@ -510,7 +510,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const auto model = pick_model(form);
     auto job = make_job(form, translate);
     response_format_ = form.response_format;
-    words_ = form.word_granularity;
+    words_ = form.wants_words();  // shown in verbose_json, the one format with a place for them
     translate_ = translate;
     requested_language_ = form.language;
     include_timing_ = form.include_timing;

@@ -111,6 +111,15 @@ TEST_F(ApiFields, TextAndWordsHaveNoLeadingSpace) {
   for (const auto& w : words.as_json()["words"]) EXPECT_FALSE(has_outer_space(w["word"])) << w;
 }
 
+TEST_F(ApiFields, WordTimestampsOptionAddsWordsToVerboseJson) {
+  EXPECT_FALSE(post(*server_, {"response_format=verbose_json"}).as_json().contains("words"));
+  const auto r = post(*server_, {"response_format=verbose_json", "word_timestamps=true"});
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_TRUE(r.as_json()["words"].is_array()) << r.body;
+  EXPECT_FALSE(r.as_json()["words"].empty()) << r.body;
+  EXPECT_EQ(post(*server_, {"word_timestamps=true"}).status, 200) << "json: computed, not shown";
+}
+
 TEST_F(ApiFields, VerboseJsonNamesTheLanguage) {
   EXPECT_EQ(post(*server_, {"response_format=verbose_json"}).as_json()["language"], "english");
   EXPECT_EQ(post(*server_, {"response_format=verbose_json"}, audio("speech-1s.wav"), "/v1/audio/translations")
