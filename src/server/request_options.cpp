@@ -122,7 +122,7 @@ const std::map<std::string, FieldReader, std::less<>>& field_readers() {
       {"timestamp_granularities", [](const std::string& v, auto& r, auto&) { read_granularity(v, r); }},
       {"include[]", [](const std::string& v, auto&, auto&) { read_include(v); }},
       {"include", [](const std::string& v, auto&, auto&) { read_include(v); }},
-      {"chunking_strategy", [](const std::string& v, auto& r, auto&) { r.vad_options = read_chunking_strategy(v); }},
+      {"chunking_strategy", [](const std::string& v, auto& r, auto&) { r.chunking_strategy = read_chunking_strategy(v); }},
       {"stream", [](const std::string& v, auto&, auto&) { read_stream(v); }},
       {"include_timing", [](const std::string& v, auto& r, auto&) { r.include_timing = read_bool("include_timing", v); }},
       {"beam_size", [](const std::string& v, auto& r, const RequestLimits& l) {
@@ -148,10 +148,7 @@ const std::map<std::string, FieldReader, std::less<>>& field_readers() {
       {"word_timestamps", [](const std::string& v, auto& r, auto&) { r.word_timestamps = read_bool("word_timestamps", v); }},
       {"vad", [](const std::string& v, auto& r, auto&) { r.vad = read_bool("vad", v); }},
       {"vad_threshold",
-       [](const std::string& v, auto& r, auto&) {
-         if (!r.vad_options) r.vad_options = vad::VadOptions{};
-         r.vad_options->threshold = read_number("vad_threshold", v, 0.01, 0.99);
-       }},
+       [](const std::string& v, auto& r, auto&) { r.vad_threshold = read_number("vad_threshold", v, 0.01, 0.99); }},
       {"offset", [](const std::string& v, auto& r, auto&) { r.offset = read_number("offset", v, 0, 86400.0 * 7); }},
       {"duration", [](const std::string& v, auto& r, auto&) { r.duration = read_number("duration", v, 0.01, 86400.0 * 7); }},
   };
@@ -173,9 +170,13 @@ void check_combination(TranscriptionRequest& r, const RequestLimits& limits) {
   if (r.wants_words() && r.no_timestamps.value_or(false))
     throw FieldError("no_timestamps", "no_timestamps cannot go with word timestamps, which are timed from them");
   // vad=false with a chunking_strategy or vad_threshold asks for both: refused, not guessed
-  if (r.vad && !*r.vad && r.vad_options)
+  const bool vad_asked = r.chunking_strategy || r.vad_threshold;
+  if (r.vad && !*r.vad && vad_asked)
     throw FieldError("vad", "vad=false contradicts chunking_strategy / vad_threshold, which turn VAD on");
-  if (r.vad.value_or(false) && !r.vad_options) r.vad_options = vad::VadOptions{};
+  if (r.vad.value_or(false) || vad_asked) {
+    r.vad_options = r.chunking_strategy.value_or(vad::VadOptions{});
+    if (r.vad_threshold) r.vad_options->threshold = *r.vad_threshold;
+  }
 }
 
 }  // namespace
@@ -208,8 +209,8 @@ TranscriptionRequest parse_transcription_request(const std::vector<FormPart>& pa
     reader->second(std::string(p.data), r, limits);
   }
   if (!chunking_fields.empty()) {
-    if (r.vad_options) throw FieldError("chunking_strategy", "chunking_strategy is given twice");
-    r.vad_options = read_chunking_object(chunking_fields);
+    if (r.chunking_strategy) throw FieldError("chunking_strategy", "chunking_strategy is given twice");
+    r.chunking_strategy = read_chunking_object(chunking_fields);
   }
   if (!r.file) throw FieldError("file", "the form has no 'file' field with the audio");
   if (r.file->empty()) throw FieldError("file", "the audio file is empty");

@@ -57,7 +57,9 @@ struct TranscriptionRequest {
   std::optional<bool> no_timestamps;
   std::optional<bool> word_timestamps;
   std::optional<bool> vad;
-  std::optional<vad::VadOptions> vad_options;  // from chunking_strategy or vad_threshold
+  std::optional<vad::VadOptions> chunking_strategy;  // OpenAI's server_vad settings, or auto
+  std::optional<double> vad_threshold;
+  std::optional<vad::VadOptions> vad_options;  // VAD on: chunking_strategy, vad and vad_threshold together
   double offset = 0.0;                         // seconds of the file skipped
   std::optional<double> duration;              // seconds transcribed from `offset`
 

@@ -92,6 +92,12 @@ TEST(RequestOptions, ServerVadChunkingSetsTheDetector) {
   EXPECT_DOUBLE_EQ(fields.vad_options->threshold, 0.7);
   EXPECT_EQ(refused_field({{"chunking_strategy[type]", "server_vad"}, {"chunking_strategy[x]", "1"}}), "chunking_strategy");
   EXPECT_EQ(refused_field({{"chunking_strategy[threshold]", "0.5"}}), "chunking_strategy") << "no type";
+  // vad_threshold refines a chunking_strategy, whichever comes first
+  const auto both = parse({{"vad_threshold", "0.2"}, {"chunking_strategy[type]", "server_vad"},
+                           {"chunking_strategy[silence_duration_ms]", "300"}});
+  ASSERT_TRUE(both.vad_options);
+  EXPECT_DOUBLE_EQ(both.vad_options->threshold, 0.2);
+  EXPECT_EQ(both.vad_options->min_silence_duration_ms, 300);
 }
 
 TEST(RequestOptions, BadOptionValuesAreRefusedByName) {
