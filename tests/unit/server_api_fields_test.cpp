@@ -120,6 +120,19 @@ TEST_F(ApiFields, WordTimestampsOptionAddsWordsToVerboseJson) {
   EXPECT_EQ(post(*server_, {"word_timestamps=true"}).status, 200) << "json: computed, not shown";
 }
 
+// chunking_strategy (OpenAI's) and vad (ours) turn the built-in VAD on for one request:
+// noise then gives no segments, where the micro model otherwise says something.
+TEST_F(ApiFields, ChunkingStrategyAndVadDriveTheVad) {
+  const auto noise = audio("noise-5s.wav");
+  EXPECT_FALSE(post(*server_, {"response_format=verbose_json"}, noise).as_json()["segments"].empty());
+  for (const auto& fields : std::vector<std::vector<std::string>>{
+           {"chunking_strategy=auto"}, {"chunking_strategy[type]=server_vad"}, {"vad=true"}, {"vad_threshold=0.5"}}) {
+    const auto r = post(*server_, [&] { auto f = fields; f.push_back("response_format=verbose_json"); return f; }(), noise);
+    ASSERT_EQ(r.status, 200) << fields[0] << ": " << r.body;
+    EXPECT_TRUE(r.as_json()["segments"].empty()) << fields[0] << ": " << r.body;
+  }
+}
+
 TEST_F(ApiFields, VerboseJsonNamesTheLanguage) {
   EXPECT_EQ(post(*server_, {"response_format=verbose_json"}).as_json()["language"], "english");
   EXPECT_EQ(post(*server_, {"response_format=verbose_json"}, audio("speech-1s.wav"), "/v1/audio/translations")
