@@ -72,6 +72,15 @@ void apply_decoding_flags(const Args& args, bool whisper_cpp, pipeline::Transcri
   o.thresholds.no_speech = args.get_double("no-speech-threshold", 0.6);
 }
 
+std::optional<vad::VadOptions> vad_flags(const Args& args) {
+  if (args.get("vad-threshold") && !args.flag("vad")) throw Error("--vad-threshold needs --vad");
+  if (!args.flag("vad")) return std::nullopt;
+  vad::VadOptions v;
+  v.threshold = args.get_double("vad-threshold", v.threshold);
+  if (!(v.threshold > 0.0 && v.threshold < 1.0)) throw Error("--vad-threshold must be between 0 and 1");
+  return v;
+}
+
 std::set<std::string> with(std::set<std::string> a, const std::set<std::string>& b) {
   a.insert(b.begin(), b.end());
   return a;

@@ -2,6 +2,7 @@
 // and transcribe() thresholds), parsed in one place.
 #pragma once
 
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -21,6 +22,9 @@ void apply_decoding_flags(const Args& args, bool whisper_cpp, pipeline::Transcri
 
 // 0.0 (or `start`), then `increment` steps up to 1.0 when falling back is allowed.
 std::vector<float> temperature_schedule(double start, double increment, bool fallback);
+
+// --vad and --vad-threshold (transcribe and serve): the VAD settings, or none without --vad.
+std::optional<vad::VadOptions> vad_flags(const Args& args);
 
 // The union of two name sets, for building an Args parser.
 std::set<std::string> with(std::set<std::string> a, const std::set<std::string>& b);

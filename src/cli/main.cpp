@@ -106,13 +106,7 @@ pipeline::TranscribeOptions transcribe_options(const Args& args) {
   o.decode.task = args.get_or("task", "transcribe");
   o.initial_prompt = args.get_or("prompt", "");
   o.word_timestamps = args.flag("word-timestamps");
-  if (args.get("vad-threshold") && !args.flag("vad")) throw Error("--vad-threshold needs --vad");
-  if (args.flag("vad")) {
-    vad::VadOptions v;
-    v.threshold = args.get_double("vad-threshold", v.threshold);
-    if (!(v.threshold > 0.0 && v.threshold < 1.0)) throw Error("--vad-threshold must be between 0 and 1");
-    o.vad = v;
-  }
+  o.vad = vad_flags(args);
   if (args.get("hallucination-silence-threshold")) {
     if (!o.word_timestamps) throw Error("--hallucination-silence-threshold needs --word-timestamps");
     o.hallucination_silence_threshold = args.get_double("hallucination-silence-threshold", 0.0);

@@ -36,6 +36,10 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --max-loaded-models N   models loaded at once: loading one more unloads the least recently
                           used idle one; when all have requests, 503 model_capacity with
                           Retry-After (default: all of them)
+  --max-beam-size N       largest beam_size a request may ask for (default 8)
+  --max-best-of N         largest best_of a request may ask for (default 8)
+  --vad                   decode only the stretches with speech (default of a request's `vad`)
+  --vad-threshold X       speech threshold of --vad, between 0 and 1 (default 0.5)
   and the decoding options above: the defaults of every request
 )";
 
@@ -78,10 +82,10 @@ std::vector<server::ModelSpec> served_models(const Args& args) {
 }  // namespace
 
 int run_serve(const std::vector<std::string>& argv) {
-  Args args(argv, kDecodingFlags,
+  Args args(argv, with(kDecodingFlags, {"vad"}),
             with({"model", "host", "port", "threads", "workers", "max-queue-seconds", "max-upload-mb", "api-key",
                   "request-timeout", "model-id", "io-threads", "precision", "model-idle-unload",
-                  "max-loaded-models"},
+                  "max-loaded-models", "max-beam-size", "max-best-of", "vad-threshold"},
                  kDecodingOptions));
   if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
   server::ServerOptions o;
@@ -113,6 +117,14 @@ int run_serve(const std::vector<std::string>& argv) {
   // a request's own temperature starts the fallback schedule
   o.temperature_fallback = !args.flag("no-fallback");
   o.temperature_increment = args.get_double("temperature-increment", 0.2);
+  o.max_beam_size = positive_int(args, "max-beam-size", 8, 1);
+  o.max_best_of = positive_int(args, "max-best-of", 8, 1);
+  const int beam_size = o.defaults.beam ? o.defaults.beam->beam_size : 1;
+  if (beam_size > o.max_beam_size)
+    throw Error("--beam-size " + std::to_string(beam_size) + " is above --max-beam-size " + std::to_string(o.max_beam_size));
+  if (o.defaults.best_of > o.max_best_of)
+    throw Error("--best-of " + std::to_string(o.defaults.best_of) + " is above --max-best-of " + std::to_string(o.max_best_of));
+  o.defaults.vad = vad_flags(args);
 
   server::Server srv(o);
   std::string others;

@@ -11,7 +11,7 @@
 #include <iostream>
 #include <mutex>
 #include <optional>
-#include <set>
+#include <random>
 #include <span>
 #include <thread>
 #include <vector>
@@ -29,6 +29,8 @@
 #include "pipeline/scheduler.h"
 #include "server/metrics.h"
 #include "server/multipart.h"
+#include "server/request_options.h"
+#include "text/tokenizer.h"
 
 namespace amanuensis::server {
 
@@ -72,14 +74,6 @@ std::string error_body(const ApiError& e) {
   return json_dump({{"error", err}}) + "\n";
 }
 
-std::uint64_t fnv1a(std::string_view data, std::uint64_t h = 1469598103934665603ull) {
-  for (unsigned char c : data) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (std::size_t i = 0; i < a.size(); ++i)
@@ -110,7 +104,36 @@ bool peer_gone(int fd) {
 
 std::string_view to_sv(beast::string_view s) { return {s.data(), s.size()}; }
 
-const char* kOpenAiFormats = "json, text, srt, verbose_json or vtt";
+// A response's x-request-id: unique within the process (a counter) and across restarts
+// (a random prefix), as OpenAI's "req_" ids.
+std::string next_request_id() {
+  static const std::uint64_t prefix = std::random_device{}() * 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(std::time(nullptr));
+  static std::atomic<std::uint64_t> counter{0};
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "req_%016llx%016llx", static_cast<unsigned long long>(prefix),
+                static_cast<unsigned long long>(++counter));
+  return buf;
+}
+
+// OpenAI's text and words have no outer spaces; Whisper's tokens start with one.
+std::string trimmed(const std::string& s) {
+  const auto first = s.find_first_not_of(" \t\n");
+  if (first == std::string::npos) return {};
+  return s.substr(first, s.find_last_not_of(" \t\n") - first + 1);
+}
+
+// Times of a transcript of the audio from `offset` seconds on, made times of the file.
+void shift_times(pipeline::Transcript& t, double offset) {
+  if (offset == 0.0) return;
+  for (auto& s : t.segments) {
+    s.start += offset;
+    s.end += offset;
+    for (auto& w : s.words) {
+      w.start += offset;
+      w.end += offset;
+    }
+  }
+}
 
 }  // namespace
 
@@ -385,56 +408,8 @@ class Session : public std::enable_shared_from_this<Session> {
     return j;
   }
 
-  // The fields of a transcription request, checked. `file` views request_.body().
-  struct TranscriptionForm {
-    std::optional<std::string_view> file;
-    std::optional<std::string> model;
-    std::string response_format = "json", language, prompt;
-    std::optional<double> temperature;
-    bool words = false, include_timing = false;
-  };
-
-  static double read_temperature(const std::string& value) {
-    double t = -1.0;
-    try {
-      std::size_t used = 0;
-      t = std::stod(value, &used);
-      if (used != value.size()) t = -1.0;
-    } catch (const std::exception&) {
-    }
-    if (!(t >= 0.0 && t <= 1.0)) throw bad_request("temperature must be a number between 0 and 1", "temperature");
-    return t;
-  }
-
-  static void read_field(const FormPart& p, TranscriptionForm& form) {
-    const std::string value(p.data);
-    if (p.name == "file") {
-      form.file = p.data;
-    } else if (p.name == "model") {
-      form.model = value;
-    } else if (p.name == "response_format") {
-      form.response_format = value;
-    } else if (p.name == "language") {
-      form.language = value;
-    } else if (p.name == "prompt") {
-      form.prompt = value;
-    } else if (p.name == "temperature") {
-      form.temperature = read_temperature(value);
-    } else if (p.name == "timestamp_granularities[]" || p.name == "timestamp_granularities") {
-      if (value == "word") {
-        form.words = true;
-      } else if (value != "segment") {
-        throw bad_request("timestamp_granularities must be 'segment' or 'word' (got '" + value + "')",
-                          "timestamp_granularities");
-      }
-    } else if (p.name == "include_timing") {
-      form.include_timing = value == "true" || value == "1";
-    }
-    // unknown fields are accepted and ignored, as OpenAI's newer fields may be sent
-  }
-
   // Parses and checks the multipart form: 400 (or 413) naming the field at fault.
-  TranscriptionForm read_form() const {
+  TranscriptionRequest read_form() const {
     const auto content_type = std::string(request_[http::field::content_type]);
     const auto boundary = multipart_boundary(content_type);
     if (!boundary) throw bad_request("the request must be multipart/form-data (got '" + content_type + "')");
@@ -444,58 +419,33 @@ class Session : public std::enable_shared_from_this<Session> {
     } catch (const Error& e) {
       throw bad_request(e.what());
     }
-    TranscriptionForm form;
-    for (const auto& p : parts) read_field(p, form);
-    if (!form.file) throw bad_request("the form has no 'file' field with the audio", "file");
+    RequestLimits limits;
+    limits.max_beam_size = server_.opt.max_beam_size;
+    limits.max_best_of = server_.opt.max_best_of;
+    limits.word_timestamps = server_.opt.defaults.decode.semantics == decoding::Semantics::OpenAI;
+    TranscriptionRequest form;
+    try {
+      form = parse_transcription_request(parts, limits);
+    } catch (const FieldError& e) {
+      throw bad_request(e.what(), e.field);
+    }
     if (form.file->size() > server_.opt.max_upload_bytes) throw too_large();
-    static const std::set<std::string> formats = {"json", "text", "srt", "verbose_json", "vtt"};
-    if (!formats.count(form.response_format))
-      throw bad_request("response_format must be " + std::string(kOpenAiFormats) + " (got '" + form.response_format +
-                            "')",
-                        "response_format");
-    if (form.file->empty()) throw bad_request("the audio file is empty", "file");
-    if (form.words && server_.opt.defaults.decode.semantics != decoding::Semantics::OpenAI)
-      throw bad_request("word timestamps need OpenAI semantics", "timestamp_granularities");
     return form;
   }
 
   // The served model the form names: OpenAI requires the field.
-  std::size_t pick_model(const TranscriptionForm& form) const {
-    if (!form.model || form.model->empty())
+  std::size_t pick_model(const TranscriptionRequest& form) const {
+    if (form.model.empty())
       throw bad_request("you must provide a model parameter (an id of GET /v1/models, such as " +
                             std::string(ModelRegistry::kAlias) + ")",
                         "model");
-    if (const auto index = server_.registry.find(*form.model)) return *index;
-    throw model_not_found(*form.model);
-  }
-
-  // The request's options over the server's defaults, seeded by the request's content so
-  // that the same request always gives the same output.
-  pipeline::TranscribeOptions job_options(const TranscriptionForm& form, bool translate) const {
-    auto o = server_.opt.defaults;
-    o.decode.task = translate ? "translate" : "transcribe";
-    if (!form.language.empty()) o.decode.language = form.language;
-    if (!form.prompt.empty()) o.initial_prompt = form.prompt;
-    if (const auto& temperature = form.temperature) {
-      o.temperatures = {static_cast<float>(*temperature)};
-      if (server_.opt.temperature_fallback && server_.opt.temperature_increment > 0)
-        for (double t = *temperature + server_.opt.temperature_increment; t <= 1.0 + 1e-6;
-             t += server_.opt.temperature_increment)
-          o.temperatures.push_back(static_cast<float>(t));
-    }
-    if (form.words) o.word_timestamps = true;
-    std::uint64_t seed = fnv1a(*form.file, server_.opt.defaults.seed ^ 1469598103934665603ull);
-    seed = fnv1a(o.decode.task + "|" + o.decode.language + "|" + form.prompt + "|" +
-                     std::to_string(form.temperature.value_or(-1)),
-                 seed);
-    o.seed = seed;
-    o.progress = nullptr;
-    return o;
+    if (const auto index = server_.registry.find(form.model)) return *index;
+    throw model_not_found(form.model);
   }
 
   // Decodes the audio (400 when it is not audio) and makes the job, whose completion
   // posts finish_transcription.
-  Job make_job(const TranscriptionForm& form, bool translate) {
+  Job make_job(const TranscriptionRequest& form, bool translate) {
     const auto decode_start = Clock::now();
     std::shared_ptr<std::vector<float>> samples;
     try {
@@ -505,11 +455,14 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (samples->empty()) throw bad_request("the audio file has no samples", "file");
     decode_seconds_ = std::chrono::duration<double>(Clock::now() - decode_start).count();
+    file_seconds_ = static_cast<double>(samples->size()) / 16000.0;
+    cut_to_range(*samples, form);
     audio_seconds_ = static_cast<double>(samples->size()) / 16000.0;
 
     Job job;
     job.samples = samples;
-    job.options = job_options(form, translate);
+    job.options = transcribe_options(form, translate, server_.opt.defaults,
+                                     {server_.opt.temperature_fallback, server_.opt.temperature_increment});
     const int fd = stream_.socket().native_handle();
     const auto deadline = request_start_ + std::chrono::duration_cast<Clock::duration>(
                                                std::chrono::duration<double>(server_.opt.request_timeout));
@@ -530,6 +483,22 @@ class Session : public std::enable_shared_from_this<Session> {
     return job;
   }
 
+  // Keeps the samples from `offset` for `duration` seconds (400 when nothing is left).
+  void cut_to_range(std::vector<float>& samples, const TranscriptionRequest& form) {
+    offset_ = form.offset;
+    if (form.offset == 0.0 && !form.duration) return;
+    const auto first = static_cast<std::size_t>(std::llround(form.offset * 16000.0));
+    if (first >= samples.size())
+      throw bad_request("offset " + std::to_string(form.offset) + " s is past the end of the audio (" +
+                            std::to_string(file_seconds_) + " s)",
+                        "offset");
+    std::size_t end = samples.size();
+    if (form.duration) end = std::min(end, first + static_cast<std::size_t>(std::llround(*form.duration * 16000.0)));
+    samples.erase(samples.begin() + static_cast<std::ptrdiff_t>(end), samples.end());
+    samples.erase(samples.begin(), samples.begin() + static_cast<std::ptrdiff_t>(first));
+    if (samples.empty()) throw bad_request("duration leaves no audio to transcribe", "duration");
+  }
+
   // Parses the form, decodes the audio and queues the job on its model, once that model is
   // loaded (a request for a model still unloaded waits here without holding a thread); the
   // answer is sent by finish_transcription when the model's scheduler is done.
@@ -541,7 +510,9 @@ class Session : public std::enable_shared_from_this<Session> {
     const auto model = pick_model(form);
     auto job = make_job(form, translate);
     response_format_ = form.response_format;
-    words_ = form.words;
+    words_ = form.wants_words();  // shown in verbose_json, the one format with a place for them
+    translate_ = translate;
+    requested_language_ = form.language;
     include_timing_ = form.include_timing;
     request_.body().clear();  // `form` views it: not used below
     request_.body().shrink_to_fit();
@@ -588,6 +559,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Queues the job on the leased model's scheduler; the lease is held until it is done.
   void submit(Job job, ModelLease lease) {
+    check_language(requested_language_, *lease.model());
     try {
       future_ = lease.scheduler().submit(std::move(job));
     } catch (const QueueFull& e) {
@@ -599,6 +571,17 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     lease_ = std::move(lease);
     ++server_.active_requests;
+  }
+
+  // The language a request names must be one the model has: only English for an
+  // English-only model (which would otherwise transcribe English whatever was asked).
+  static void check_language(const std::string& language, const pipeline::Model& model) {
+    if (language.empty() || language == "auto") return;
+    const auto& tok = model.tokenizer();
+    if (!tok.is_multilingual() && language != "en")
+      throw bad_request("this model is English-only: language must be en (got '" + language + "')", "language");
+    if (tok.is_multilingual() && !tok.language_token(language))
+      throw bad_request("this model has no language '" + language + "'", "language");
   }
 
   void finish_transcription() {
@@ -634,7 +617,12 @@ class Session : public std::enable_shared_from_this<Session> {
                         true);
     }
     server_.metrics.record_transcription(audio_seconds_, result.run_seconds);
-    const auto& t = result.transcript;
+    auto t = std::move(result.transcript);
+    shift_times(t, offset_);
+    t.duration = file_seconds_;
+    t.text = trimmed(t.text);
+    // OpenAI bills whole seconds of audio, rounded up
+    const json usage = {{"type", "duration"}, {"seconds", static_cast<std::int64_t>(std::ceil(audio_seconds_ - 1e-9))}};
     json timing = {{"queue_seconds", result.queue_seconds},
                    {"decode_audio_seconds", decode_seconds_},
                    {"transcription_seconds", result.run_seconds},
@@ -646,18 +634,21 @@ class Session : public std::enable_shared_from_this<Session> {
     auto res = std::make_shared<Response>(http::status::ok, version_);
     std::string body, type = "text/plain; charset=utf-8";
     if (response_format_ == "json") {
-      json j = {{"text", t.text}};
+      json j = {{"text", t.text}, {"usage", usage}};
       if (include_timing_) j["timing"] = timing;
       body = json_dump(j) + "\n";
       type = "application/json";
     } else if (response_format_ == "verbose_json") {
       json j = json::parse(pipeline::render(t, pipeline::OutputFormat::VerboseJson));
+      // OpenAI names the language, and a translation's is always English
+      j["language"] = translate_ ? "english" : std::string(text::language_name(t.language));
       if (words_) {
         json all = json::array();
         for (const auto& s : t.segments)
-          for (const auto& w : s.words) all.push_back({{"word", w.word}, {"start", w.start}, {"end", w.end}});
+          for (const auto& w : s.words) all.push_back({{"word", trimmed(w.word)}, {"start", w.start}, {"end", w.end}});
         j["words"] = all;
       }
+      j["usage"] = usage;
       if (include_timing_) j["timing"] = timing;
       body = json_dump(j) + "\n";
       type = "application/json";
@@ -703,6 +694,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void send(const std::shared_ptr<Response>& res, bool close_after) {
     const bool keep_alive = !close_after && !server_.stopping && keep_alive_;
     res->set(http::field::server, "amanuensis");
+    res->set("x-request-id", next_request_id());
     res->keep_alive(keep_alive);
     res->prepare_payload();
     const int status = static_cast<int>(res->result_int());
@@ -768,8 +760,12 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<ModelLease> lease_;    // while its job is queued or running
   std::string response_format_;
   bool words_ = false;
+  bool translate_ = false;
+  std::string requested_language_;  // the request's own: a server default is not checked per request
   bool include_timing_ = false;
-  double audio_seconds_ = 0.0;
+  double offset_ = 0.0;        // seconds of the file before the audio transcribed
+  double file_seconds_ = 0.0;  // of the whole file
+  double audio_seconds_ = 0.0; // transcribed
   double decode_seconds_ = 0.0;
   std::shared_ptr<std::atomic<bool>> client_gone_;
   std::vector<char> drain_buffer_;

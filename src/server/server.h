@@ -33,11 +33,15 @@ struct ServerOptions {
   std::size_t max_upload_bytes = 25u << 20;
   std::string api_key;                 // when set, /v1/* needs "Authorization: Bearer KEY"
   double request_timeout = 300.0;      // seconds: reading a request, waiting in the queue
-  // Decoding defaults of every request; a request may change language, prompt, task,
-  // temperature and word timestamps.
+  // Decoding defaults of every request; a request's fields may change most of them (see
+  // server/request_options.h).
   pipeline::TranscribeOptions defaults;
   bool temperature_fallback = true;    // a request's temperature starts the fallback schedule
   double temperature_increment = 0.2;
+  // The most a request's beam_size and best_of may ask for: each beam or candidate is a
+  // sequence decoded every step, with its own KV cache.
+  int max_beam_size = 8;
+  int max_best_of = 8;
   bool handle_signals = true;          // SIGTERM/SIGINT stop the server gracefully
   bool log_requests = true;            // one line per request on stderr
 };

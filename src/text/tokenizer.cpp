@@ -33,6 +33,22 @@ constexpr std::array<std::string_view, 100> kLanguageCodes = {
     "su", "yue",
 };
 
+// Their names in the same order, as OpenAI's LANGUAGES has them (what its API reports).
+constexpr std::array<std::string_view, 100> kLanguageNames = {
+    "english", "chinese", "german", "spanish", "russian", "korean", "french", "japanese", "portuguese",
+    "turkish", "polish", "catalan", "dutch", "arabic", "swedish", "italian", "indonesian", "hindi",
+    "finnish", "vietnamese", "hebrew", "ukrainian", "greek", "malay", "czech", "romanian", "danish",
+    "hungarian", "tamil", "norwegian", "thai", "urdu", "croatian", "bulgarian", "lithuanian", "latin",
+    "maori", "malayalam", "welsh", "slovak", "telugu", "persian", "latvian", "bengali", "serbian",
+    "azerbaijani", "slovenian", "kannada", "estonian", "macedonian", "breton", "basque", "icelandic",
+    "armenian", "nepali", "mongolian", "bosnian", "kazakh", "albanian", "swahili", "galician", "marathi",
+    "punjabi", "sinhala", "khmer", "shona", "yoruba", "somali", "afrikaans", "occitan", "georgian",
+    "belarusian", "tajik", "sindhi", "gujarati", "amharic", "yiddish", "lao", "uzbek", "faroese",
+    "haitian creole", "pashto", "turkmen", "nynorsk", "maltese", "sanskrit", "luxembourgish", "myanmar",
+    "tibetan", "tagalog", "malagasy", "assamese", "tatar", "hawaiian", "lingala", "hausa", "bashkir",
+    "javanese", "sundanese", "cantonese",
+};
+
 // whisper.cpp's rule: English-only vocabularies have no gap after the 50256 BPE pieces,
 // multilingual ones start one later, and each token past 51865 is one more language
 // (large-v3's "yue") inserted before <|translate|>.
@@ -276,6 +292,12 @@ std::string_view Tokenizer::language_code(TokenId id) const {
 
 std::span<const std::string_view> Tokenizer::language_codes() const {
   return std::span(kLanguageCodes).first(static_cast<std::size_t>(special_.n_languages));
+}
+
+std::string_view language_name(std::string_view code) {
+  for (std::size_t i = 0; i < kLanguageCodes.size(); ++i)
+    if (kLanguageCodes[i] == code) return kLanguageNames[i];
+  return {};
 }
 
 std::vector<TokenId> Tokenizer::non_speech_tokens() const {

@@ -84,4 +84,8 @@ class Tokenizer {
   std::shared_ptr<const PieceIndex> index_;
 };
 
+// OpenAI's name of a language code ("en" -> "english", "yue" -> "cantonese"); "" for a code
+// Whisper does not know. Any model's: the codes a given model has are its language_codes().
+std::string_view language_name(std::string_view code);
+
 }  // namespace amanuensis::text

@@ -59,6 +59,42 @@ await check('transcriptions.create, response_format json', async () => {
   jsonText = r.text;
 });
 
+await check('json: text without a leading space, usage in whole seconds, _request_id', async () => {
+  const r = await client.audio.transcriptions.create({ file: fs.createReadStream(audioPath), model: 'whisper-1' });
+  assert(r.text.length > 0 && r.text === r.text.trim(), `text ${JSON.stringify(r.text)} has outer spaces`);
+  assert(r.usage && r.usage.type === 'duration' && Number.isInteger(r.usage.seconds) && r.usage.seconds > 0,
+    `usage ${JSON.stringify(r.usage)}`);
+  assert(typeof r._request_id === 'string' && r._request_id.startsWith('req_'), `_request_id ${r._request_id}`);
+});
+
+// OpenAI's client sends these fields; the server refuses what it cannot do, naming it.
+for (const [name, fields, param] of [
+  ['stream=true', { stream: true }, 'stream'],
+  ['include logprobs', { include: ['logprobs'] }, 'include'],
+  ['language xx', { language: 'xx' }, 'language'],
+  ['language de on an English-only model', { language: 'de' }, 'language'],
+  ['word granularity with json', { timestamp_granularities: ['word'] }, 'timestamp_granularities'],
+  ['an unknown chunking_strategy', { chunking_strategy: { type: 'client_vad' } }, 'chunking_strategy'],
+]) {
+  await check(`${name} is refused with 400 naming ${param}`, async () => {
+    try {
+      await client.audio.transcriptions.create({ file: fs.createReadStream(audioPath), model: 'whisper-1', ...fields });
+    } catch (e) {
+      assert(e instanceof OpenAI.BadRequestError, `expected BadRequestError, got ${e}`);
+      assert(e.error && e.error.param === param, `error body ${JSON.stringify(e.error)}`);
+      return;
+    }
+    throw new Error('the request was accepted');
+  });
+}
+
+await check('chunking_strategy auto and server_vad are taken', async () => {
+  for (const chunking_strategy of ['auto', { type: 'server_vad', threshold: 0.4, silence_duration_ms: 500 }]) {
+    const r = await client.audio.transcriptions.create({ file: fs.createReadStream(audioPath), model: 'whisper-1', chunking_strategy });
+    assert(typeof r.text === 'string', `no text in ${JSON.stringify(r)}`);
+  }
+});
+
 await check('transcriptions.create, response_format text', async () => {
   const r = await client.audio.transcriptions.create({
     file: fs.createReadStream(audioPath), model: 'whisper-1', response_format: 'text',
@@ -75,6 +111,9 @@ await check('transcriptions.create, verbose_json with word timestamps', async ()
   assert(Array.isArray(r.segments), 'no segments');
   assert(Array.isArray(r.words), 'no words');
   assert(typeof r.duration === 'number' && r.duration > 0, 'no duration');
+  assert(r.language === 'english', `language ${r.language}: OpenAI names it`);
+  assert(r.words.every((w) => w.word === w.word.trim() && w.word.length > 0), `words ${JSON.stringify(r.words)}`);
+  assert(r.usage && r.usage.type === 'duration' && r.usage.seconds === Math.ceil(r.duration), `usage ${JSON.stringify(r.usage)}`);
 });
 
 await check('translations.create', async () => {
