@@ -176,14 +176,16 @@ void PanelMatrix::product(const float* x, std::int64_t m, std::int64_t first, st
 void PanelMatrix::row(std::int64_t r, std::span<float> out) const {
   if (r < 0 || r >= shape_.rows || static_cast<std::int64_t>(out.size()) < shape_.cols)
     throw InternalError("PanelMatrix::row out of range");
-  const std::int64_t lanes = store_.lanes, panel = r / lanes, lane = r % lanes;
-  for (std::int64_t i = 0; i < shape_.cols; ++i) {
-    const std::int64_t at = panel * store_.stride + i * lanes + lane;
-    if (!store_.codes.empty()) {
-      out[i] = store_.scales[panel * store_.scale_stride + (i / kQuantBlock) * lanes + lane] * store_.codes[at];
-    } else {
-      out[i] = !store_.f16.empty() ? half_to_float(store_.f16[at]) : store_.f32[at];
-    }
+  // one loop per storage (this is the embedding lookup of every decoded token)
+  const std::int64_t lanes = store_.lanes, panel = r / lanes, lane = r % lanes, k = shape_.cols;
+  const std::int64_t first = panel * store_.stride + lane;
+  if (!store_.codes.empty()) {
+    const float* scales = store_.scales.data() + panel * store_.scale_stride + lane;
+    for (std::int64_t i = 0; i < k; ++i) out[i] = scales[(i / kQuantBlock) * lanes] * store_.codes[first + i * lanes];
+  } else if (!store_.f16.empty()) {
+    for (std::int64_t i = 0; i < k; ++i) out[i] = half_to_float(store_.f16[first + i * lanes]);
+  } else {
+    for (std::int64_t i = 0; i < k; ++i) out[i] = store_.f32[first + i * lanes];
   }
 }
 
