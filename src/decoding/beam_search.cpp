@@ -180,6 +180,7 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
   std::vector<BeamHypothesis> finished;
   std::vector<nn::KvCache> spare;  // caches of dropped beams, reused as copy targets
 
+  const nn::IdleOnExit idle_on_error(runner);
   for (int step = 0; step < max_tokens; ++step) {
     // the logit rules per beam, with that beam's own tokens
     std::vector<std::vector<float>> logprobs(live.size());
@@ -246,7 +247,6 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
     }
     runner.step(decoder, batch);
   }
-
   runner.idle();
 
   // finalize: live beams make up for missing finished candidates

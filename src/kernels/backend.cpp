@@ -82,6 +82,7 @@ std::vector<std::string> cpu_features() {
   AMANUENSIS_FEATURE("avx512f")
   AMANUENSIS_FEATURE("avx512bw")
   AMANUENSIS_FEATURE("avx512vnni")
+  AMANUENSIS_FEATURE("avxvnni")
   AMANUENSIS_FEATURE("avx512bf16")
   AMANUENSIS_FEATURE("amx-tile")
   AMANUENSIS_FEATURE("amx-bf16")

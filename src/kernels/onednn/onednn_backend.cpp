@@ -24,7 +24,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
-#include "kernels/onednn/attention_bf16.h"
+#include "kernels/onednn/attention_tiles.h"
 #include "kernels/onednn/context.h"
 #include "kernels/onednn/int8_linear.h"
 
@@ -240,13 +240,16 @@ class OnednnBackend final : public Backend {
       });
       return;
     }
-    // bf16 on the engine for attention over a fixed set of keys (encoder windows, the
-    // audio of cross-attention): one pair of primitives per key count. (Int8 stays on the
-    // float path: u8 probabilities and int8 keys doubled the logit error of int8 linear
-    // layers alone and flipped greedy tokens of clear margin in the conformance suite.) Causal prompt
-    // passes, whose key count changes with every prompt, stay on the float path.
-    if (precision_ == Precision::Bf16 && causal_offset < 0) {
-      attention_many_bf16(q.data(), n_q, k.data(), v.data(), n_kv, n_head, d, causal_offset, out.data());
+    // attention over a fixed set of keys (encoder windows, the audio of cross-attention)
+    // in tiles on oneDNN's matmul kernels, with keys and values reordered once per head:
+    // one pair of primitives per key count; twice dnnl_sgemm's speed in float32, which
+    // repacks the keys for every tile. Bf16 in bf16; int8 in float32 (u8 probabilities
+    // and int8 keys doubled the logit error of int8 linear layers and flipped greedy
+    // tokens of clear margin in the conformance suite). Causal prompt passes, whose key
+    // count changes with every prompt, stay on sgemm.
+    if (causal_offset < 0) {
+      const auto element = precision_ == Precision::Bf16 ? TileElement::Bf16 : TileElement::F32;
+      attention_in_tiles(element, q.data(), n_q, k.data(), v.data(), n_kv, n_head, d, causal_offset, out.data());
       return;
     }
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
