@@ -11,6 +11,12 @@ class DirectRunner final : public Runner {
 
 }  // namespace
 
+CrossAttentionCache Runner::encode(const Encoder& encoder, const Decoder& decoder, std::span<const float> mel) {
+  CrossAttentionCache cross;
+  run(Work::Encode, [&] { cross = decoder.cross_attention(encoder.encode(mel)); });
+  return cross;
+}
+
 Runner& direct_runner() {
   static DirectRunner runner;
   return runner;

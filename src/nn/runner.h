@@ -28,6 +28,11 @@ class Runner {
   // The caller's sequences are done for now (a window is decoded): the next steps need not
   // wait for it.
   virtual void idle() {}
+  // Encodes one window (`mel`: [n_mels][3000]) and computes its cross-attention keys and
+  // values, as exclusive Work::Encode. The server stacks the windows of transcriptions
+  // that wait together into one encoder pass (Encoder::encode_stacked); the states of a
+  // window are the same either way.
+  virtual CrossAttentionCache encode(const Encoder& encoder, const Decoder& decoder, std::span<const float> mel);
 };
 
 // Calls runner.idle() when a decode loop's scope ends, however it ends: a transcription

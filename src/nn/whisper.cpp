@@ -95,20 +95,29 @@ struct Scratch {
   std::vector<float> normed, q, k, v, attended, hidden;
 };
 
-// x += out_proj(attention(LN(x) queries against keys/values))
-void self_attention_sublayer(const Backend& be, std::vector<float>& x, std::int64_t n, std::int64_t d, int n_head,
-                             const NormWeights& ln, const AttentionWeights& a, Scratch& s) {
+// x += out_proj(attention(LN(x) queries against keys/values)) for `windows` windows of n
+// positions stacked in x: the products take every row at once, attention stays within
+// each window.
+void self_attention_sublayer(const Backend& be, std::vector<float>& x, std::int64_t windows, std::int64_t n,
+                             std::int64_t d, int n_head, const NormWeights& ln, const AttentionWeights& a, Scratch& s) {
+  const std::int64_t rows = windows * n;
   s.normed = x;
-  be.layer_norm(s.normed, n, ln.gamma, ln.beta);
-  s.q.resize(n * d);
-  s.k.resize(n * d);
-  s.v.resize(n * d);
-  s.attended.resize(n * d);
-  be.linear(s.normed, n, *a.query.packed, s.q);
-  be.linear(s.normed, n, *a.key.packed, s.k);
-  be.linear(s.normed, n, *a.value.packed, s.v);
-  be.attention(s.q, n, s.k, s.v, n, n_head, d, -1, s.attended);
-  be.linear(s.attended, n, *a.out.packed, x, Epilogue::Accumulate);
+  be.layer_norm(s.normed, rows, ln.gamma, ln.beta);
+  s.q.resize(rows * d);
+  s.k.resize(rows * d);
+  s.v.resize(rows * d);
+  s.attended.resize(rows * d);
+  be.linear(s.normed, rows, *a.query.packed, s.q);
+  be.linear(s.normed, rows, *a.key.packed, s.k);
+  be.linear(s.normed, rows, *a.value.packed, s.v);
+  const auto size = static_cast<std::size_t>(n * d);
+  for (std::int64_t w = 0; w < windows; ++w) {
+    const std::size_t at = static_cast<std::size_t>(w) * size;
+    be.attention(std::span<const float>(s.q).subspan(at, size), n, std::span<const float>(s.k).subspan(at, size),
+                 std::span<const float>(s.v).subspan(at, size), n, n_head, d, -1,
+                 std::span<float>(s.attended).subspan(at, size));
+  }
+  be.linear(s.attended, rows, *a.out.packed, x, Epilogue::Accumulate);
 }
 
 // x += mlp.2(gelu(mlp.0(LN(x))))
@@ -209,7 +218,9 @@ std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFil
   return w;
 }
 
-AudioFeatures Encoder::encode(std::span<const float> mel) const {
+// The convolution stem of one window with the positions added: n_audio_ctx x d states,
+// appended to `stack`.
+void Encoder::stem(std::span<const float> mel, std::vector<float>& stack) const {
   const auto& hp = w_->hparams;
   const std::int64_t n_frames = 3000, d = hp.n_audio_state;
   if (static_cast<std::int64_t>(mel.size()) != hp.n_mels * n_frames) {
@@ -222,20 +233,41 @@ AudioFeatures Encoder::encode(std::span<const float> mel) const {
     for (std::int64_t t = 0; t < n_frames; ++t) frames[t * hp.n_mels + b] = mel[b * n_frames + t];
 
   const Backend& be = *w_->backend;
-  auto h1 = conv3_gelu(be, frames, n_frames, hp.n_mels, 1, w_->conv1);
-  auto x = conv3_gelu(be, h1, n_frames, d, 2, w_->conv2);
+  const auto h1 = conv3_gelu(be, frames, n_frames, hp.n_mels, 1, w_->conv1);
+  const auto x = conv3_gelu(be, h1, n_frames, d, 2, w_->conv2);
   const std::int64_t n = hp.n_audio_ctx;  // 1500, or fewer for a reduced audio context
-  x.resize(n * d);
-  for (std::int64_t i = 0; i < n * d; ++i) x[i] += w_->encoder_positions[i];
+  const std::size_t at = stack.size();
+  stack.insert(stack.end(), x.begin(), x.begin() + n * d);
+  for (std::int64_t i = 0; i < n * d; ++i) stack[at + i] += w_->encoder_positions[i];
+}
 
+AudioFeatures Encoder::encode(std::span<const float> mel) const {
+  const std::span<const float> one[] = {mel};
+  return std::move(encode_stacked(one).front());
+}
+
+std::vector<AudioFeatures> Encoder::encode_stacked(std::span<const std::span<const float>> mels) const {
+  const auto& hp = w_->hparams;
+  const std::int64_t n = hp.n_audio_ctx, d = hp.n_audio_state;
+  const auto windows = static_cast<std::int64_t>(mels.size());
+  std::vector<float> x;
+  x.reserve(static_cast<std::size_t>(windows * n * d));
+  for (const auto mel : mels) stem(mel, x);
+
+  const Backend& be = *w_->backend;
   // kept per thread: a window's activations are megabytes, and fresh pages cost faults
   thread_local Scratch s;
   for (const auto& block : w_->encoder_blocks) {
-    self_attention_sublayer(be, x, n, d, hp.n_audio_head, block.attn_ln, block.attn, s);
-    mlp_sublayer(be, x, n, block, s);
+    self_attention_sublayer(be, x, windows, n, d, hp.n_audio_head, block.attn_ln, block.attn, s);
+    mlp_sublayer(be, x, windows * n, block, s);
   }
-  be.layer_norm(x, n, w_->encoder_ln_post.gamma, w_->encoder_ln_post.beta);
-  return {n, d, std::move(x)};
+  be.layer_norm(x, windows * n, w_->encoder_ln_post.gamma, w_->encoder_ln_post.beta);
+  std::vector<AudioFeatures> out;
+  for (std::int64_t w = 0; w < windows; ++w) {
+    const auto first = x.begin() + w * n * d;
+    out.push_back({n, d, std::vector<float>(first, first + n * d)});
+  }
+  return out;
 }
 
 CrossAttentionCache Decoder::cross_attention(const AudioFeatures& audio) const {

@@ -108,9 +108,15 @@ class Encoder {
   explicit Encoder(std::shared_ptr<const WhisperWeights> weights) : w_(std::move(weights)) {}
   // `mel` is one window, [n_mels][3000] row-major.
   AudioFeatures encode(std::span<const float> mel) const;
+  // Several windows as one stack: every product runs once over all their rows (what an
+  // accelerator needs to fill its units; on a CPU about the speed of one by one), and
+  // attention within each window. A window's states do not depend on the others.
+  std::vector<AudioFeatures> encode_stacked(std::span<const std::span<const float>> mels) const;
   const std::shared_ptr<const kernels::Backend>& backend() const { return w_->backend; }
 
  private:
+  void stem(std::span<const float> mel, std::vector<float>& stack) const;
+
   std::shared_ptr<const WhisperWeights> w_;
 };
 

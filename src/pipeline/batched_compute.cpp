@@ -16,6 +16,10 @@ struct BatchedCompute::Pending {
   bool is_step = false;
   nn::Work work = nn::Work::Forward;
   const std::function<void()>* exclusive = nullptr;
+  // an encoder window (Client::encode): mel in, cross-attention keys and values out
+  const nn::Encoder* encoder = nullptr;
+  std::span<const float> mel;
+  nn::CrossAttentionCache* cross = nullptr;
   const nn::Decoder* decoder = nullptr;
   std::span<const nn::SequenceStep> steps;
   std::exception_ptr error;
@@ -113,18 +117,48 @@ void BatchedCompute::run_exclusive_turn(std::unique_lock<std::mutex>& lock) {
     exclusive_.pop_front();
   }
   lock.unlock();
-  int windows = 0;
+  std::map<const nn::Encoder*, std::vector<Pending*>> stacks;
   for (Pending* p : turn) {
-    if (p->work == nn::Work::Encode) ++windows;
+    if (p->encoder) {
+      stacks[p->encoder].push_back(p);
+      continue;
+    }
     try {
       (*p->exclusive)();
     } catch (...) {
       p->error = std::current_exception();
     }
   }
+  std::vector<int> sizes;
+  for (const auto& [encoder, stack] : stacks) encode_stack(stack, sizes);
   lock.lock();
-  if (windows > 0) ++counts_.encoder_windows[windows];
+  for (int size : sizes) ++counts_.encoder_windows[size];
   finish(turn);
+}
+
+void BatchedCompute::encode_stack(std::span<Pending* const> stack, std::vector<int>& sizes) {
+  try {
+    std::vector<std::span<const float>> mels;
+    for (const Pending* p : stack) mels.push_back(p->mel);
+    const auto states = stack.front()->encoder->encode_stacked(mels);
+    for (std::size_t i = 0; i < stack.size(); ++i) *stack[i]->cross = stack[i]->decoder->cross_attention(states[i]);
+    sizes.push_back(static_cast<int>(stack.size()));
+    return;
+  } catch (...) {
+    if (stack.size() == 1) {
+      stack.front()->error = std::current_exception();
+      return;
+    }
+  }
+  // one window that cannot be encoded fails alone: the others go one by one
+  for (Pending* p : stack) {
+    try {
+      *p->cross = p->decoder->cross_attention(p->encoder->encode(p->mel));
+      sizes.push_back(1);
+    } catch (...) {
+      p->error = std::current_exception();
+    }
+  }
 }
 
 void BatchedCompute::run_steps(std::unique_lock<std::mutex>& lock) {
@@ -198,6 +232,22 @@ void BatchedCompute::Client::run(nn::Work kind, const std::function<void()>& wor
   compute_.submit(p, stepping_);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   (kind == nn::Work::Encode ? encoder_seconds_ : decoder_seconds_) += seconds;
+}
+
+nn::CrossAttentionCache BatchedCompute::Client::encode(const nn::Encoder& encoder, const nn::Decoder& decoder,
+                                                      std::span<const float> mel) {
+  check_cancelled();
+  const auto start = Clock::now();
+  nn::CrossAttentionCache cross;
+  Pending p;
+  p.work = nn::Work::Encode;
+  p.encoder = &encoder;
+  p.decoder = &decoder;
+  p.mel = mel;
+  p.cross = &cross;
+  compute_.submit(p, stepping_);
+  encoder_seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
+  return cross;
 }
 
 void BatchedCompute::Client::step(const nn::Decoder& decoder, std::span<const nn::SequenceStep> steps) {

@@ -36,9 +36,10 @@ class Cancelled : public Error {
 
 struct BatchedComputeOptions {
   // Exclusive work items (encoder windows, prompt passes) run per turn, at most: the
-  // waiting windows of several requests go as one batch, back to back (a window is 1500
-  // rows already, so stacking them would not make the CPU products faster; a GPU backend
-  // would stack them). While both kinds wait, turns go to whichever kind has had less
+  // waiting windows of several requests are encoded as one stack (Encoder::
+  // encode_stacked: one product over all their rows, which an accelerator needs; on a
+  // CPU a window's 1500 rows fill the units already). While both kinds wait, turns go to
+  // whichever kind has had less
   // compute time, so decoding keeps half the machine while new windows are encoded, and
   // the sequences of a batch stay together instead of finishing one by one behind them.
   int max_exclusive_per_turn = 4;
@@ -46,7 +47,7 @@ struct BatchedComputeOptions {
 
 // Counts of batch sizes: size -> how many batches had that size.
 struct BatchCounts {
-  std::map<int, std::uint64_t> encoder_windows;   // encoder windows per exclusive turn (turns with any)
+  std::map<int, std::uint64_t> encoder_windows;   // windows per stacked encoder pass
   std::map<int, std::uint64_t> decoder_sequences;  // sequences per decoder step
 };
 
@@ -66,6 +67,9 @@ class BatchedCompute {
   void compute_loop();
   bool steps_ready() const;
   void run_exclusive_turn(std::unique_lock<std::mutex>& lock);
+  // Encodes the windows of a turn that share an encoder as one stack, adding the size of
+  // each encoder pass that ran to `sizes`.
+  static void encode_stack(std::span<Pending* const> stack, std::vector<int>& sizes);
   void run_steps(std::unique_lock<std::mutex>& lock);
   void submit(Pending& pending, bool& client_stepping);
   void finish(std::span<Pending* const> calls);
@@ -100,6 +104,8 @@ class BatchedCompute::Client final : public nn::Runner {
   void run(nn::Work kind, const std::function<void()>& work) override;
   void step(const nn::Decoder& decoder, std::span<const nn::SequenceStep> steps) override;
   void idle() override;
+  nn::CrossAttentionCache encode(const nn::Encoder& encoder, const nn::Decoder& decoder,
+                                 std::span<const float> mel) override;
 
   double encoder_seconds() const { return encoder_seconds_; }
   double decoder_seconds() const { return decoder_seconds_; }

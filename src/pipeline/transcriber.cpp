@@ -232,9 +232,7 @@ Decoded decode_with_fallback(const decoding::WindowDecoder& decoder, const text:
 
 // The window's audio states, kept as the decoder's cross-attention keys and values.
 nn::CrossAttentionCache encode_window(const Model& model, nn::Runner& runner, std::span<const float> mel_window) {
-  nn::CrossAttentionCache cross;
-  runner.run(nn::Work::Encode, [&] { cross = model.decoder().cross_attention(model.encoder().encode(mel_window)); });
-  return cross;
+  return runner.encode(model.encoder(), model.decoder(), mel_window);
 }
 
 }  // namespace

@@ -106,7 +106,7 @@ std::string Metrics::render(const pipeline::SchedulerStats& scheduler, std::size
          number(scheduler.queued_audio_seconds));
   sample(out, "amanuensis_active_transcriptions", "gauge", "Transcriptions running (batched together).",
          std::to_string(scheduler.active_jobs));
-  batch_histogram(out, "amanuensis_encoder_batch_windows", "Encoder windows run in one turn of the compute thread.",
+  batch_histogram(out, "amanuensis_encoder_batch_windows", "Encoder windows stacked into one encoder pass.",
                   scheduler.batches.encoder_windows);
   batch_histogram(out, "amanuensis_decoder_batch_sequences", "Sequences advanced by one batched decoder step.",
                   scheduler.batches.decoder_sequences);

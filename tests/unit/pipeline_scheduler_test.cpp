@@ -287,5 +287,40 @@ TEST(BatchedCompute, StepsWaitForEveryDecodingClientNotForATimer) {
   EXPECT_GE(pairs, static_cast<std::uint64_t>(kSteps - 1)) << "steps of two sequences: " << pairs;
 }
 
+// Encoder windows of several transcriptions that wait together are encoded as one stack
+// (one pass over all their rows), and each gets the keys and values it gets alone. Three
+// clients queue a window while a fourth holds the compute thread.
+TEST(BatchedCompute, WindowsThatWaitTogetherAreEncodedAsOneStack) {
+  const auto model = Model::load(testing::model_path("micro.en-f16"));
+  const auto size = static_cast<std::size_t>(model->hparams().n_mels) * 3000;
+  std::vector<std::vector<float>> mels;
+  for (int w = 0; w < 3; ++w) mels.emplace_back(size, -1.0f + 0.25f * static_cast<float>(w));
+  BatchedCompute compute;
+  std::promise<void> holding;
+  auto holder = std::async(std::launch::async, [&] {
+    BatchedCompute::Client client(compute);
+    client.run(nn::Work::Forward, [&] {
+      holding.set_value();
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the others queue meanwhile
+    });
+  });
+  holding.get_future().wait();
+  std::vector<std::future<nn::CrossAttentionCache>> encoded;
+  for (const auto& mel : mels)
+    encoded.push_back(std::async(std::launch::async, [&] {
+      BatchedCompute::Client client(compute);
+      return client.encode(model->encoder(), model->decoder(), mel);
+    }));
+  holder.get();
+  for (std::size_t w = 0; w < mels.size(); ++w) {
+    const auto stacked = encoded[w].get();
+    const auto alone = model->decoder().cross_attention(model->encoder().encode(mels[w]));
+    EXPECT_EQ(stacked.keys, alone.keys) << "window " << w;
+    EXPECT_EQ(stacked.values, alone.values) << "window " << w;
+  }
+  const auto counts = compute.counts().encoder_windows;
+  EXPECT_EQ(counts.count(3) ? counts.at(3) : 0, 1u) << "one pass of three windows";
+}
+
 }  // namespace
 }  // namespace amanuensis::pipeline
