@@ -60,6 +60,7 @@ struct SchedulerStats {
   std::size_t queued_jobs = 0;
   double queued_audio_seconds = 0.0;
   std::size_t active_jobs = 0;
+  double running_audio_seconds = 0.0;
   int slots = 0;
   bool shutting_down = false;  // shutdown() began: no new job is taken
   BatchCounts batches;
@@ -82,8 +83,12 @@ class BatchingScheduler final : public TranscriptionScheduler {
  public:
   // max_queue_seconds: audio waiting (not yet started) may not exceed this; a single job
   // longer than the whole bound is still accepted when the queue is empty.
+  // max_admitted_seconds (0: no bound): audio of the jobs waiting and running together, as
+  // a running job holds its samples (64 KB a second) until it is done: the queue bound
+  // alone lets `slots` jobs of hours each run at once. A job is always accepted when no
+  // other is waiting or running.
   BatchingScheduler(std::shared_ptr<const Model> model, int slots, double max_queue_seconds,
-                    BatchedComputeOptions compute = {});
+                    BatchedComputeOptions compute = {}, double max_admitted_seconds = 0.0);
   ~BatchingScheduler() override;
 
   std::future<JobResult> submit(Job job) override;
@@ -100,8 +105,11 @@ class BatchingScheduler final : public TranscriptionScheduler {
   void slot_loop();
   JobResult run(Entry& entry);
 
+  void check_admission(double seconds) const;  // under mutex_; throws QueueFull
+
   std::shared_ptr<const Model> model_;
   const double max_queue_seconds_;
+  const double max_admitted_seconds_;
   const int n_slots_;
   BatchedCompute compute_;
   mutable std::mutex mutex_;
@@ -109,6 +117,7 @@ class BatchingScheduler final : public TranscriptionScheduler {
   std::deque<Entry> queue_;
   double queued_seconds_ = 0.0;
   std::size_t active_ = 0;
+  double running_seconds_ = 0.0;  // audio of the jobs running
   double recent_rtf_ = 0.0;  // run seconds per audio second, smoothed (for Retry-After)
   bool stopping_ = false;
   std::vector<std::thread> slots_;

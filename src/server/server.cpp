@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include <optional>
 #include <random>
 #include <span>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -167,7 +169,12 @@ class Server::Impl {
   std::atomic<int> exit_code{0};
   // After ioc: destroyed first, so that the jobs it finishes can still post their answers.
   ModelRegistry registry;
-  std::thread stopper;
+  // Set on a network thread once stop() has closed the doors; run()'s own thread waits for
+  // it and then finishes the accepted work: stopping needs no thread of its own, which the
+  // system may refuse (EAGAIN) just when a loaded server is asked to stop.
+  std::mutex stop_mutex;
+  std::condition_variable stop_wake;
+  bool doors_closed = false;
 
   std::mutex sessions_mutex;
   std::vector<std::weak_ptr<Session>> sessions;
@@ -175,6 +182,8 @@ class Server::Impl {
  private:
   void do_accept();
   void load_first_model();
+  std::vector<std::thread> start_network_threads();
+  void finish_after_stop(std::vector<std::thread>& threads);
   ModelRegistry::Options registry_options();
   LoadedModel load_model(const ModelSpec& spec) const;
 };
@@ -215,12 +224,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_header(beast::error_code ec, std::size_t) {
     idle_ = false;
     if (ec) return on_read_error(ec);
-    request_start_ = Clock::now();
     auto& req = parser_->get();
-    endpoint_ = endpoint_label(std::string(req.target()));
-    method_ = std::string(req.method_string());
-    version_ = req.version();
-    keep_alive_ = req.keep_alive();
+    label_request(req);
     // Answer what needs no body before reading it (and close: the body is left unread).
     if (auto early = check_before_body(req)) return send_error(*early, /*close=*/!parser_->is_done());
     if (auto len = parser_->content_length(); len && *len > server_.opt.max_upload_bytes + (1u << 20))
@@ -240,8 +245,23 @@ class Session : public std::enable_shared_from_this<Session> {
     http::async_read(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_read, shared_from_this()));
   }
 
+  // What the metrics and the log say of this request: its own path and method, never the
+  // previous request's on this connection.
+  void label_request(const http::request<http::string_body>& req) {
+    request_start_ = Clock::now();
+    endpoint_ = endpoint_label(std::string(req.target()));
+    method_ = req.method_string().empty() ? std::string("?") : std::string(req.method_string());
+    version_ = req.version();
+    keep_alive_ = req.keep_alive();
+  }
+
   void on_read_error(beast::error_code ec) {
-    if (ec == http::error::body_limit) return send_error(too_large(), true);
+    // The parser stops at a Content-Length over the limit while reading the header: the
+    // request line is parsed by then, so the 413 is counted under the request's path.
+    if (ec == http::error::body_limit) {
+      label_request(parser_->get());
+      return send_error(too_large(), true);
+    }
     if (ec.category() == http::make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
         ec != http::error::partial_message) {
       endpoint_ = "other";
@@ -264,6 +284,13 @@ class Session : public std::enable_shared_from_this<Session> {
                         std::to_string(server_.opt.max_upload_bytes >> 20) + " MB",
                "invalid_request_error", std::string("file"), std::string("file_too_large")};
     return e;
+  }
+
+  static ApiError audio_too_long(double limit) {
+    return {413,
+            "the audio is longer than the server's limit of " + std::to_string(static_cast<long long>(std::ceil(limit))) +
+                " seconds a request (--max-audio-seconds); send a shorter file, or split it",
+            "invalid_request_error", std::string("file"), std::string("audio_too_long")};
   }
 
   static std::string path_of(std::string_view target) {
@@ -411,7 +438,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // Parses and checks the multipart form: 400 (or 413) naming the field at fault.
   TranscriptionRequest read_form() const {
     const auto content_type = std::string(request_[http::field::content_type]);
-    const auto boundary = multipart_boundary(content_type);
+    std::optional<std::string> boundary;
+    try {
+      boundary = multipart_boundary(content_type);
+    } catch (const Error& e) {
+      throw bad_request(e.what());
+    }
     if (!boundary) throw bad_request("the request must be multipart/form-data (got '" + content_type + "')");
     std::vector<FormPart> parts;
     try {
@@ -449,7 +481,10 @@ class Session : public std::enable_shared_from_this<Session> {
     const auto decode_start = Clock::now();
     std::shared_ptr<std::vector<float>> samples;
     try {
-      samples = std::make_shared<std::vector<float>>(audio::decode_audio(std::as_bytes(std::span(*form.file))));
+      samples = std::make_shared<std::vector<float>>(
+          audio::decode_audio(std::as_bytes(std::span(*form.file)), nullptr, {server_.opt.max_audio_seconds}));
+    } catch (const audio::AudioTooLong& e) {
+      throw audio_too_long(e.limit_seconds);
     } catch (const Error& e) {
       throw bad_request(std::string("could not decode the audio file: ") + e.what(), "file");
     }
@@ -818,6 +853,14 @@ int Server::Impl::run(const std::function<void(unsigned short)>& on_listening) {
 
   load_first_model();
 
+  auto threads = start_network_threads();
+  finish_after_stop(threads);
+  return exit_code;
+}
+
+// The threads that run the network side (--io-threads). When the system refuses one, the
+// started ones are stopped and joined, and the error says what to change.
+std::vector<std::thread> Server::Impl::start_network_threads() {
   // A handler that throws must not take the server down: log it and go on.
   auto run_loop = [this] {
     for (;;) {
@@ -830,12 +873,30 @@ int Server::Impl::run(const std::function<void(unsigned short)>& on_listening) {
     }
   };
   std::vector<std::thread> threads;
-  for (int i = 1; i < std::max(1, opt.io_threads); ++i) threads.emplace_back(run_loop);
-  run_loop();
-  for (auto& t : threads) t.join();
-  if (stopper.joinable()) stopper.join();
+  const int n = std::max(1, opt.io_threads);
+  try {
+    for (int i = 0; i < n; ++i) threads.emplace_back(run_loop);
+  } catch (const std::system_error& e) {
+    ioc.stop();
+    for (auto& t : threads) t.join();
+    registry.shutdown();
+    throw Error("cannot start " + std::to_string(n) + " network threads (" + e.what() +
+                "): lower --io-threads or raise the process limit (ulimit -u)");
+  }
+  return threads;
+}
+
+// On run()'s thread: waits for stop(), finishes every accepted job (their answers are
+// posted to the network threads), then lets the network threads end once the last answer
+// is written.
+void Server::Impl::finish_after_stop(std::vector<std::thread>& threads) {
+  {
+    std::unique_lock lock(stop_mutex);
+    stop_wake.wait(lock, [this] { return doors_closed; });
+  }
   registry.shutdown();
-  return exit_code;
+  net::post(ioc, [this] { work.reset(); });
+  for (auto& t : threads) t.join();
 }
 
 // The first model loads at start, on the registry's loader thread; the server stops when
@@ -868,7 +929,9 @@ ModelRegistry::Options Server::Impl::registry_options() {
 LoadedModel Server::Impl::load_model(const ModelSpec& spec) const {
   LoadedModel loaded;
   loaded.model = spec.model ? spec.model : pipeline::Model::load(spec.path, opt.load_options);
-  loaded.scheduler = std::make_shared<pipeline::BatchingScheduler>(loaded.model, opt.workers, opt.max_queue_seconds);
+  loaded.scheduler = std::make_shared<pipeline::BatchingScheduler>(loaded.model, opt.workers, opt.max_queue_seconds,
+                                                                   pipeline::BatchedComputeOptions{},
+                                                                   opt.max_admitted_seconds);
   const auto& hp = loaded.model->hparams();
   loaded.info = {hp.n_vocab, loaded.model->encoder().backend()->name(), std::string(hp.size_name()),
                  hp.is_multilingual()};
@@ -887,19 +950,16 @@ void Server::Impl::stop() {
       for (auto& w : sessions)
         if (auto s = w.lock()) s->stop_if_idle();
     }
-    // Finish every accepted job (their answers are posted to the network threads), then
-    // let the network threads end once the last answer is written.
-    stopper = std::thread([this] {
-      registry.shutdown();
-      net::post(ioc, [this] { work.reset(); });
-    });
+    {
+      std::lock_guard lock(stop_mutex);
+      doors_closed = true;
+    }
+    stop_wake.notify_all();  // run()'s thread finishes the accepted work
   });
 }
 
 Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
-Server::~Server() {
-  if (impl_->stopper.joinable()) impl_->stopper.join();
-}
+Server::~Server() = default;
 int Server::run(const std::function<void(unsigned short)>& on_listening) { return impl_->run(on_listening); }
 void Server::stop() { impl_->stop(); }
 

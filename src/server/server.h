@@ -30,6 +30,12 @@ struct ServerOptions {
   int workers = 8;                     // transcriptions of one model decoded at once, as one batch
   int io_threads = 2;                  // threads running the network side
   double max_queue_seconds = 600.0;    // audio waiting for a worker, at most
+  // Audio of the requests waiting and running together, at most (per model): a running
+  // request holds its samples until done. 0: no bound.
+  double max_admitted_seconds = 6 * 3600.0;
+  // The longest audio one request may hold, checked while it is decoded (a small upload
+  // can decode to hours); 0: no limit.
+  double max_audio_seconds = 3 * 3600.0;
   std::size_t max_upload_bytes = 25u << 20;
   std::string api_key;                 // when set, /v1/* needs "Authorization: Bearer KEY"
   double request_timeout = 300.0;      // seconds: reading a request, waiting in the queue

@@ -28,6 +28,18 @@ TEST(Multipart, BoundaryFromContentType) {
   EXPECT_FALSE(multipart_boundary("").has_value());
 }
 
+// Issue 12 defect 9: a boundary over the limit was "must be multipart/form-data".
+TEST(Multipart, OverlongBoundaryNamesTheLengthLimit) {
+  EXPECT_EQ(multipart_boundary("multipart/form-data; boundary=" + std::string(200, 'b')).value(), std::string(200, 'b'));
+  try {
+    (void)multipart_boundary("multipart/form-data; boundary=" + std::string(201, 'b'));
+    FAIL() << "a 201-character boundary was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("201 characters"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("at most 200"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Multipart, ParsesFieldsAndFiles) {
   const std::string body =
       std::string("preamble\r\n") +
