@@ -235,6 +235,24 @@ TEST_F(ApiFields, NoTimestampsDropsTheTimestampTokens) {
   EXPECT_EQ(testing::rows_of(untimed), testing::rows_of(library));
 }
 
+// Issue 13: hallucination_silence_threshold per request gives what the library gives with
+// that threshold (and the word timings it needs); on jfk it changes the micro model's
+// segments.
+TEST_F(ApiFields, HallucinationSilenceThresholdIsApplied) {
+  const auto samples = audio::load_audio_file(audio("jfk.wav"));
+  const auto with = testing::rows_of(library_transcript(samples, [](auto& o) {
+    o.word_timestamps = true;
+    o.hallucination_silence_threshold = 0.5;
+  }));
+  const auto without = testing::rows_of(library_transcript(samples, [](auto& o) { o.word_timestamps = true; }));
+  ASSERT_NE(with, without) << "the test needs a file where the threshold changes the output";
+  const auto r = post(*server_, {"response_format=verbose_json", "hallucination_silence_threshold=0.5"});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(testing::rows_of(r.as_json()), with);
+  EXPECT_FALSE(r.as_json().contains("words")) << "words are shown only when asked for";
+  EXPECT_EQ(post(*server_, {"hallucination_silence_threshold=-1"}).error_param(), "hallucination_silence_threshold");
+}
+
 // offset/duration transcribe that part of the file; the times are the file's.
 TEST_F(ApiFields, OffsetAndDurationCutTheAudioAndShiftTheTimes) {
   const auto file = audio("speech-5s.wav");
