@@ -120,7 +120,11 @@ JobResult BatchingScheduler::run(Entry& entry) {
   auto options = entry.job.options;
   options.runner = &client;
   try {
-    result.transcript = transcribe(*model_, *entry.job.samples, options);
+    if (entry.job.detect_language_only) {
+      result.language = detect_language(*model_, *entry.job.samples, &client);
+    } else {
+      result.transcript = transcribe(*model_, *entry.job.samples, options);
+    }
   } catch (const Cancelled&) {
     result.dropped = true;
   }

@@ -14,6 +14,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -31,6 +32,8 @@ struct Job {
   std::function<bool()> abandoned;
   // Called on the worker thread once the future is ready (also when dropped or failed).
   std::function<void()> on_complete;
+  // Only detect the language (JobResult::language), without transcribing.
+  bool detect_language_only = false;
 };
 
 struct JobResult {
@@ -40,6 +43,7 @@ struct JobResult {
   double run_seconds = 0.0;    // transcription itself, of which:
   double encoder_seconds = 0.0;  // encoder windows, waiting for their turn included
   double decoder_seconds = 0.0;  // decoder steps and prompt passes, waiting included
+  std::optional<decoding::LanguageGuess> language;  // of a detect_language_only job
 };
 
 // Thrown by submit() when the queue cannot take the job; the server answers 429.

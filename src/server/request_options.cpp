@@ -125,6 +125,8 @@ const std::map<std::string, FieldReader, std::less<>>& field_readers() {
       {"chunking_strategy", [](const std::string& v, auto& r, auto&) { r.chunking_strategy = read_chunking_strategy(v); }},
       {"stream", [](const std::string& v, auto&, auto&) { read_stream(v); }},
       {"include_timing", [](const std::string& v, auto& r, auto&) { r.include_timing = read_bool("include_timing", v); }},
+      {"detect_language",
+       [](const std::string& v, auto& r, auto&) { r.detect_language = read_bool("detect_language", v); }},
       {"beam_size", [](const std::string& v, auto& r, const RequestLimits& l) {
          r.beam_size = read_int("beam_size", v, 0, l.max_beam_size);
        }},

@@ -46,6 +46,7 @@ struct TranscriptionRequest {
   std::optional<double> temperature;
   bool word_granularity = false;  // timestamp_granularities[] has "word": words in verbose_json
   bool include_timing = false;
+  bool detect_language = false;  // answer the language and its probabilities, without transcribing
   // this server's decoding options
   std::optional<int> beam_size;
   std::optional<int> best_of;

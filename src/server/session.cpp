@@ -253,7 +253,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   static std::string endpoint_label(const std::string& target) {
     const auto path = path_of(target);
-    for (const char* known : {"/health", "/metrics", "/v1/models", "/v1/audio/transcriptions", "/v1/audio/translations"})
+    for (const char* known : {"/health", "/metrics", "/v1/models", "/v1/audio/transcriptions", "/v1/audio/translations",
+                              "/v1/audio/language"})
       if (path == known) return path;
     if (path.rfind("/v1/models/", 0) == 0) return "/v1/models/{id}";
     return "other";
@@ -262,7 +263,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Routing and authentication, from the headers alone.
   std::optional<ApiError> check_before_body(const http::request_header<>& req) const {
     const auto path = path_of(to_sv(req.target()));
-    const bool audio = path == "/v1/audio/transcriptions" || path == "/v1/audio/translations";
+    const bool audio =
+        path == "/v1/audio/transcriptions" || path == "/v1/audio/translations" || path == "/v1/audio/language";
     const bool get_path = path == "/health" || path == "/metrics" || path == "/v1/models" || path.rfind("/v1/models/", 0) == 0;
     if (!audio && !get_path) {
       return ApiError{404, "unknown path " + path, "invalid_request_error", std::nullopt, std::string("unknown_url")};
@@ -304,7 +306,7 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       if (path == "/v1/models") return send_json({{"object", "list"}, {"data", model_list()}}, 200);
       if (path.rfind("/v1/models/", 0) == 0) return send_json(model_object(path.substr(11)), 200);
-      return start_transcription(path == "/v1/audio/translations");
+      return start_transcription(path == "/v1/audio/translations", path == "/v1/audio/language");
     } catch (const ApiError& e) {
       return send_error(e);
     } catch (const std::exception& e) {
@@ -490,13 +492,15 @@ class Session : public std::enable_shared_from_this<Session> {
   // Parses the form, decodes the audio and queues the job on its model, once that model is
   // loaded (a request for a model still unloaded waits here without holding a thread); the
   // answer is sent by finish_transcription when the model's scheduler is done.
-  void start_transcription(bool translate) {
+  void start_transcription(bool translate, bool language_endpoint) {
     if (!server_.registry.first_loaded())
       throw ApiError{503, "the model is still loading; retry shortly", "server_error", std::nullopt,
                      std::string("model_loading")};
     const auto form = read_form();
     const auto model = pick_model(form);
     auto job = make_job(form, translate);
+    detect_language_ = language_endpoint || form.detect_language;
+    job.detect_language_only = detect_language_;
     response_format_ = form.response_format;
     words_ = form.wants_words();  // shown in verbose_json, the one format with a place for them
     translate_ = translate;
@@ -548,6 +552,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Queues the job on the leased model's scheduler; the lease is held until it is done.
   void submit(Job job, ModelLease lease) {
     check_language(requested_language_, *lease.model());
+    if (detect_language_ && !lease.model()->tokenizer().is_multilingual())
+      throw bad_request("language detection needs a multilingual model; this one is English-only", "model");
     try {
       future_ = lease.scheduler().submit(std::move(job));
     } catch (const QueueFull& e) {
@@ -604,6 +610,7 @@ class Session : public std::enable_shared_from_this<Session> {
                          "server_error", std::nullopt, std::string("timeout")},
                         true);
     }
+    if (result.language) return answer_language(*result.language);
     server_.metrics.record_transcription(audio_seconds_, result.run_seconds);
     auto t = std::move(result.transcript);
     shift_times(t, offset_);
@@ -658,6 +665,18 @@ class Session : public std::enable_shared_from_this<Session> {
     res->set(http::field::content_type, type);
     res->body() = std::move(body);
     send(res, false);
+  }
+
+  // detect_language / POST /v1/audio/language: the likeliest language as an ISO code (what
+  // the `language` field takes) and as OpenAI's name, and every language's probability.
+  void answer_language(const decoding::LanguageGuess& guess) {
+    json all = json::object();
+    for (const auto& [code, p] : guess.probabilities) all[code] = p;
+    send_json({{"language", guess.code},
+               {"language_name", std::string(text::language_name(guess.code))},
+               {"probability", guess.probability},
+               {"language_probabilities", all}},
+              200);
   }
 
   void send_json(const json& j, int status) { send_text(json_dump(j) + "\n", "application/json", status); }
@@ -749,6 +768,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string response_format_;
   bool words_ = false;
   bool translate_ = false;
+  bool detect_language_ = false;  // detect only: answered by answer_language
   std::string requested_language_;  // the request's own: a server default is not checked per request
   bool include_timing_ = false;
   double offset_ = 0.0;        // seconds of the file before the audio transcribed
