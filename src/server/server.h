@@ -63,7 +63,9 @@ class Server {
   // Binds and serves until stop() (or SIGTERM/SIGINT): then takes no new connection or
   // request, finishes the accepted requests and returns 0. Returns 1 when the first model
   // fails to load. on_listening is called with the bound port once the socket listens.
-  // Throws amanuensis::Error when the address cannot be bound.
+  // The network runs on io_threads threads of its own; the calling thread waits for the
+  // stop and then finishes the work, so stopping creates no thread. Throws
+  // amanuensis::Error when the address cannot be bound or the threads cannot be started.
   int run(const std::function<void(unsigned short port)>& on_listening = {});
   // Starts a graceful stop; callable from any thread.
   void stop();
