@@ -435,15 +435,19 @@ class Session : public std::enable_shared_from_this<Session> {
   Job make_job(const TranscriptionRequest& form, bool translate) {
     const auto decode_start = Clock::now();
     std::shared_ptr<std::vector<float>> samples;
+    audio::DecodeReport report;
     try {
       samples = std::make_shared<std::vector<float>>(
-          audio::decode_audio(std::as_bytes(std::span(*form.file)), nullptr, {server_.opt.max_audio_seconds}));
+          audio::decode_audio(std::as_bytes(std::span(*form.file)), &report, {server_.opt.max_audio_seconds}));
     } catch (const audio::AudioTooLong& e) {
       throw audio_too_long(e.limit_seconds);
     } catch (const Error& e) {
       throw bad_request(std::string("could not decode the audio file: ") + e.what(), "file");
     }
     if (samples->empty()) throw bad_request("the audio file has no samples", "file");
+    if (report.non_finite_samples > 0 && server_.opt.log_requests)  // one line a request, as the request's own
+      std::fprintf(stderr, "amanuensis serve: warning: %zu NaN or infinite samples of an upload replaced by silence\n",
+                   report.non_finite_samples);
     decode_seconds_ = std::chrono::duration<double>(Clock::now() - decode_start).count();
     file_seconds_ = static_cast<double>(samples->size()) / 16000.0;
     cut_to_range(*samples, form);

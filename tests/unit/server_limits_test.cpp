@@ -2,7 +2,8 @@
 // port: an over-limit Content-Length counted under its own path in /metrics, an overlong
 // multipart boundary named as such, FFmpeg's log prefixed and rate-limited, a small upload
 // that decodes to hours stopped at --max-audio-seconds while it decodes, admission that
-// counts the audio of running requests, and a stop that needs no new thread.
+// counts the audio of running requests, NaN samples of an upload logged, and a stop that
+// needs no new thread.
 //
 // Servers run with the micro model (random weights): what is tested is the server.
 #include <gtest/gtest.h>
@@ -17,6 +18,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -242,6 +245,42 @@ TEST(ServerLimits, AdmissionCountsTheAudioOfRunningRequests) {
   EXPECT_NE(refused.error("message").find("--max-admitted-seconds"), std::string::npos) << refused.text;
   running.kill();  // the client leaves: its request stops, and the room is free again
   EXPECT_TRUE(eventually([&] { return upload(s, audio("jfk.wav")).status == 200; })) << s.log();
+}
+
+// A 1 s 16 kHz float WAV (format 3) of a tone with `nans` NaN samples.
+fs::path float_wav_with_nans(int nans) {
+  std::vector<float> values(16000);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = 0.25f * std::sin(0.05f * static_cast<float>(i));
+  for (int i = 0; i < nans; ++i) values[100 + 50 * i] = std::nanf("");
+  const auto path = testing::scratch_dir() / "nans.wav";
+  std::ofstream out(path, std::ios::binary);
+  auto u32 = [&](std::uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); };
+  auto u16 = [&](std::uint16_t v) { out.write(reinterpret_cast<const char*>(&v), 2); };
+  const auto bytes = static_cast<std::uint32_t>(values.size() * 4);
+  out.write("RIFF", 4);
+  u32(36 + bytes);
+  out.write("WAVEfmt ", 8);
+  u32(16);
+  u16(3);  // IEEE float
+  u16(1);
+  u32(16000);
+  u32(64000);
+  u16(4);
+  u16(32);
+  out.write("data", 4);
+  u32(bytes);
+  out.write(reinterpret_cast<const char*>(values.data()), bytes);
+  return path;
+}
+
+// The server replaced NaN samples silently; the CLI warned. Now the server logs it too.
+TEST(ServerLimits, NonFiniteSamplesAreLogged) {
+  ServerProcess s;
+  ASSERT_TRUE(s.ready()) << s.log();
+  EXPECT_EQ(upload(s, float_wav_with_nans(3)).status, 200);
+  EXPECT_NE(s.log().find("amanuensis serve: warning: 3 NaN or infinite samples of an upload replaced by silence"),
+            std::string::npos)
+      << s.log();
 }
 
 // `amanuensis serve` with the micro model as user nobody, under `ulimit -u LIMIT` when
