@@ -616,6 +616,12 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (result.language) return answer_language(*result.language);
     server_.metrics.record_transcription(audio_seconds_, result.run_seconds);
+    send_transcript(std::move(result));
+  }
+
+  // The transcript in the request's response_format, times made the file's, text as
+  // OpenAI's, with usage (and the timing breakdown when asked for).
+  void send_transcript(JobResult result) {
     auto t = std::move(result.transcript);
     shift_times(t, offset_);
     t.duration = file_seconds_;
