@@ -367,6 +367,7 @@ class Session : public std::enable_shared_from_this<Session> {
               {"active_transcriptions", stats.active_jobs},
               {"queue_depth", stats.queued_jobs},
               {"queued_audio_seconds", stats.queued_audio_seconds},
+              {"running_audio_seconds", stats.running_audio_seconds},
               {"active_requests", server_.active_requests.load()},
               {"uptime_seconds", seconds_up()}};
     if (const auto& info = models.front().info) {  // the first model's, as with one model

@@ -237,6 +237,8 @@ TEST(ServerLimits, AdmissionCountsTheAudioOfRunningRequests) {
   ASSERT_TRUE(s.ready()) << s.log();
   BackgroundUpload running(s.url("/v1/audio/transcriptions"), long_file);
   ASSERT_TRUE(eventually([&] { return metric(s.port(), "amanuensis_active_requests") == 1.0; })) << s.log();
+  // taken by a free slot at once; polled, as submitting and starting are two steps
+  EXPECT_TRUE(eventually([&] { return metric(s.port(), "amanuensis_running_audio_seconds") == 300.0; })) << s.log();
   const auto refused = upload(s, audio("jfk.wav"));
   const bool still_running = metric(s.port(), testing::requests_with_status(200)) == -1.0;
   ASSERT_TRUE(still_running) << "the 300 s request ended before the check: the test cannot tell";
