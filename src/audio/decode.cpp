@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <new>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -118,7 +119,18 @@ bool is_plain_16k_mono_wav(std::span<const std::byte> bytes) {
   }
 }
 
-std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded) {
+// The most samples `limits` allow; SIZE_MAX for none.
+std::size_t max_samples(const DecodeLimits& limits) {
+  if (!(limits.max_seconds > 0)) return SIZE_MAX;
+  return static_cast<std::size_t>(std::ceil(limits.max_seconds * kSampleRate));
+}
+
+void check_length(std::size_t samples, std::size_t max, const DecodeLimits& limits) {
+  if (samples > max) throw AudioTooLong(limits.max_seconds);
+}
+
+std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded, const DecodeLimits& limits) {
+  const std::size_t max = max_samples(limits);
   MemoryInput input{encoded};
   constexpr int kBufferSize = 1 << 16;
   auto* buffer = static_cast<unsigned char*>(av_malloc(kBufferSize));
@@ -158,7 +170,8 @@ std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded) {
   if (format->duration > 0) {
     const double stated = static_cast<double>(format->duration) / AV_TIME_BASE * kSampleRate;
     const double plausible = 32.0 * static_cast<double>(encoded.size());
-    samples.reserve(static_cast<std::size_t>(std::min(stated, plausible)) + 2 * kSampleRate);
+    const double allowed = static_cast<double>(max);
+    samples.reserve(static_cast<std::size_t>(std::min({stated, plausible, allowed})) + 2 * kSampleRate);
   }
   std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
   std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
@@ -169,6 +182,7 @@ std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded) {
       if (rc < 0) throw Error("audio decoding failed (" + av_error(rc) + ")");
       resample_into(resampler.get(), frame.get(), samples);
       av_frame_unref(frame.get());
+      check_length(samples.size(), max, limits);  // at each frame: never hours past the limit
     }
   };
   int decode_errors = 0;
@@ -185,10 +199,16 @@ std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded) {
   avcodec_send_packet(decoder.get(), nullptr);
   drain();
   resample_into(resampler.get(), nullptr, samples);
+  check_length(samples.size(), max, limits);
   return samples;
 }
 
 }  // namespace
+
+AudioTooLong::AudioTooLong(double limit_seconds)
+    : Error("the audio is longer than the limit of " + std::to_string(static_cast<long long>(std::ceil(limit_seconds))) +
+            " seconds"),
+      limit_seconds(limit_seconds) {}
 
 std::size_t replace_non_finite(std::span<float> samples) {
   std::size_t replaced = 0;
@@ -200,12 +220,17 @@ std::size_t replace_non_finite(std::span<float> samples) {
   return replaced;
 }
 
-std::vector<float> decode_audio(std::span<const std::byte> encoded, DecodeReport* report) {
+std::vector<float> decode_audio(std::span<const std::byte> encoded, DecodeReport* report, const DecodeLimits& limits) {
   if (encoded.empty()) throw Error("the audio file is empty");
-  if (is_plain_16k_mono_wav(encoded)) return decode_wav(encoded);  // int16: always finite
+  if (is_plain_16k_mono_wav(encoded)) {
+    // two bytes a sample: the file's size bounds what this path can hold
+    auto samples = decode_wav(encoded);  // int16: always finite
+    check_length(samples.size(), max_samples(limits), limits);
+    return samples;
+  }
   std::vector<float> samples;
   try {
-    samples = decode_with_ffmpeg(encoded);
+    samples = decode_with_ffmpeg(encoded, limits);
   } catch (const std::bad_alloc&) {
     throw Error("the audio file decodes to more samples than this machine can hold");
   }
@@ -215,7 +240,7 @@ std::vector<float> decode_audio(std::span<const std::byte> encoded, DecodeReport
   return samples;
 }
 
-std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeReport* report) {
+std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeReport* report, const DecodeLimits& limits) {
   std::vector<char> bytes;
   if (path == "-") {
     bytes.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
@@ -227,19 +252,23 @@ std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeRepo
     bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   try {
-    return decode_audio(std::as_bytes(std::span(bytes)), report);
+    return decode_audio(std::as_bytes(std::span(bytes)), report, limits);
+  } catch (const AudioTooLong&) {
+    throw;  // its type tells the caller which limit; the caller names the file
   } catch (const Error& e) {
     throw Error(path.string() + ": " + e.what());
   }
 }
 
 std::vector<float> decode_raw_pcm(std::span<const std::byte> bytes, PcmFormat format, int sample_rate, int channels,
-                                  DecodeReport* report) {
+                                  DecodeReport* report, const DecodeLimits& limits) {
   if (sample_rate < 1000 || sample_rate > 384000) throw Error("--pcm-rate must be between 1000 and 384000 Hz");
   if (channels < 1 || channels > 16) throw Error("--pcm-channels must be between 1 and 16");
   const std::size_t width = format == PcmFormat::S16 ? 2 : 4;
   const std::size_t frames = bytes.size() / (width * channels);
   if (frames == 0) throw Error("no PCM samples on input");
+  if (limits.max_seconds > 0 && static_cast<double>(frames) / sample_rate > limits.max_seconds)
+    throw AudioTooLong(limits.max_seconds);  // known from the size, before any work
   std::vector<float> mono(frames);
   for (std::size_t f = 0; f < frames; ++f) {
     float sum = 0.0f;

@@ -65,6 +65,8 @@ transcribe options:
   --word-timestamps       word-level times from cross-attention alignment (verbose_json "words")
   --hallucination-silence-threshold S   with word timestamps: skip silences longer than S
                           around suspected hallucinations
+  --max-audio-seconds S   refuse a file whose audio is longer (checked while decoding; default 0:
+                          no limit)
   --pcm-rate HZ           FILE "-" is raw little-endian PCM at this rate
   --pcm-channels N        channels of the raw PCM (default 1)
   --pcm-format FMT        s16 (default) or f32
@@ -76,14 +78,31 @@ Audio files of any common format are decoded with FFmpeg's libraries (wav, flac,
 ogg/opus, m4a/aac, webm, mp4) and resampled to 16 kHz mono.
 )";
 
-std::vector<float> decode_input(const std::string& path, const Args& args, audio::DecodeReport& report) {
-  if (path != "-" || !args.get("pcm-rate")) return audio::load_audio_file(path, &report);
+// --max-audio-seconds: 0 (the default) lets a local file be as long as it is.
+audio::DecodeLimits decode_limits(const Args& args) {
+  const double max = args.get_double("max-audio-seconds", 0.0);
+  if (!(max >= 0.0 && max <= 86400.0 * 365))
+    throw Error("--max-audio-seconds must be between 0 (no limit) and a year, in seconds");
+  return {max};
+}
+
+std::vector<float> decode_bounded_input(const std::string& path, const Args& args, audio::DecodeReport& report,
+                                        const audio::DecodeLimits& limits) {
+  if (path != "-" || !args.get("pcm-rate")) return audio::load_audio_file(path, &report, limits);
   const std::string format = args.get_or("pcm-format", "s16");
   if (format != "s16" && format != "f32") throw Error("--pcm-format must be s16 or f32");
   std::vector<char> bytes(std::istreambuf_iterator<char>(std::cin), {});
   return audio::decode_raw_pcm(std::as_bytes(std::span(bytes)),
                                format == "s16" ? audio::PcmFormat::S16 : audio::PcmFormat::F32,
-                               args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1), &report);
+                               args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1), &report, limits);
+}
+
+std::vector<float> decode_input(const std::string& path, const Args& args, audio::DecodeReport& report) {
+  try {
+    return decode_bounded_input(path, args, report, decode_limits(args));
+  } catch (const audio::AudioTooLong& e) {
+    throw Error(path + ": " + e.what() + " (--max-audio-seconds)");
+  }
 }
 
 std::vector<float> read_audio(const std::string& path, const Args& args) {
@@ -160,6 +179,7 @@ int run_transcribe(const Args& args) {
   if (args.positional().empty()) throw Error("transcribe needs at least one audio file");
   const auto format = pipeline::parse_output_format(args.get_or("output-format", "txt"));
   if (const auto dir = args.get("output-dir")) prepare_output_dir(*dir);
+  (void)decode_limits(args);  // a bad value is refused before any work, not once per file
   const auto model = pipeline::Model::load(model::resolve_model(args.required("model")), load_options(args));
   const auto options = transcribe_options(args);
   int failures = 0;
@@ -285,7 +305,8 @@ int run(const std::vector<std::string>& argv) {
   if (command == "transcribe") {
     Args args(rest, with({"no-timestamps", "word-timestamps", "vad"}, kDecodingFlags),
               with({"model", "output-format", "output-dir", "task", "prompt", "compat", "threads", "pcm-rate",
-                    "pcm-channels", "pcm-format", "hallucination-silence-threshold", "vad-threshold", "precision"},
+                    "pcm-channels", "pcm-format", "hallucination-silence-threshold", "vad-threshold", "precision",
+                    "max-audio-seconds"},
                    kDecodingOptions));
     return run_transcribe(args);
   }

@@ -4,12 +4,14 @@
 #include <filesystem>
 #include <iostream>
 
+#include "audio/ffmpeg_log.h"
 #include "cli/args.h"
 #include "cli/compute_flags.h"
 #include "cli/decoding_flags.h"
 #include "common/error.h"
 #include "model/catalog.h"
 #include "kernels/cpu/thread_pool.h"
+#include "server/rate_limited_log.h"
 #include "server/server.h"
 
 namespace amanuensis::cli {
@@ -24,6 +26,11 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --workers N             transcriptions decoded at once (per model); their decoder steps run
                           as one batch and their encoder windows share one queue (default 8)
   --max-queue-seconds S   audio waiting for a free slot at most (per model), else 429 (default 600)
+  --max-admitted-seconds S  audio of the requests running and waiting together, at most (per
+                          model), else 429; one request alone is always taken (default 21600;
+                          0 = no bound)
+  --max-audio-seconds S   longest audio a request may hold, checked while it is decoded, else
+                          413 audio_too_long (default 10800 = 3 h; 0 = no limit)
   --max-upload-mb N       largest upload accepted, else 413 (default 25)
   --api-key KEY           require "Authorization: Bearer KEY" on /v1/*
   --request-timeout S     seconds to send a request, and at most to wait in the queue (default 300)
@@ -41,6 +48,8 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --max-best-of N         largest best_of a request may ask for (default 8)
   --vad                   decode only the stretches with speech (default of a request's `vad`)
   --vad-threshold X       speech threshold of --vad, between 0 and 1 (default 0.5)
+  --hallucination-silence-threshold S   skip silences longer than S seconds around suspected
+                          hallucinations (computes word timings; default of a request's field)
   and the decoding options above: the defaults of every request
 )";
 
@@ -49,6 +58,15 @@ namespace {
 int positive_int(const Args& args, const std::string& name, int fallback, int min) {
   const int v = args.get_int(name, fallback);
   if (v < min) throw Error("--" + name + " must be at least " + std::to_string(min));
+  return v;
+}
+
+// A bound in seconds where 0 means none: at most a year (larger values are typos, and some
+// overflow the conversions to nanoseconds), never negative or NaN.
+double seconds_or_none(const Args& args, const std::string& name, double fallback) {
+  const double v = args.get_double(name, fallback);
+  if (!(v >= 0.0 && v <= 86400.0 * 365))
+    throw Error("--" + name + " must be between 0 (no limit) and a year, in seconds (got " + *args.get(name) + ")");
   return v;
 }
 
@@ -86,7 +104,8 @@ int run_serve(const std::vector<std::string>& argv) {
   Args args(argv, with(kDecodingFlags, {"vad"}),
             with({"model", "host", "port", "threads", "workers", "max-queue-seconds", "max-upload-mb", "api-key",
                   "request-timeout", "model-id", "io-threads", "precision", "model-idle-unload",
-                  "max-loaded-models", "max-beam-size", "max-best-of", "vad-threshold"},
+                  "max-loaded-models", "max-beam-size", "max-best-of", "vad-threshold", "max-audio-seconds",
+                  "max-admitted-seconds", "hallucination-silence-threshold"},
                  kDecodingOptions));
   if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
   server::ServerOptions o;
@@ -101,6 +120,8 @@ int run_serve(const std::vector<std::string>& argv) {
   o.io_threads = positive_int(args, "io-threads", 2, 1);
   o.max_queue_seconds = args.get_double("max-queue-seconds", 600.0);
   if (!(o.max_queue_seconds > 0)) throw Error("--max-queue-seconds must be positive");
+  o.max_audio_seconds = seconds_or_none(args, "max-audio-seconds", 3 * 3600.0);
+  o.max_admitted_seconds = seconds_or_none(args, "max-admitted-seconds", 6 * 3600.0);
   const int upload_mb = positive_int(args, "max-upload-mb", 25, 1);
   o.max_upload_bytes = static_cast<std::size_t>(upload_mb) << 20;
   o.api_key = args.get_or("api-key", "");
@@ -126,7 +147,21 @@ int run_serve(const std::vector<std::string>& argv) {
   if (o.defaults.best_of > o.max_best_of)
     throw Error("--best-of " + std::to_string(o.defaults.best_of) + " is above --max-best-of " + std::to_string(o.max_best_of));
   o.defaults.vad = vad_flags(args);
+  if (args.get("hallucination-silence-threshold")) {
+    const double t = args.get_double("hallucination-silence-threshold", 0.0);
+    if (!(t >= 0.0 && t <= 3600.0))
+      throw Error("--hallucination-silence-threshold must be between 0 (off) and 3600 seconds");
+    if (t > 0) {
+      o.defaults.hallucination_silence_threshold = t;
+      o.defaults.word_timestamps = true;  // the silences are found between the words
+    }
+  }
 
+  // FFmpeg writes a line to stderr for every damaged packet of an upload, and the uploads are
+  // the clients': its lines go through the server's log, prefixed and rate-limited. Both
+  // outlive the server, whose threads decode.
+  server::RateLimitedLog ffmpeg_log("amanuensis serve: ffmpeg: ", /*lines_per_second=*/2.0, /*burst=*/20.0);
+  audio::FfmpegLogRoute ffmpeg_route([&ffmpeg_log](std::string_view line) { ffmpeg_log.line(line); });
   server::Server srv(o);
   std::string others;
   for (std::size_t i = 1; i < o.models.size(); ++i) others += ", " + o.models[i].id;

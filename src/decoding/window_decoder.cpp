@@ -46,7 +46,12 @@ LanguageGuess detect_language(const nn::Decoder& decoder, const text::Tokenizer&
   const auto languages = std::span(logits).subspan(sp.first_language, sp.n_languages);
   const auto probabilities = log_softmax(languages);
   const TokenId best = argmax(languages);
-  return {std::string(tokenizer.language_code(sp.first_language + best)), std::exp(probabilities[best])};
+  LanguageGuess guess{std::string(tokenizer.language_code(sp.first_language + best)), std::exp(probabilities[best]), {}};
+  guess.probabilities.reserve(probabilities.size());
+  for (std::size_t i = 0; i < probabilities.size(); ++i)
+    guess.probabilities.emplace_back(std::string(tokenizer.language_code(sp.first_language + static_cast<TokenId>(i))),
+                                     std::exp(probabilities[i]));
+  return guess;
 }
 
 WindowDecoder::WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& tokenizer, DecodeOptions options,

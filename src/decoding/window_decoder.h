@@ -7,6 +7,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "decoding/logit_rules.h"
@@ -45,6 +46,8 @@ struct WindowResult {
 struct LanguageGuess {
   std::string code;
   float probability = 0.0f;
+  // every language of the model with its probability (summing to 1), in token order
+  std::vector<std::pair<std::string, float>> probabilities;
 };
 
 // OpenAI's detect_language(): the likeliest language token after <|startoftranscript|>.

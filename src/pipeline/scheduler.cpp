@@ -24,8 +24,12 @@ bool poll(const std::function<bool()>& check) {
 }  // namespace
 
 BatchingScheduler::BatchingScheduler(std::shared_ptr<const Model> model, int slots, double max_queue_seconds,
-                                     BatchedComputeOptions compute)
-    : model_(std::move(model)), max_queue_seconds_(max_queue_seconds), n_slots_(std::max(1, slots)), compute_(compute) {
+                                     BatchedComputeOptions compute, double max_admitted_seconds)
+    : model_(std::move(model)),
+      max_queue_seconds_(max_queue_seconds),
+      max_admitted_seconds_(max_admitted_seconds),
+      n_slots_(std::max(1, slots)),
+      compute_(compute) {
   slots_.reserve(static_cast<std::size_t>(n_slots_));
   try {
     for (int i = 0; i < n_slots_; ++i) slots_.emplace_back([this] { slot_loop(); });
@@ -45,15 +49,7 @@ std::future<JobResult> BatchingScheduler::submit(Job job) {
   {
     std::lock_guard lock(mutex_);
     if (stopping_) throw ShuttingDown();
-    if (!queue_.empty() && queued_seconds_ + seconds > max_queue_seconds_) {
-      // Rough time until enough of the queue has drained: queued audio times the recent
-      // real-time factor of one transcription, spread over the slots.
-      const double rtf = recent_rtf_ > 0 ? recent_rtf_ : 1.0;
-      const double wait = queued_seconds_ * rtf / n_slots_;
-      throw QueueFull("the transcription queue is full (" + std::to_string(static_cast<int>(std::ceil(queued_seconds_))) +
-                          " s of audio waiting); retry later",
-                      std::clamp(wait, 1.0, 3600.0));
-    }
+    check_admission(seconds);
     Entry entry;
     entry.job = std::move(job);
     entry.seconds = seconds;
@@ -66,6 +62,26 @@ std::future<JobResult> BatchingScheduler::submit(Job job) {
   return future;
 }
 
+void BatchingScheduler::check_admission(double seconds) const {
+  // Rough time until enough has drained: the audio ahead times the recent real-time factor
+  // of one transcription, spread over the slots.
+  const double rtf = recent_rtf_ > 0 ? recent_rtf_ : 1.0;
+  auto wait_for = [&](double ahead) { return std::clamp(ahead * rtf / n_slots_, 1.0, 3600.0); };
+  auto whole = [](double s) { return std::to_string(static_cast<long long>(std::ceil(s))); };
+  if (!queue_.empty() && queued_seconds_ + seconds > max_queue_seconds_) {
+    throw QueueFull("the transcription queue is full (" + whole(queued_seconds_) + " s of audio waiting); retry later",
+                    wait_for(queued_seconds_));
+  }
+  const double admitted = queued_seconds_ + running_seconds_;
+  const bool alone = queue_.empty() && active_ == 0;
+  if (max_admitted_seconds_ > 0 && !alone && admitted + seconds > max_admitted_seconds_) {
+    throw QueueFull("the server is busy with " + whole(admitted) + " s of audio running or waiting, and " +
+                        whole(seconds) + " s more would pass its bound of " + whole(max_admitted_seconds_) +
+                        " s (--max-admitted-seconds); retry later",
+                    wait_for(admitted));
+  }
+}
+
 SchedulerStats BatchingScheduler::stats() const {
   SchedulerStats s;
   {
@@ -73,6 +89,7 @@ SchedulerStats BatchingScheduler::stats() const {
     s.queued_jobs = queue_.size();
     s.queued_audio_seconds = queued_seconds_;
     s.active_jobs = active_;
+    s.running_audio_seconds = running_seconds_;
     s.slots = n_slots_;
     s.shutting_down = stopping_;
   }
@@ -103,7 +120,11 @@ JobResult BatchingScheduler::run(Entry& entry) {
   auto options = entry.job.options;
   options.runner = &client;
   try {
-    result.transcript = transcribe(*model_, *entry.job.samples, options);
+    if (entry.job.detect_language_only) {
+      result.language = detect_language(*model_, *entry.job.samples, &client);
+    } else {
+      result.transcript = transcribe(*model_, *entry.job.samples, options);
+    }
   } catch (const Cancelled&) {
     result.dropped = true;
   }
@@ -129,6 +150,7 @@ void BatchingScheduler::slot_loop() {
       queue_.pop_front();
       queued_seconds_ = queue_.empty() ? 0.0 : std::max(0.0, queued_seconds_ - entry.seconds);
       ++active_;
+      running_seconds_ += entry.seconds;
     }
     try {
       entry.promise.set_value(run(entry));
@@ -138,6 +160,7 @@ void BatchingScheduler::slot_loop() {
     {
       std::lock_guard lock(mutex_);
       --active_;
+      running_seconds_ = active_ == 0 ? 0.0 : std::max(0.0, running_seconds_ - entry.seconds);
     }
     if (entry.job.on_complete) {
       try {

@@ -14,6 +14,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -31,6 +32,8 @@ struct Job {
   std::function<bool()> abandoned;
   // Called on the worker thread once the future is ready (also when dropped or failed).
   std::function<void()> on_complete;
+  // Only detect the language (JobResult::language), without transcribing.
+  bool detect_language_only = false;
 };
 
 struct JobResult {
@@ -40,6 +43,7 @@ struct JobResult {
   double run_seconds = 0.0;    // transcription itself, of which:
   double encoder_seconds = 0.0;  // encoder windows, waiting for their turn included
   double decoder_seconds = 0.0;  // decoder steps and prompt passes, waiting included
+  std::optional<decoding::LanguageGuess> language;  // of a detect_language_only job
 };
 
 // Thrown by submit() when the queue cannot take the job; the server answers 429.
@@ -60,6 +64,7 @@ struct SchedulerStats {
   std::size_t queued_jobs = 0;
   double queued_audio_seconds = 0.0;
   std::size_t active_jobs = 0;
+  double running_audio_seconds = 0.0;
   int slots = 0;
   bool shutting_down = false;  // shutdown() began: no new job is taken
   BatchCounts batches;
@@ -82,8 +87,12 @@ class BatchingScheduler final : public TranscriptionScheduler {
  public:
   // max_queue_seconds: audio waiting (not yet started) may not exceed this; a single job
   // longer than the whole bound is still accepted when the queue is empty.
+  // max_admitted_seconds (0: no bound): audio of the jobs waiting and running together, as
+  // a running job holds its samples (64 KB a second) until it is done: the queue bound
+  // alone lets `slots` jobs of hours each run at once. A job is always accepted when no
+  // other is waiting or running.
   BatchingScheduler(std::shared_ptr<const Model> model, int slots, double max_queue_seconds,
-                    BatchedComputeOptions compute = {});
+                    BatchedComputeOptions compute = {}, double max_admitted_seconds = 0.0);
   ~BatchingScheduler() override;
 
   std::future<JobResult> submit(Job job) override;
@@ -100,8 +109,11 @@ class BatchingScheduler final : public TranscriptionScheduler {
   void slot_loop();
   JobResult run(Entry& entry);
 
+  void check_admission(double seconds) const;  // under mutex_; throws QueueFull
+
   std::shared_ptr<const Model> model_;
   const double max_queue_seconds_;
+  const double max_admitted_seconds_;
   const int n_slots_;
   BatchedCompute compute_;
   mutable std::mutex mutex_;
@@ -109,6 +121,7 @@ class BatchingScheduler final : public TranscriptionScheduler {
   std::deque<Entry> queue_;
   double queued_seconds_ = 0.0;
   std::size_t active_ = 0;
+  double running_seconds_ = 0.0;  // audio of the jobs running
   double recent_rtf_ = 0.0;  // run seconds per audio second, smoothed (for Retry-After)
   bool stopping_ = false;
   std::vector<std::thread> slots_;

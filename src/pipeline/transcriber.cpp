@@ -305,6 +305,15 @@ Transcript transcribe_speech_only(const Model& model, std::span<const float> sam
 
 }  // namespace
 
+decoding::LanguageGuess detect_language(const Model& model, std::span<const float> samples, nn::Runner* runner) {
+  if (!model.tokenizer().is_multilingual()) throw Error("language detection needs a multilingual model");
+  nn::Runner& run = runner ? *runner : nn::direct_runner();
+  const mel::StreamingLogMel mel(samples, model.file().mel_filters(), model.hparams().n_mels, mel::kChunkSamples);
+  const int content_frames = static_cast<int>(samples.size() / mel::kHopLength);
+  const auto first = encode_window(model, run, window_at(mel, 0, content_frames, Semantics::OpenAI));
+  return decoding::detect_language(model.decoder(), model.tokenizer(), first, run);
+}
+
 Transcript transcribe(const Model& model, std::span<const float> samples, const TranscribeOptions& options) {
   return options.vad ? transcribe_speech_only(model, samples, options) : transcribe_all(model, samples, options);
 }

@@ -109,6 +109,12 @@ class Model {
   nn::Decoder decoder_;
 };
 
+// OpenAI's detect_language() for a recording: from its first 30 s (the log-mel scaled over
+// the whole recording, as transcribe() does), every language's probability and the
+// likeliest. Throws Error for an English-only model. `runner` as TranscribeOptions::runner.
+decoding::LanguageGuess detect_language(const Model& model, std::span<const float> samples,
+                                        nn::Runner* runner = nullptr);
+
 // Transcribes 16 kHz mono samples window by window, seeking as the options' semantics
 // say: OpenAI's transcribe() by default, whisper.cpp's whisper_full() for conformance.
 Transcript transcribe(const Model& model, std::span<const float> samples, const TranscribeOptions& options);

@@ -106,6 +106,9 @@ std::string Metrics::render(const pipeline::SchedulerStats& scheduler, std::size
          number(scheduler.queued_audio_seconds));
   sample(out, "amanuensis_active_transcriptions", "gauge", "Transcriptions running (batched together).",
          std::to_string(scheduler.active_jobs));
+  sample(out, "amanuensis_running_audio_seconds", "gauge",
+         "Seconds of audio of the transcriptions running (with the queue's, bounded by --max-admitted-seconds).",
+         number(scheduler.running_audio_seconds));
   batch_histogram(out, "amanuensis_encoder_batch_windows", "Encoder windows stacked into one encoder pass.",
                   scheduler.batches.encoder_windows);
   batch_histogram(out, "amanuensis_decoder_batch_sequences", "Sequences advanced by one batched decoder step.",

@@ -126,6 +126,7 @@ pipeline::SchedulerStats total_stats(const std::vector<ModelStatus>& models) {
     total.queued_jobs += m.stats.queued_jobs;
     total.queued_audio_seconds += m.stats.queued_audio_seconds;
     total.active_jobs += m.stats.active_jobs;
+    total.running_audio_seconds += m.stats.running_audio_seconds;
     total.slots += m.stats.slots;
     total.shutting_down = total.shutting_down || m.stats.shutting_down;
     for (const auto& [size, n] : m.stats.batches.encoder_windows) total.batches.encoder_windows[size] += n;

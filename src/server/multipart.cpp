@@ -63,7 +63,12 @@ std::optional<std::string> multipart_boundary(std::string_view content_type) {
   const auto semi = content_type.find(';');
   if (lower(trim(content_type.substr(0, semi))) != "multipart/form-data") return std::nullopt;
   auto b = header_param(content_type, "boundary");
-  if (!b || b->empty() || b->size() > 200) return std::nullopt;
+  if (!b || b->empty()) return std::nullopt;
+  // RFC 2046 allows 70 characters; clients stay far below 200. A longer one is the form's
+  // fault, not a wrong content type, so the error says so.
+  if (b->size() > kMaxBoundaryLength)
+    throw Error("the multipart boundary is " + std::to_string(b->size()) + " characters long; at most " +
+                std::to_string(kMaxBoundaryLength) + " are accepted (RFC 2046 allows 70)");
   return b;
 }
 

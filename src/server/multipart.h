@@ -2,6 +2,7 @@
 // takes them. Never throws on malformed input other than by amanuensis::Error.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,8 +17,11 @@ struct FormPart {
   std::string_view data;  // points into the parsed body
 };
 
+inline constexpr std::size_t kMaxBoundaryLength = 200;
+
 // The boundary parameter of a "multipart/form-data; boundary=..." Content-Type, or nothing
-// when the type is another one or has no boundary.
+// when the type is another one or has no boundary. Throws amanuensis::Error naming the
+// limit for a boundary longer than kMaxBoundaryLength.
 std::optional<std::string> multipart_boundary(std::string_view content_type);
 
 // Splits the body into its parts. Throws amanuensis::Error naming the problem when the

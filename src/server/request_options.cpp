@@ -125,6 +125,8 @@ const std::map<std::string, FieldReader, std::less<>>& field_readers() {
       {"chunking_strategy", [](const std::string& v, auto& r, auto&) { r.chunking_strategy = read_chunking_strategy(v); }},
       {"stream", [](const std::string& v, auto&, auto&) { read_stream(v); }},
       {"include_timing", [](const std::string& v, auto& r, auto&) { r.include_timing = read_bool("include_timing", v); }},
+      {"detect_language",
+       [](const std::string& v, auto& r, auto&) { r.detect_language = read_bool("detect_language", v); }},
       {"beam_size", [](const std::string& v, auto& r, const RequestLimits& l) {
          r.beam_size = read_int("beam_size", v, 0, l.max_beam_size);
        }},
@@ -149,6 +151,10 @@ const std::map<std::string, FieldReader, std::less<>>& field_readers() {
       {"vad", [](const std::string& v, auto& r, auto&) { r.vad = read_bool("vad", v); }},
       {"vad_threshold",
        [](const std::string& v, auto& r, auto&) { r.vad_threshold = read_number("vad_threshold", v, 0.01, 0.99); }},
+      {"hallucination_silence_threshold",
+       [](const std::string& v, auto& r, auto&) {
+         r.hallucination_silence_threshold = read_number("hallucination_silence_threshold", v, 0, 3600);
+       }},
       {"offset", [](const std::string& v, auto& r, auto&) { r.offset = read_number("offset", v, 0, 86400.0 * 7); }},
       {"duration", [](const std::string& v, auto& r, auto&) { r.duration = read_number("duration", v, 0.01, 86400.0 * 7); }},
   };
@@ -167,6 +173,12 @@ void check_combination(TranscriptionRequest& r, const RequestLimits& limits) {
   if (r.wants_words() && !limits.word_timestamps)
     throw FieldError(r.word_granularity ? "timestamp_granularities" : "word_timestamps",
                      "word timestamps need OpenAI semantics");
+  if (r.hallucination_silence_threshold.value_or(0) > 0 && !limits.word_timestamps)
+    throw FieldError("hallucination_silence_threshold",
+                     "hallucination_silence_threshold needs OpenAI semantics (it works on word timings)");
+  if (r.hallucination_silence_threshold.value_or(0) > 0 && r.no_timestamps.value_or(false))
+    throw FieldError("no_timestamps", "no_timestamps cannot go with hallucination_silence_threshold, which works on "
+                                      "word timings");
   if (r.wants_words() && r.no_timestamps.value_or(false))
     throw FieldError("no_timestamps", "no_timestamps cannot go with word timestamps, which are timed from them");
   // vad=false with a chunking_strategy or vad_threshold asks for both: refused, not guessed
@@ -258,6 +270,14 @@ void apply_decoding(const TranscriptionRequest& r, pipeline::TranscribeOptions& 
   if (r.condition_on_previous_text) o.condition_on_previous_text = *r.condition_on_previous_text;
   if (r.no_timestamps) o.decode.timestamps = !*r.no_timestamps;
   if (r.wants_words()) o.word_timestamps = true;
+  if (r.hallucination_silence_threshold) {
+    if (*r.hallucination_silence_threshold > 0) {
+      o.hallucination_silence_threshold = *r.hallucination_silence_threshold;
+      o.word_timestamps = true;  // the silences are found between the words
+    } else {
+      o.hallucination_silence_threshold.reset();
+    }
+  }
   if (r.vad && !*r.vad) o.vad.reset();
   if (r.vad_options) o.vad = *r.vad_options;
 }
@@ -266,9 +286,10 @@ void apply_decoding(const TranscriptionRequest& r, pipeline::TranscribeOptions& 
 std::string options_key(const TranscriptionRequest& r, const pipeline::TranscribeOptions& o) {
   std::string key = o.decode.task + "|" + o.decode.language + "|" + r.prompt + "|" +
                     std::to_string(r.temperature.value_or(-1));
-  if (r.best_of || r.temperature_inc || r.offset > 0 || r.duration)
+  if (r.best_of || r.temperature_inc || r.offset > 0 || r.duration || r.hallucination_silence_threshold)
     key += "|" + std::to_string(o.best_of) + "|" + std::to_string(r.temperature_inc.value_or(-1)) + "|" +
-           std::to_string(r.offset) + "|" + std::to_string(r.duration.value_or(-1));
+           std::to_string(r.offset) + "|" + std::to_string(r.duration.value_or(-1)) + "|" +
+           std::to_string(r.hallucination_silence_threshold.value_or(-1));
   return key;
 }
 

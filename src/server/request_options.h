@@ -46,6 +46,7 @@ struct TranscriptionRequest {
   std::optional<double> temperature;
   bool word_granularity = false;  // timestamp_granularities[] has "word": words in verbose_json
   bool include_timing = false;
+  bool detect_language = false;  // answer the language and its probabilities, without transcribing
   // this server's decoding options
   std::optional<int> beam_size;
   std::optional<int> best_of;
@@ -60,6 +61,9 @@ struct TranscriptionRequest {
   std::optional<vad::VadOptions> chunking_strategy;  // OpenAI's server_vad settings, or auto
   std::optional<double> vad_threshold;
   std::optional<vad::VadOptions> vad_options;  // VAD on: chunking_strategy, vad and vad_threshold together
+  // OpenAI transcribe()'s skipping of silences around suspected hallucinations (seconds);
+  // 0 turns a server default off. Computes word timings, shown only when asked for.
+  std::optional<double> hallucination_silence_threshold;
   double offset = 0.0;                         // seconds of the file skipped
   std::optional<double> duration;              // seconds transcribed from `offset`
 

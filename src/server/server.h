@@ -30,6 +30,12 @@ struct ServerOptions {
   int workers = 8;                     // transcriptions of one model decoded at once, as one batch
   int io_threads = 2;                  // threads running the network side
   double max_queue_seconds = 600.0;    // audio waiting for a worker, at most
+  // Audio of the requests waiting and running together, at most (per model): a running
+  // request holds its samples until done. 0: no bound.
+  double max_admitted_seconds = 6 * 3600.0;
+  // The longest audio one request may hold, checked while it is decoded (a small upload
+  // can decode to hours); 0: no limit.
+  double max_audio_seconds = 3 * 3600.0;
   std::size_t max_upload_bytes = 25u << 20;
   std::string api_key;                 // when set, /v1/* needs "Authorization: Bearer KEY"
   double request_timeout = 300.0;      // seconds: reading a request, waiting in the queue
@@ -57,7 +63,9 @@ class Server {
   // Binds and serves until stop() (or SIGTERM/SIGINT): then takes no new connection or
   // request, finishes the accepted requests and returns 0. Returns 1 when the first model
   // fails to load. on_listening is called with the bound port once the socket listens.
-  // Throws amanuensis::Error when the address cannot be bound.
+  // The network runs on io_threads threads of its own; the calling thread waits for the
+  // stop and then finishes the work, so stopping creates no thread. Throws
+  // amanuensis::Error when the address cannot be bound or the threads cannot be started.
   int run(const std::function<void(unsigned short port)>& on_listening = {});
   // Starts a graceful stop; callable from any thread.
   void stop();

@@ -1,6 +1,8 @@
 // Hostile input to the FFmpeg decoding path (issue 12): a header that claims far more
-// audio than the file holds must not size any allocation, and NaN or infinite float
-// samples come out as silence, counted, instead of turning every window into NaN.
+// audio than the file holds must not size any allocation, NaN or infinite float samples
+// come out as silence, counted, instead of turning every window into NaN, a small file of
+// hours stops decoding at the duration limit, and FFmpeg's log goes where the program
+// routes it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,12 +13,14 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
 
 #include "audio/decode.h"
+#include "audio/ffmpeg_log.h"
 #include "common/error.h"
 
 namespace amanuensis::audio {
@@ -117,6 +121,118 @@ TEST(AudioDecode, NonFiniteRawPcmIsReplacedBeforeResampling) {
   const auto samples = decode_raw_pcm(raw, PcmFormat::F32, 8000, 1, &report);
   EXPECT_EQ(report.non_finite_samples, 1u);
   for (float v : samples) ASSERT_TRUE(std::isfinite(v));
+}
+
+// A scratch folder of this process, removed with it.
+std::filesystem::path scratch() {
+  static const auto dir = [] {
+    auto d = std::filesystem::temp_directory_path() / ("amanuensis-audio-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(d);
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(std::filesystem::temp_directory_path() / ("amanuensis-audio-" + std::to_string(::getpid())), ec);
+    });
+    return d;
+  }();
+  return dir;
+}
+
+Bytes read_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  Bytes out(text.size());
+  std::memcpy(out.data(), text.data(), text.size());
+  return out;
+}
+
+// Issue 12's upload: Opus at 6 kbit/s of silence, one minute encoded and then repeated
+// (-stream_loop, no re-encoding) to two hours, 2.7 MB; 460 MB as 16 kHz floats.
+Bytes two_hours_of_opus_silence() {
+  const auto minute = scratch() / "minute.opus";
+  const auto hours = scratch() / "hours.opus";
+  const std::string cmd = "ffmpeg -nostdin -loglevel error -y -f lavfi -i anullsrc=r=8000:cl=mono -t 60 -c:a libopus -b:a 6k '" +
+                          minute.string() + "' && ffmpeg -nostdin -loglevel error -y -stream_loop 119 -i '" +
+                          minute.string() + "' -c copy '" + hours.string() + "'";
+  if (std::system(cmd.c_str()) != 0) return {};
+  return read_bytes(hours);
+}
+
+// The peak resident memory of this process so far (VmHWM), in bytes.
+double peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) * 1024.0;
+  return 0.0;
+}
+
+// Issue 12 defect 1: the limit is checked as the samples come, so a decode stopped at one
+// minute never holds the two hours (460 MB) it would have produced.
+TEST(AudioDecode, LimitStopsDecodingHoursOfSilenceAtTheLimit) {
+  const Bytes file = two_hours_of_opus_silence();
+  ASSERT_FALSE(file.empty()) << "the ffmpeg tool (installed by scripts/setup.sh) could not make the test file";
+  const double peak_before = peak_rss_bytes();
+  try {
+    (void)decode_audio(file, nullptr, DecodeLimits{60.0});
+    FAIL() << "two hours of audio passed a 60 s limit";
+  } catch (const AudioTooLong& e) {
+    EXPECT_EQ(e.limit_seconds, 60.0);
+    EXPECT_NE(std::string(e.what()).find("60 seconds"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(peak_rss_bytes() - peak_before, 100e6) << "the decode went on past the limit";
+}
+
+TEST(AudioDecode, LimitAppliesToEveryPath) {
+  Bytes pcm(2 * 16000 * 2);  // 2 s of 16 kHz mono int16: the direct WAV path
+  const Bytes file = wav(1, 16, 16000, pcm, static_cast<std::uint32_t>(pcm.size()));
+  EXPECT_THROW((void)decode_audio(file, nullptr, DecodeLimits{1.0}), AudioTooLong);
+  EXPECT_EQ(decode_audio(file, nullptr, DecodeLimits{2.0}).size(), 32000u);
+  EXPECT_EQ(decode_audio(file, nullptr, DecodeLimits{0.0}).size(), 32000u);  // 0: no limit
+  EXPECT_THROW((void)decode_raw_pcm(pcm, PcmFormat::S16, 16000, 1, nullptr, DecodeLimits{1.5}), AudioTooLong);
+  EXPECT_EQ(decode_raw_pcm(pcm, PcmFormat::S16, 16000, 1, nullptr, DecodeLimits{3.0}).size(), 32000u);
+}
+
+// An MP3 with bytes overwritten all through it: FFmpeg's decoder logs a line for each
+// damaged frame.
+Bytes damaged_mp3() {
+  const auto path = scratch() / "tone.mp3";
+  const std::string cmd = "ffmpeg -nostdin -loglevel error -y -f lavfi -i sine=f=440:d=3 -c:a libmp3lame -b:a 32k '" +
+                          path.string() + "'";
+  if (std::system(cmd.c_str()) != 0) return {};
+  Bytes bytes = read_bytes(path);
+  std::uint32_t x = 12345;
+  for (std::size_t i = 2000; i < bytes.size(); i += 97) {
+    x = x * 1103515245u + 12345u;
+    bytes[i] = static_cast<std::byte>(x >> 24);
+  }
+  return bytes;
+}
+
+// Issue 12 defect 9: FFmpeg's lines reached stderr unprefixed; routed, they reach the
+// program's sink as whole lines, and only while the route lives.
+TEST(FfmpegLog, RouteHandsWholeLinesToTheSink) {
+  const Bytes file = damaged_mp3();
+  ASSERT_FALSE(file.empty()) << "the ffmpeg tool (installed by scripts/setup.sh) could not make the test file";
+  std::mutex m;
+  std::vector<std::string> lines;
+  {
+    FfmpegLogRoute route([&](std::string_view line) {
+      std::lock_guard lock(m);
+      lines.emplace_back(line);
+    });
+    EXPECT_THROW(FfmpegLogRoute second([](std::string_view) {}), InternalError);  // one route at a time
+    try {
+      (void)decode_audio(file);
+    } catch (const Error&) {  // damaged enough to fail is fine: the log is what is tested
+    }
+  }
+  ASSERT_FALSE(lines.empty()) << "FFmpeg logged nothing through the route";
+  for (const auto& l : lines) {
+    EXPECT_EQ(l.find('\n'), std::string::npos) << l;
+    EXPECT_EQ(l.rfind("[mp3", 0), 0u) << "not one whole line with FFmpeg's context: " << l;
+  }
+  const auto seen = lines.size();
+  FfmpegLogRoute again([&](std::string_view line) { lines.emplace_back(line); });  // the first one is gone
+  EXPECT_EQ(lines.size(), seen);
 }
 
 }  // namespace

@@ -517,6 +517,21 @@ TEST(CliErrors, NanValuesAndUnusableOutputDirAreRefusedByName) {
   EXPECT_EQ(r.err.find("internal"), std::string::npos) << r;
 }
 
+// Issue 12 defect 1 (CLI side): --max-audio-seconds refuses a longer file by name, with
+// the limit, and goes on with the others; a bad value is refused before any work.
+TEST(CliErrors, MaxAudioSecondsRefusesALongerFileAndGoesOn) {
+  const auto r = run_cli({"transcribe", "--threads", "1", "--model", model("micro.en-f16"), "--sample-len", "4",
+                          "--max-audio-seconds", "10", audio("speech-30s.wav").string(), audio("speech-5s.wav").string()});
+  expect_clean_failure(r, "speech-30s.wav: the audio is longer than the limit of 10 seconds (--max-audio-seconds)");
+  EXPECT_EQ(r.err.find("speech-5s.wav"), std::string::npos) << r;
+  EXPECT_FALSE(trim(r.out).empty()) << "the 5 s file is transcribed\n" << r;
+  for (const std::string bad : {"-1", "nan", "1e300"}) {
+    SCOPED_TRACE(bad);
+    expect_clean_failure(run_cli(transcribe_args("micro.en-f16", audio("speech-1s.wav"), {"--max-audio-seconds", bad})),
+                         "--max-audio-seconds");
+  }
+}
+
 TEST(CliUsage, EachCommandAnswersHelp) {
   for (const std::string command : {"transcribe", "serve", "dump-logits", "quantize", "bench", "download"}) {
     SCOPED_TRACE(command);

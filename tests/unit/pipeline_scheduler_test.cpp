@@ -50,6 +50,17 @@ struct Gate {
   }
 };
 
+// Waits (bounded) until the scheduler has no job running or waiting: a job's future is
+// ready a moment before its slot counts it done.
+bool eventually_idle(const BatchingScheduler& s) {
+  for (int i = 0; i < 30000; ++i) {
+    const auto st = s.stats();
+    if (st.active_jobs == 0 && st.queued_jobs == 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
 class SchedulerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -99,6 +110,31 @@ TEST_F(SchedulerTest, BoundedQueueRejectsWithRetryAfter) {
   EXPECT_FALSE(running.get().dropped);
   EXPECT_FALSE(queued.get().dropped);
   EXPECT_EQ(s.stats().queued_jobs, 0u);
+}
+
+// Issue 12 defect 1: the queue bound counted waiting audio only, so every slot could take
+// a job of hours at once. The admitted bound counts the running jobs' audio too.
+TEST_F(SchedulerTest, AdmissionCountsTheAudioOfRunningJobs) {
+  BatchingScheduler s(model_, 2, 100.0, {}, /*max_admitted_seconds=*/8.0);  // room for one 5 s job
+  Gate gate;
+  auto running = s.submit(job([&] { gate.wait(); return false; }));
+  gate.wait_entered();  // running, the queue is empty and a slot is free
+  EXPECT_EQ(s.stats().queued_jobs, 0u);
+  EXPECT_NEAR(s.stats().running_audio_seconds, 5.0, 0.01);
+  try {
+    (void)s.submit(job());
+    ADD_FAILURE() << "a second 5 s job was admitted beside a running one, over the 8 s bound";
+  } catch (const QueueFull& e) {
+    EXPECT_NE(std::string(e.what()).find("--max-admitted-seconds"), std::string::npos) << e.what();
+    EXPECT_GE(e.retry_after_seconds, 1.0);
+  }
+  gate.release();
+  EXPECT_FALSE(running.get().dropped);
+  // done: the bound is free again, and a job longer than the bound is taken alone
+  EXPECT_TRUE(eventually_idle(s));
+  BatchingScheduler tight(model_, 1, 100.0, {}, 1.0);
+  EXPECT_FALSE(tight.submit(job()).get().dropped);
+  EXPECT_FALSE(s.submit(job()).get().dropped);
 }
 
 TEST_F(SchedulerTest, OneJobLongerThanTheBoundIsAcceptedWhenTheQueueIsEmpty) {

@@ -206,6 +206,40 @@ TEST(ApiFieldsMultilingual, LanguageIsCheckedAndNamed) {
   EXPECT_EQ(translated.as_json()["language"], "english");
 }
 
+// Issue 13: detect_language=true and POST /v1/audio/language answer the language and every
+// language's probability without transcribing: the library's detection, summing to 1, the
+// language a transcription of the file then uses.
+TEST(ApiFieldsMultilingual, DetectLanguageReturnsProbabilities) {
+  ServerProcess s(std::vector<fs::path>{testing::model_path("micro-f16")}, {});
+  ASSERT_TRUE(s.ready()) << s.log();
+  const auto model = pipeline::Model::load(testing::model_path("micro-f16"));
+  const auto samples = audio::load_audio_file(audio("jfk.wav"));
+  const auto library = pipeline::detect_language(*model, samples);
+  for (const auto& r : {post(s, {}, audio("jfk.wav"), "/v1/audio/language"), post(s, {"detect_language=true"})}) {
+    ASSERT_EQ(r.status, 200) << r.body;
+    const auto j = r.as_json();
+    EXPECT_EQ(j["language"], library.code) << r.body;
+    EXPECT_FALSE(j.contains("text")) << "detection only: " << r.body;
+    ASSERT_TRUE(j["language_probabilities"].is_object()) << r.body;
+    EXPECT_EQ(j["language_probabilities"].size(), library.probabilities.size());
+    double sum = 0.0;
+    for (const auto& [code, p] : j["language_probabilities"].items()) sum += p.get<double>();
+    EXPECT_NEAR(sum, 1.0, 1e-4) << r.body;
+    EXPECT_NEAR(j["probability"].get<double>(), library.probability, 1e-6);
+    EXPECT_NEAR(j["language_probabilities"][library.code].get<double>(), library.probability, 1e-6);
+  }
+  const auto transcribed = post(s, {"response_format=verbose_json"});
+  ASSERT_EQ(transcribed.status, 200) << transcribed.body;
+  EXPECT_EQ(transcribed.as_json()["language"], post(s, {"detect_language=true"}).as_json()["language_name"]);
+  EXPECT_EQ(post(s, {"detect_language=maybe"}).error_param(), "detect_language");
+  // an English-only model has no language to detect
+  ServerProcess english(std::vector<std::string>{});
+  ASSERT_TRUE(english.ready()) << english.log();
+  const auto refused = post(english, {}, audio("jfk.wav"), "/v1/audio/language");
+  EXPECT_EQ(refused.status, 400) << refused.body;
+  EXPECT_EQ(refused.error_param(), "model") << refused.body;
+}
+
 // The library's transcript of `samples` with the ServerProcess flags and `change` applied.
 pipeline::Transcript library_transcript(const std::vector<float>& samples,
                                         const std::function<void(pipeline::TranscribeOptions&)>& change = {}) {
@@ -233,6 +267,24 @@ TEST_F(ApiFields, NoTimestampsDropsTheTimestampTokens) {
   const auto samples = audio::load_audio_file(audio("jfk.wav"));
   const auto library = library_transcript(samples, [](auto& o) { o.decode.timestamps = false; });
   EXPECT_EQ(testing::rows_of(untimed), testing::rows_of(library));
+}
+
+// Issue 13: hallucination_silence_threshold per request gives what the library gives with
+// that threshold (and the word timings it needs); on jfk it changes the micro model's
+// segments.
+TEST_F(ApiFields, HallucinationSilenceThresholdIsApplied) {
+  const auto samples = audio::load_audio_file(audio("jfk.wav"));
+  const auto with = testing::rows_of(library_transcript(samples, [](auto& o) {
+    o.word_timestamps = true;
+    o.hallucination_silence_threshold = 0.5;
+  }));
+  const auto without = testing::rows_of(library_transcript(samples, [](auto& o) { o.word_timestamps = true; }));
+  ASSERT_NE(with, without) << "the test needs a file where the threshold changes the output";
+  const auto r = post(*server_, {"response_format=verbose_json", "hallucination_silence_threshold=0.5"});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(testing::rows_of(r.as_json()), with);
+  EXPECT_FALSE(r.as_json().contains("words")) << "words are shown only when asked for";
+  EXPECT_EQ(post(*server_, {"hallucination_silence_threshold=-1"}).error_param(), "hallucination_silence_threshold");
 }
 
 // offset/duration transcribe that part of the file; the times are the file's.

@@ -157,6 +157,25 @@ TEST(RequestOptions, OptionsReachTheTranscribeOptions) {
   EXPECT_TRUE(options_of({}, with_vad).vad.has_value());
 }
 
+// Issue 13: hallucination_silence_threshold per request. It works on word timings, so
+// it computes them (shown only when asked for); 0 turns a server default off.
+TEST(RequestOptions, HallucinationSilenceThresholdTurnsOnWordTimings) {
+  const auto o = options_of({{"hallucination_silence_threshold", "2"}});
+  EXPECT_DOUBLE_EQ(o.hallucination_silence_threshold.value_or(-1), 2.0);
+  EXPECT_TRUE(o.word_timestamps);
+  EXPECT_FALSE(parse({{"hallucination_silence_threshold", "2"}}).wants_words()) << "timed, not shown";
+  pipeline::TranscribeOptions defaults;
+  defaults.hallucination_silence_threshold = 1.0;
+  EXPECT_FALSE(options_of({{"hallucination_silence_threshold", "0"}}, defaults).hallucination_silence_threshold);
+  EXPECT_TRUE(options_of({}, defaults).hallucination_silence_threshold);
+  for (const char* bad : {"-1", "x", "nan", "3601"})
+    EXPECT_EQ(refused_field({{"hallucination_silence_threshold", bad}}), "hallucination_silence_threshold") << bad;
+  EXPECT_EQ(refused_field({{"hallucination_silence_threshold", "2"}, {"no_timestamps", "true"}}), "no_timestamps");
+  RequestLimits whisper_cpp;
+  whisper_cpp.word_timestamps = false;
+  EXPECT_EQ(refused_field({{"hallucination_silence_threshold", "2"}}, whisper_cpp), "hallucination_silence_threshold");
+}
+
 TEST(RequestOptions, TemperatureIncrementMakesTheFallbackSchedule) {
   pipeline::TranscribeOptions defaults;
   defaults.temperatures = {0.0f};

@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "server/metrics.h"
 #include "server/multipart.h"
+#include "server/rate_limited_log.h"
 #include "test_paths.h"
 
 namespace amanuensis::server {
@@ -26,6 +27,40 @@ TEST(Multipart, BoundaryFromContentType) {
   EXPECT_FALSE(multipart_boundary("multipart/form-data").has_value());
   EXPECT_FALSE(multipart_boundary("multipart/form-data; boundary=").has_value());
   EXPECT_FALSE(multipart_boundary("").has_value());
+}
+
+// Issue 12 defect 9: a boundary over the limit was "must be multipart/form-data".
+TEST(Multipart, OverlongBoundaryNamesTheLengthLimit) {
+  EXPECT_EQ(multipart_boundary("multipart/form-data; boundary=" + std::string(200, 'b')).value(), std::string(200, 'b'));
+  try {
+    (void)multipart_boundary("multipart/form-data; boundary=" + std::string(201, 'b'));
+    FAIL() << "a 201-character boundary was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("201 characters"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("at most 200"), std::string::npos) << e.what();
+  }
+}
+
+// Issue 12 defect 9: lines a client can cause (FFmpeg's, per damaged upload) pass at a
+// bounded rate, and what was dropped is counted in the next line written.
+TEST(RateLimitedLog, BurstThenRateThenCountsWhatWasDropped) {
+  std::vector<std::string> written;
+  RateLimitedLog log("p: ", /*lines_per_second=*/1.0, /*burst=*/3.0,
+                     [&](std::string_view l) { written.emplace_back(l); });
+  const auto t0 = RateLimitedLog::Clock::time_point{} + std::chrono::hours(1);
+  for (int i = 0; i < 10; ++i) log.line("x" + std::to_string(i), t0);
+  ASSERT_EQ(written.size(), 3u);
+  EXPECT_EQ(written[0], "p: x0");
+  EXPECT_EQ(log.dropped(), 7u);
+  log.line("later", t0 + std::chrono::milliseconds(1500));  // one token back
+  ASSERT_EQ(written.size(), 4u);
+  EXPECT_EQ(written[3], "p: later (7 similar lines not logged before this one)");
+  log.line("again", t0 + std::chrono::milliseconds(1600));  // no token yet
+  EXPECT_EQ(written.size(), 4u);
+  log.line("much later", t0 + std::chrono::hours(1));       // refilled to the burst, not beyond
+  for (int i = 0; i < 5; ++i) log.line("y", t0 + std::chrono::hours(1));
+  EXPECT_EQ(written.size(), 7u);
+  EXPECT_EQ(written[4], "p: much later (1 similar lines not logged before this one)");
 }
 
 TEST(Multipart, ParsesFieldsAndFiles) {
