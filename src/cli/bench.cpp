@@ -14,8 +14,8 @@
 #include "audio/wav.h"
 #include "cli/args.h"
 #include "cli/compute_flags.h"
+#include "cli/model_cache.h"
 #include "common/error.h"
-#include "model/catalog.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "mel/log_mel.h"
@@ -214,7 +214,7 @@ int run_bench(const std::vector<std::string>& argv) {
   const double audio_seconds = static_cast<double>(samples.size()) / audio::kSampleRate;
 
   auto t0 = Clock::now();
-  const auto model = pipeline::Model::load(model::resolve_model(args.required("model")), load_options(args));
+  const auto model = pipeline::Model::load(resolve_model(args.required("model")), load_options(args));
   const double load_ms = ms_since(t0);
   const auto& weights_backend = *model->encoder().backend();
 
