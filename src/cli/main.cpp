@@ -227,7 +227,7 @@ int run_dump_logits(const Args& args) {
   const auto tokens = parse_token_list(args.required("tokens"));
   const auto features = model->encoder().encode(mel_window);
   const auto cross = model->decoder().cross_attention(features);
-  auto cache = model->decoder().new_cache();
+  auto cache = model->decoder().new_sequence();
   const auto logits = model->decoder().forward(tokens, cache, cross, /*all_rows=*/true);
   const std::string out_path = args.required("out");
   std::ofstream out(out_path, std::ios::binary);

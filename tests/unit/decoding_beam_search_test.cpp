@@ -268,7 +268,7 @@ void expect_rescored(const WindowDecoder& wd, const BeamHypothesis& c, const Log
   auto tokens = wd.initial_tokens({});
   const std::size_t begin = tokens.size();
   tokens.insert(tokens.end(), c.tokens.begin(), c.tokens.end());
-  auto cache = m.decoder.new_cache();
+  auto cache = m.decoder.new_sequence();
   const auto logits = m.decoder.forward(tokens, cache, m.audio, /*all_rows=*/true);
   const std::size_t n_vocab = static_cast<std::size_t>(m.decoder.n_vocab());
   const auto& sp = m.tokenizer.special();

@@ -244,11 +244,11 @@ TEST(BatchedCompute, OneClientsBadStepDoesNotFailTheOthers) {
   BatchedCompute compute;
   auto advance = [&](TokenId token) {
     BatchedCompute::Client client(compute);
-    auto cache = decoder.new_cache();
+    auto cache = decoder.new_sequence();
     std::vector<float> logits(static_cast<std::size_t>(decoder.n_vocab()));
     const nn::SequenceStep step[] = {{token, &cache, &cross, logits}};
     client.step(decoder, step);
-    return cache.n_past;
+    return cache.length();
   };
   auto good = std::async(std::launch::async, advance, model->tokenizer().special().sot);
   auto bad = std::async(std::launch::async, advance, TokenId{-5});
