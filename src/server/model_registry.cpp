@@ -128,6 +128,8 @@ pipeline::SchedulerStats total_stats(const std::vector<ModelStatus>& models) {
     total.active_jobs += m.stats.active_jobs;
     total.slots += m.stats.slots;
     total.shutting_down = total.shutting_down || m.stats.shutting_down;
+    total.kv_reserved_bytes += m.stats.kv_reserved_bytes;
+    total.kv_used_bytes += m.stats.kv_used_bytes;
     for (const auto& [size, n] : m.stats.batches.encoder_windows) total.batches.encoder_windows[size] += n;
     for (const auto& [size, n] : m.stats.batches.decoder_sequences) total.batches.decoder_sequences[size] += n;
   }
