@@ -46,6 +46,11 @@ void KvPool::add_sequences(int n) {
   stats_.sequences += n;
 }
 
+KvPool::BlockRef KvPool::allocate() {
+  std::lock_guard lock(mutex_);
+  return allocate_locked();
+}
+
 KvPool::BlockRef KvPool::allocate_locked() {
   if (free_.empty()) {
     // uninitialised: a page costs memory only once a position in it is written
@@ -173,10 +178,7 @@ void KvSequence::prepare(std::int64_t count) {
   constexpr std::int64_t B = KvPool::kBlockPositions;
   for (std::int64_t p = length_; p < length_ + count; ++p) {
     const auto index = static_cast<std::size_t>(p / B);
-    if (index == table_.size()) {
-      std::lock_guard lock(pool_->mutex_);
-      table_.push_back(pool_->allocate_locked());
-    }
+    if (index == table_.size()) table_.push_back(pool_->allocate());
     table_[index] = pool_->writable(table_[index], p % B);
   }
 }
@@ -202,8 +204,14 @@ std::span<float> KvSequence::values(int layer, std::int64_t position) {
   return {row(layer, 1, position), static_cast<std::size_t>(pool_->d())};
 }
 
+void KvSequence::check_held(std::int64_t positions) const {
+  if (positions < 0 || positions > static_cast<std::int64_t>(table_.size()) * KvPool::kBlockPositions)
+    throw InternalError("KV positions read that the sequence holds no block for");
+}
+
 void KvSequence::blocks(int layer, std::int64_t positions, std::vector<kernels::KvBlockView>& out) const {
   constexpr std::int64_t B = KvPool::kBlockPositions;
+  check_held(positions);
   out.clear();
   for (std::int64_t first = 0; first < positions; first += B) {
     const auto rows = static_cast<std::size_t>(std::min(B, positions - first) * pool_->d());
@@ -213,7 +221,11 @@ void KvSequence::blocks(int layer, std::int64_t positions, std::vector<kernels::
 
 void KvSequence::gather(int layer, std::int64_t positions, std::span<float> keys, std::span<float> values) const {
   constexpr std::int64_t B = KvPool::kBlockPositions;
+  check_held(positions);
   const std::int64_t d = pool_ ? pool_->d() : 0;
+  const auto floats = static_cast<std::size_t>(positions * d);
+  if (keys.size() < floats || values.size() < floats)
+    throw InternalError("KV rows gathered into too small a buffer");
   for (std::int64_t first = 0; first < positions; first += B) {
     const auto n = static_cast<std::size_t>(std::min(B, positions - first) * d);
     std::memcpy(keys.data() + first * d, row(layer, 0, first), n * sizeof(float));

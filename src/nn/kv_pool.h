@@ -51,6 +51,7 @@ class KvPool : public std::enable_shared_from_this<KvPool> {
     Key() = default;
   };
   KvPool(Key, int layers, std::int64_t d, std::int64_t max_positions);
+  // Reserved chunks stay with the pool (the next sequences reuse them) until it goes.
   KvPool(const KvPool&) = delete;
   KvPool& operator=(const KvPool&) = delete;
 
@@ -75,6 +76,7 @@ class KvPool : public std::enable_shared_from_this<KvPool> {
     std::int64_t filled = 0;  // slots [0, filled) written by some sequence; never rewritten while shared
   };
 
+  BlockRef allocate();
   BlockRef allocate_locked();
   void release_locked(BlockId id);
   void release(std::span<const BlockRef> blocks);
@@ -139,6 +141,7 @@ class KvSequence {
   friend class KvPool;
   explicit KvSequence(std::shared_ptr<KvPool> pool) : pool_(std::move(pool)) {}
   float* row(int layer, int which, std::int64_t position) const;
+  void check_held(std::int64_t positions) const;  // InternalError beyond the blocks held
   void drop() noexcept;  // returns every block and leaves the pool
 
   std::shared_ptr<KvPool> pool_;
