@@ -16,6 +16,8 @@
 #include "cli/compute_flags.h"
 #include "cli/model_cache.h"
 #include "common/error.h"
+#include "decoding/beam_search.h"
+#include "decoding/window_decoder.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "mel/log_mel.h"
@@ -169,6 +171,30 @@ BatchTiming time_batched_step(const pipeline::Model& model, const nn::CrossAtten
   return {n, median(ms)};
 }
 
+// Beam search 5 over one window (the default decoding at temperature 0) and what its forks
+// cost in the decoder's KV pool: forks share blocks (none is copied at a fork), and a
+// forked beam's first write into a shared, partly filled tail block copies that block.
+// The bench runs alone, so the counters' change over the search is the search's own.
+nlohmann::json beam_kv(const pipeline::Model& model, const nn::CrossAttentionCache& cross) {
+  const auto& dec = model.decoder();
+  decoding::WindowDecoder wd(dec, model.tokenizer(), decoding::DecodeOptions{});
+  decoding::BeamOptions beams;
+  beams.beam_size = 5;
+  const auto before = dec.kv_pool().stats();
+  const auto result =
+      decoding::beam_search(dec, model.tokenizer(), wd.rules(), wd.initial_tokens({}), wd.sample_len(), cross, beams);
+  const auto after = dec.kv_pool().stats();
+  return {{"beam_size", beams.beam_size},
+          {"tokens", result.tokens.size()},
+          {"forks", after.forks - before.forks},
+          {"blocks_shared_at_fork", after.blocks_shared_at_fork - before.blocks_shared_at_fork},
+          {"positions_shared_at_fork", after.positions_shared_at_fork - before.positions_shared_at_fork},
+          {"tail_blocks_copied_on_write", after.blocks_copied - before.blocks_copied},
+          {"tail_positions_copied_on_write", after.positions_copied - before.positions_copied},
+          {"pool_peak_bytes", after.peak_used_bytes},
+          {"blocks_in_use_after", after.blocks_in_use}};
+}
+
 std::vector<int> parse_batch_sizes(const std::string& list) {
   std::vector<int> sizes;
   std::size_t start = 0;
@@ -276,8 +302,10 @@ int run_bench(const std::vector<std::string>& argv) {
   }
 
   std::vector<BatchTiming> batched;
+  nlohmann::json beam;
   {
     const auto cross = model->decoder().cross_attention(model->encoder().encode(mel_window));
+    beam = beam_kv(*model, cross);  // before the batched steps: its pool peak is its own
     for (int n : batch_sizes) batched.push_back(time_batched_step(*model, cross, n, runs));
   }
   nlohmann::json batch_json = nlohmann::json::array();
@@ -303,7 +331,8 @@ int run_bench(const std::vector<std::string>& argv) {
                        {"block_bytes", pool.block_bytes},
                        {"pool_peak_bytes", pool.peak_used_bytes},
                        {"pool_capacity_bytes", pool.capacity_bytes},
-                       {"cross_bytes_per_window", 2.0 * hp.n_text_layer * hp.n_audio_ctx * hp.n_text_state * 2}};
+                       {"cross_bytes_per_window", 2.0 * hp.n_text_layer * hp.n_audio_ctx * hp.n_text_state * 2},
+                       {"beam_search", beam}};
   nlohmann::json out = {
       {"model", args.required("model")},
       {"backend", weights_backend.name()},
