@@ -65,7 +65,7 @@ void BM_attention(benchmark::State& state, std::shared_ptr<const kernels::Backen
 std::vector<std::shared_ptr<const kernels::Backend>> backends() {
   std::vector<std::shared_ptr<const kernels::Backend>> list{kernels::make_reference_backend(kernels::Precision::Fp32)};
   std::map<std::string, bool> seen{{list[0]->name(), true}};
-  for (auto p : {kernels::Precision::Fp32, kernels::Precision::Bf16}) {
+  for (auto p : {kernels::Precision::Fp32, kernels::Precision::Bf16, kernels::Precision::Int8}) {
     if (p == kernels::Precision::Bf16 && !kernels::cpu_has_native_bf16()) continue;
     auto b = kernels::make_backend({.precision = p});
     if (!seen[b->name()]) {

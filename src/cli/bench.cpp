@@ -36,7 +36,7 @@ options:
   --seconds S               length of the synthetic audio (default 30)
   --tokens-per-second N     decoded tokens per audio second (default 3)
   --threads N               compute threads (default: all cores)
-  --precision P             auto (default), fp32 or bf16
+  --precision P             auto (default), fp32, bf16 or int8
   --runs N                  timed repetitions of each stage; the median is reported (default 3)
   --batch-sizes LIST        batched decoder steps to time: sequences per step, each with its
                             own KV cache and window (what the server's batching runs;

@@ -179,6 +179,7 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
   std::vector<BeamHypothesis> live(1);
   std::vector<BeamHypothesis> finished;
 
+  const nn::IdleOnExit idle_on_error(runner);
   for (int step = 0; step < max_tokens; ++step) {
     // the logit rules per beam, with that beam's own tokens
     std::vector<std::vector<float>> logprobs(live.size());
@@ -232,7 +233,6 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
     }
     runner.step(decoder, batch);
   }
-
   runner.idle();
 
   // finalize: live beams make up for missing finished candidates

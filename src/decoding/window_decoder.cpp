@@ -138,6 +138,7 @@ std::vector<WindowResult> WindowDecoder::decode_candidates(const nn::CrossAttent
   }
 
   std::vector<nn::SequenceStep> batch;
+  const nn::IdleOnExit idle_on_error(runner_);
   for (int step = 0; step < max_tokens; ++step) {
     batch.clear();
     for (auto& c : candidates) {

@@ -19,7 +19,8 @@ Precision parse_precision(std::string_view name) {
   if (name == "auto") return Precision::Auto;
   if (name == "fp32" || name == "f32") return Precision::Fp32;
   if (name == "bf16") return Precision::Bf16;
-  throw Error("unknown precision '" + std::string(name) + "' (use auto, fp32 or bf16)");
+  if (name == "int8") return Precision::Int8;
+  throw Error("unknown precision '" + std::string(name) + "' (use auto, fp32, bf16 or int8)");
 }
 
 std::string_view precision_name(Precision p) {
@@ -27,6 +28,7 @@ std::string_view precision_name(Precision p) {
     case Precision::Auto: return "auto";
     case Precision::Fp32: return "fp32";
     case Precision::Bf16: return "bf16";
+    case Precision::Int8: return "int8";
   }
   return "?";
 }
@@ -35,6 +37,25 @@ bool cpu_has_native_bf16() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_amx_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("amx-bf16");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_int8_dot() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni") ||
+         __builtin_cpu_supports("amx-int8");
 #else
   return false;
 #endif
@@ -62,6 +83,7 @@ std::vector<std::string> cpu_features() {
   AMANUENSIS_FEATURE("avx512f")
   AMANUENSIS_FEATURE("avx512bw")
   AMANUENSIS_FEATURE("avx512vnni")
+  AMANUENSIS_FEATURE("avxvnni")
   AMANUENSIS_FEATURE("avx512bf16")
   AMANUENSIS_FEATURE("amx-tile")
   AMANUENSIS_FEATURE("amx-bf16")
@@ -107,9 +129,10 @@ void Backend::attention_f16kv(std::span<const float> q, std::int64_t n_q, std::s
   attention(q, n_q, k32, v32, n_kv, n_head, d, causal_offset, out);
 }
 
-Precision resolve(Precision p) {
+Precision resolve(Precision p, WeightFormat weights) {
   if (p != Precision::Auto) return p;
-  return cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32;
+  if (weights == WeightFormat::Quantized && cpu_has_int8_dot()) return Precision::Int8;
+  return cpu_has_amx_bf16() ? Precision::Bf16 : Precision::Fp32;
 }
 
 BackendKind parse_backend_kind(std::string_view name) {
@@ -120,13 +143,14 @@ BackendKind parse_backend_kind(std::string_view name) {
 }
 
 std::shared_ptr<const Backend> make_backend(const ComputeOptions& options) {
-  const Precision p = resolve(options.precision);
+  const Precision p = resolve(options.precision, options.weights);
   if (options.backend == BackendKind::Reference) return make_reference_backend(p);
   const bool forced = options.backend == BackendKind::Onednn;
 #ifdef AMANUENSIS_HAVE_ONEDNN
   // bf16 through oneDNN only where the CPU does it natively; elsewhere it would run
-  // oneDNN's reference loops, slower than the emulation below.
-  if (p == Precision::Fp32 || cpu_has_native_bf16()) {
+  // oneDNN's reference loops, slower than the emulation below. int8 runs everywhere
+  // (oneDNN has AVX2 int8 kernels; its self-test refuses a reference path).
+  if (p != Precision::Bf16 || cpu_has_native_bf16()) {
     if (auto b = onednn::make_backend(p)) return b;
   }
   if (forced) throw Error("the oneDNN backend cannot run " + std::string(precision_name(p)) + " on this CPU");

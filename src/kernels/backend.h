@@ -22,25 +22,44 @@
 
 namespace amanuensis::kernels {
 
-// Arithmetic of the matrix products. Accumulation is float32 in every case; Bf16 rounds
-// weights and activations to bfloat16 before multiplying (what AVX512_BF16 / AMX do).
-enum class Precision { Auto, Fp32, Bf16 };
+// Arithmetic of the matrix products. Accumulation is float32 for Fp32 and Bf16; Bf16
+// rounds weights and activations to bfloat16 before multiplying (what AVX512_BF16 / AMX
+// do). Int8 multiplies int8 codes with int32 sums in a window's products (RowsHint::Many,
+// but for the convolution stem: WeightRole): weights get one scale per output feature,
+// input rows one scale per row, found as each product runs. The decoder's weights
+// (RowsHint::Few) stay as stored in every precision: its steps are bound by reading
+// them, and quantizing them as well as the encoder cost tokens in the conformance suite.
+enum class Precision { Auto, Fp32, Bf16, Int8 };
 
-// "auto", "fp32", "bf16"; anything else throws amanuensis::Error.
+// "auto", "fp32", "bf16", "int8"; anything else throws amanuensis::Error.
 Precision parse_precision(std::string_view name);
 std::string_view precision_name(Precision p);
 
 // Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX-BF16).
 bool cpu_has_native_bf16();
 
+// Whether it has the matrix engine's bf16 tiles (AMX-BF16): the only place where bf16
+// products measure faster than float32 ones. AVX512_BF16 alone (vdpbf16ps) ran oneDNN's
+// bf16 products at about half its float32 rate on a Xeon without AMX.
+bool cpu_has_amx_bf16();
+
+// Whether it has int8 dot-product instructions (AVX512_VNNI, AVX_VNNI or AMX-INT8), where
+// int8 products run at several times the float32 rate (3.3x measured with AVX512_VNNI).
+bool cpu_has_int8_dot();
+
 // The instruction-set extensions of this CPU that the kernels can use (avx2, fma, f16c,
 // avx512f, avx512bf16, amx-bf16, ...), for /health and logs.
 std::vector<std::string> cpu_features();
 
-// What Auto means: Bf16 where the CPU multiplies bf16 natively (AMX / AVX512_BF16: the
-// matrix engine, several times the float32 rate; the conformance suite holds bf16 to its
-// own tolerance, see tests/conformance), else Fp32. Fp32 and Bf16 are returned unchanged.
-Precision resolve(Precision p);
+// Which weights a model stores, for what Auto picks.
+enum class WeightFormat { Float, Quantized };
+
+// What Auto means: for quantized models Int8 where the CPU has int8 dot products (their
+// weights are int8 codes already; the conformance suite holds int8 to the quantized
+// tolerance); otherwise Bf16 where it has AMX-BF16 (the matrix engine, several times the
+// float32 rate; bf16 has its own tolerance, see tests/conformance); else Fp32. Any other
+// precision is returned unchanged.
+Precision resolve(Precision p, WeightFormat weights = WeightFormat::Float);
 
 // Which implementation computes: the best one available (oneDNN where it runs the
 // precision natively), or one forced by name for comparisons and tests.
@@ -53,6 +72,7 @@ BackendKind parse_backend_kind(std::string_view name);
 struct ComputeOptions {
   Precision precision = Precision::Auto;
   BackendKind backend = BackendKind::Best;
+  WeightFormat weights = WeightFormat::Float;  // set by the model loader, for Auto
 };
 
 // A weight matrix in a backend's own storage: `rows` output features of `cols` inputs
@@ -85,6 +105,13 @@ enum class Epilogue {
 // many threads share the work, so a sequence decodes to the same tokens alone or batched.
 enum class RowsHint { Many, Few };
 
+// What a matrix is for, where a precision treats them differently: Int8 keeps the
+// convolution stem over the log-mel input (Stem) in float32, as CTranslate2 keeps
+// Whisper's convolutions in float: quantizing the input that everything else depends on
+// cost more accuracy than every other layer together in the conformance suite, for
+// about 5% of the encoder's arithmetic.
+enum class WeightRole { Linear, Stem };
+
 // Keys and values of consecutive positions, one block of a paged KV cache: rows x d
 // floats each, row-major like attention()'s k and v (head h in columns [h*hd, (h+1)*hd)).
 struct KvBlockView {
@@ -102,7 +129,8 @@ class Backend {
   // Takes a weight matrix as stored (read during the call only) and its bias (empty, or
   // one value per row).
   virtual std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias,
-                                             RowsHint hint = RowsHint::Many) const = 0;
+                                             RowsHint hint = RowsHint::Many,
+                                             WeightRole role = WeightRole::Linear) const = 0;
 
   // Row `row` of a matrix packed with RowsHint::Few, as float (out: w.cols() values,
   // exactly the stored values): the token
@@ -155,10 +183,10 @@ void gather_kv_blocks(std::span<const KvBlockView> blocks, std::int64_t n_kv, st
 
 // The backend for `options` (precision Auto as resolve()): for Best, oneDNN when it is
 // built in and can run that precision on this CPU, else the reference backend (which
-// emulates bf16). Throws Error when a forced backend cannot run here.
+// emulates bf16 and int8). Throws Error when a forced backend cannot run here.
 std::shared_ptr<const Backend> make_backend(const ComputeOptions& options = {});
 
-// The reference backend alone (float32 loops of kernels/cpu, bf16 by emulation).
+// The reference backend alone (float32 loops of kernels/cpu, bf16 and int8 by emulation).
 std::shared_ptr<const Backend> make_reference_backend(Precision p);
 
 }  // namespace amanuensis::kernels

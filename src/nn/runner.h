@@ -30,6 +30,20 @@ class Runner {
   virtual void idle() {}
 };
 
+// Calls runner.idle() when a decode loop's scope ends, however it ends: a transcription
+// whose loop throws (a cancelled request, non-finite logits) must not leave the batched
+// steps of the others waiting for a next step that will not come.
+class IdleOnExit {
+ public:
+  explicit IdleOnExit(Runner& runner) : runner_(runner) {}
+  ~IdleOnExit() { runner_.idle(); }
+  IdleOnExit(const IdleOnExit&) = delete;
+  IdleOnExit& operator=(const IdleOnExit&) = delete;
+
+ private:
+  Runner& runner_;
+};
+
 // Runs everything at once on the calling thread.
 Runner& direct_runner();
 

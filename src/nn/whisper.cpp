@@ -59,7 +59,8 @@ LinearWeights conv_weights(const Backend& backend, const model::ModelFile& f, co
     for (std::int64_t c = 0; c < channels; ++c)
       for (std::int64_t tap = 0; tap < 3; ++tap)
         by_tap[o * shape.cols + tap * channels + c] = values[o * shape.cols + c * 3 + tap];
-  return {backend.pack(kernels::stored_floats(by_tap, shape), std::move(bias))};
+  return {backend.pack(kernels::stored_floats(by_tap, shape), std::move(bias), kernels::RowsHint::Many,
+                       kernels::WeightRole::Stem)};
 }
 
 NormWeights norm_weights(const model::ModelFile& f, const std::string& prefix) {
@@ -185,7 +186,9 @@ std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFil
   auto w = std::make_shared<WhisperWeights>();
   const auto& hp = f.hparams();
   w->hparams = hp;
-  w->backend = kernels::make_backend(options.compute);
+  kernels::ComputeOptions compute = options.compute;
+  compute.weights = model::is_quantized(hp.weight_type()) ? kernels::WeightFormat::Quantized : kernels::WeightFormat::Float;
+  w->backend = kernels::make_backend(compute);
   const Backend& be = *w->backend;
   w->conv1 = conv_weights(be, f, "encoder.conv1");
   w->conv2 = conv_weights(be, f, "encoder.conv2");

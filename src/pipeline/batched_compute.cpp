@@ -51,7 +51,6 @@ void BatchedCompute::submit(Pending& pending, bool& client_stepping) {
     client_stepping = pending.is_step;
   }
   if (pending.is_step) {
-    if (steps_.empty()) first_step_at_ = Clock::now();
     steps_.push_back(&pending);
   } else {
     exclusive_.push_back(&pending);
@@ -72,27 +71,25 @@ double timed(Work work) {
 }
 }  // namespace
 
-// Steps run once every client that is decoding has one waiting (a client between windows,
-// computing its next mel, is not waited for: it joins a later step), or when the
-// stragglers have had their time.
-bool BatchedCompute::steps_ready(Clock::time_point now) const {
-  return !steps_.empty() && (static_cast<int>(steps_.size()) >= steppers_ || waiting_ >= clients_ ||
-                             now >= first_step_at_ + options_.gather_timeout);
+// Steps run once every client that is decoding has one waiting. A client between two
+// steps only applies its logit rules to the last step's logits (bounded host work, no
+// I/O: it calls idle() when a window is decoded and before it emits anything, and run()
+// for exclusive work), so waiting for it costs at most that work, and a client between
+// windows, computing its next mel, is not waited for: it joins a later step.
+bool BatchedCompute::steps_ready() const {
+  return !steps_.empty() && (static_cast<int>(steps_.size()) >= steppers_ || waiting_ >= clients_);
 }
 
 void BatchedCompute::compute_loop() {
   std::unique_lock lock(mutex_);
   for (;;) {
-    const auto now = Clock::now();
-    const bool steps = steps_ready(now);
+    const bool steps = steps_ready();
     if (exclusive_.empty() || steps_.empty()) exclusive_seconds_ = step_seconds_ = 0.0;
     if (steps && (exclusive_.empty() || step_seconds_ <= exclusive_seconds_)) {
       step_seconds_ += timed([&] { run_steps(lock); });
     } else if (!exclusive_.empty()) {
       exclusive_seconds_ += timed([&] { run_exclusive_turn(lock); });
-    } else if (!steps_.empty()) {
-      compute_wake_.wait_until(lock, first_step_at_ + options_.gather_timeout);
-    } else if (stopping_ && clients_ == 0) {
+    } else if (stopping_ && clients_ == 0 && steps_.empty()) {
       return;
     } else {
       compute_wake_.wait(lock);

@@ -1,7 +1,9 @@
 // pipeline: the compute thread shared by every running transcription (the server's
 // continuous batching). Each transcription holds a Client, an nn::Runner whose calls are
 // queued here: the single-token decoder steps of all clients are merged into one
-// Decoder::step (a sequence joins or leaves between steps), and exclusive work (encoder
+// Decoder::step (a sequence joins or leaves between steps; a step runs once every client
+// that stepped last time has its next one queued or has stopped stepping: no timer
+// decides who is in it), and exclusive work (encoder
 // windows, prompt passes) runs in turns between steps, so a short request's windows
 // interleave with a long one's. Doing all network work on one thread also keeps the
 // kernels' thread pool to one caller per BatchedCompute (a server with several models has
@@ -40,9 +42,6 @@ struct BatchedComputeOptions {
   // compute time, so decoding keeps half the machine while new windows are encoded, and
   // the sequences of a batch stay together instead of finishing one by one behind them.
   int max_exclusive_per_turn = 4;
-  // How long a step waits for the clients that stepped last time and are still busy on
-  // their own thread (applying logit rules) before it runs without them.
-  std::chrono::microseconds gather_timeout{3000};
 };
 
 // Counts of batch sizes: size -> how many batches had that size.
@@ -65,7 +64,7 @@ class BatchedCompute {
  private:
   struct Pending;
   void compute_loop();
-  bool steps_ready(std::chrono::steady_clock::time_point now) const;
+  bool steps_ready() const;
   void run_exclusive_turn(std::unique_lock<std::mutex>& lock);
   void run_steps(std::unique_lock<std::mutex>& lock);
   void submit(Pending& pending, bool& client_stepping);
@@ -77,7 +76,6 @@ class BatchedCompute {
   std::condition_variable done_;
   std::deque<Pending*> exclusive_;
   std::vector<Pending*> steps_;
-  std::chrono::steady_clock::time_point first_step_at_;
   int clients_ = 0;
   int steppers_ = 0;  // clients whose last call was a step: the next step expects them
   int waiting_ = 0;

@@ -45,22 +45,32 @@ double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
 
 std::vector<std::shared_ptr<const Backend>> all_backends() {
   std::vector<std::shared_ptr<const Backend>> list{make_reference_backend(Precision::Fp32), make_backend({.precision = Precision::Fp32}),
-                                                   make_reference_backend(Precision::Bf16)};
+                                                   make_reference_backend(Precision::Bf16),
+                                                   make_reference_backend(Precision::Int8),
+                                                   make_backend({.precision = Precision::Int8})};
   if (cpu_has_native_bf16()) list.push_back(make_backend({.precision = Precision::Bf16}));
   return list;
 }
 
-// bf16 rounds both operands to 8 significant bits
-double tolerance(const Backend& b, double scale) { return (b.precision() == Precision::Bf16 ? 2e-2 : 1e-4) * scale; }
+// bf16 rounds both operands to 8 significant bits; int8 to 255 steps of a row's largest
+double tolerance(const Backend& b, double scale) {
+  const double relative = b.precision() == Precision::Int8 ? 5e-2 : b.precision() == Precision::Bf16 ? 2e-2 : 1e-4;
+  return relative * scale;
+}
 
 TEST(KernelsBackend, PrecisionNames) {
   EXPECT_EQ(parse_precision("auto"), Precision::Auto);
   EXPECT_EQ(parse_precision("fp32"), Precision::Fp32);
   EXPECT_EQ(parse_precision("bf16"), Precision::Bf16);
+  EXPECT_EQ(parse_precision("int8"), Precision::Int8);
   EXPECT_THROW(parse_precision("fp8"), std::exception);
   EXPECT_EQ(resolve(Precision::Fp32), Precision::Fp32);
   EXPECT_EQ(resolve(Precision::Bf16), Precision::Bf16);
-  EXPECT_EQ(resolve(Precision::Auto), cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32);
+  EXPECT_EQ(resolve(Precision::Int8, WeightFormat::Float), Precision::Int8);
+  // AVX512_BF16 without AMX multiplies bf16 slower than float32: auto takes bf16 for AMX only
+  const Precision float_auto = cpu_has_amx_bf16() ? Precision::Bf16 : Precision::Fp32;
+  EXPECT_EQ(resolve(Precision::Auto), float_auto);
+  EXPECT_EQ(resolve(Precision::Auto, WeightFormat::Quantized), cpu_has_int8_dot() ? Precision::Int8 : float_auto);
   EXPECT_EQ(parse_backend_kind(""), BackendKind::Best);
   EXPECT_EQ(parse_backend_kind("reference"), BackendKind::Reference);
   EXPECT_EQ(parse_backend_kind("onednn"), BackendKind::Onednn);
@@ -103,6 +113,28 @@ TEST(KernelsBackend, LinearMatchesDefinition) {
         }
       }
     }
+  }
+}
+
+// The engine's int8 products are the reference's exactly where the CPU has int8 dot
+// products (the int32 sums are exact; scaling is the same float operations in the same
+// order), so the reference backend gives an int8 run's numerics on any machine.
+TEST(KernelsBackend, Int8EngineProductsAreTheReferenceBits) {
+  if (!cpu_has_int8_dot()) GTEST_SKIP() << "no AVX512_VNNI / AVX_VNNI / AMX-INT8 on this CPU: oneDNN's AVX2 int8 kernels halve the weights to avoid saturation, so only the tolerance test applies";
+  const auto engine = make_backend({.precision = Precision::Int8});
+  const auto reference = make_reference_backend(Precision::Int8);
+  ASSERT_NE(engine->name(), reference->name());
+  const std::int64_t m = 300, k = 384, n = 96;
+  const auto w = random_values(n * k, 11, 0.1f), bias = random_values(n, 12, 0.5f), x = random_values(m * k, 13, 1.0f);
+  const auto a = engine->pack(kernels::stored_floats(w, {n, k}), bias, RowsHint::Many);
+  const auto b = reference->pack(kernels::stored_floats(w, {n, k}), bias, RowsHint::Many);
+  for (auto e : {Epilogue::Store, Epilogue::Accumulate}) {
+    std::vector<float> ya(m * n, 0.25f), yb(m * n, 0.25f);
+    engine->linear(x, m, *a, ya, e);
+    reference->linear(x, m, *b, yb, e);
+    std::int64_t differ = 0;
+    for (std::size_t i = 0; i < ya.size(); ++i) differ += ya[i] != yb[i];
+    EXPECT_EQ(differ, 0) << "epilogue " << static_cast<int>(e);
   }
 }
 

@@ -382,20 +382,25 @@ struct LimitedRun {
 };
 
 // The CLI with `args` (which may name MODEL and AUDIO, replaced by readable copies of the
-// micro model and a 1 s file) as user nobody under `ulimit -u LIMIT`, 60 s at most.
+// micro model and a 1 s file) as an unprivileged user under `ulimit -u LIMIT`, 60 s at
+// most. The limit counts every process of the user, so each run takes a user id of its
+// own (from its process id, no account needed): tests running at the same time, or the
+// same test in another checkout, cannot use up each other's processes.
 // Needs root (for setpriv); returns nothing (and the caller skips) without it.
-std::optional<LimitedRun> run_as_nobody_limited(int limit, const std::string& args, std::string& skip_reason) {
+std::optional<LimitedRun> run_unprivileged_limited(int limit, const std::string& args, std::string& skip_reason) {
   if (::geteuid() != 0) {
-    skip_reason = "needs root to run the CLI as nobody under ulimit -u";
+    skip_reason = "needs root to run the CLI as another user under ulimit -u";
     return std::nullopt;
   }
   if (std::system("command -v setpriv >/dev/null 2>&1") != 0) {
     skip_reason = "setpriv (util-linux) is not installed";
     return std::nullopt;
   }
-  // the model and audio copied where user nobody can read them
-  const auto model_copy = fs::temp_directory_path() / "amanuensis-threads-model.bin";
-  const auto audio_copy = fs::temp_directory_path() / "amanuensis-threads-audio.wav";
+  // the model and audio copied where that user can read them
+  const int uid = 40000 + static_cast<int>(::getpid() % 20000);
+  const std::string tag = std::to_string(::getpid());
+  const auto model_copy = fs::temp_directory_path() / ("amanuensis-threads-model-" + tag + ".bin");
+  const auto audio_copy = fs::temp_directory_path() / ("amanuensis-threads-audio-" + tag + ".wav");
   fs::copy_file(model("micro.en-f16"), model_copy, fs::copy_options::overwrite_existing);
   fs::copy_file(audio("speech-1s.wav"), audio_copy, fs::copy_options::overwrite_existing);
   fs::permissions(model_copy, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
@@ -404,7 +409,8 @@ std::optional<LimitedRun> run_as_nobody_limited(int limit, const std::string& ar
   for (const auto& [name, path] : {std::pair{std::string("MODEL"), model_copy}, std::pair{std::string("AUDIO"), audio_copy}})
     if (const auto at = expanded.find(name); at != std::string::npos) expanded.replace(at, name.size(), shell_quote(path.string()));
   const auto err_path = scratch() / "threads-err.txt";
-  const std::string command = "timeout 60 setpriv --reuid=65534 --regid=65534 --clear-groups bash -c " +
+  const std::string command = "timeout 60 setpriv --reuid=" + std::to_string(uid) + " --regid=" + std::to_string(uid) +
+                              " --clear-groups bash -c " +
                               shell_quote("ulimit -u " + std::to_string(limit) + "; exec " +
                                           shell_quote(testing::cli_path().string()) + " " + expanded) +
                               " </dev/null >/dev/null 2>" + shell_quote(err_path.string());
@@ -413,6 +419,8 @@ std::optional<LimitedRun> run_as_nobody_limited(int limit, const std::string& ar
   run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   std::ifstream in(err_path);
   run.err.assign(std::istreambuf_iterator<char>(in), {});
+  fs::remove(model_copy);
+  fs::remove(audio_copy);
   return run;
 }
 
@@ -420,7 +428,7 @@ std::optional<LimitedRun> run_as_nobody_limited(int limit, const std::string& ar
 // and exits; it used to hang in the thread pool's unwinding.
 TEST(CliThreads, ThreadsTheSystemRefusesAreAClearErrorNotAHang) {
   std::string skip;
-  const auto run = run_as_nobody_limited(3, "transcribe --threads 8 --beam-size 1 --model MODEL AUDIO", skip);
+  const auto run = run_unprivileged_limited(3, "transcribe --threads 8 --beam-size 1 --model MODEL AUDIO", skip);
   if (!run) GTEST_SKIP() << skip;
   EXPECT_NE(run->exit_code, 124) << "timed out: the CLI hung\n" << run->err;
   EXPECT_EQ(run->exit_code, 1) << run->err;
@@ -432,7 +440,7 @@ TEST(CliThreads, ThreadsTheSystemRefusesAreAClearErrorNotAHang) {
 // when the scheduler's constructor unwound with running threads in its vector).
 TEST(CliThreads, ServeSlotsTheSystemRefusesAreAClearErrorNotAnAbort) {
   std::string skip;
-  const auto run = run_as_nobody_limited(40, "serve --port 0 --threads 1 --workers 200 --model MODEL", skip);
+  const auto run = run_unprivileged_limited(40, "serve --port 0 --threads 1 --workers 200 --model MODEL", skip);
   if (!run) GTEST_SKIP() << skip;
   EXPECT_NE(run->exit_code, 124) << "timed out: serve hung\n" << run->err;
   EXPECT_EQ(run->exit_code, 1) << run->err;

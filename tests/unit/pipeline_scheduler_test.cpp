@@ -256,5 +256,36 @@ TEST(BatchedCompute, OneClientsBadStepDoesNotFailTheOthers) {
   EXPECT_THROW(bad.get(), Error);
 }
 
+// No timer decides who is in a step: a client that takes its time between steps (here
+// 20 ms, as a slow machine's logit rules might) is waited for, so every step after the
+// first has both sequences. With the old 3 ms gathering timeout the quick client ran its
+// steps alone while the slow one slept.
+TEST(BatchedCompute, StepsWaitForEveryDecodingClientNotForATimer) {
+  const auto model = Model::load(testing::model_path("micro.en-f16"));
+  const auto& decoder = model->decoder();
+  const std::vector<float> mel(static_cast<std::size_t>(model->hparams().n_mels) * 3000, -1.0f);
+  const auto cross = decoder.cross_attention(model->encoder().encode(mel));
+  BatchedCompute compute;
+  constexpr int kSteps = 6;
+  auto decode = [&](std::chrono::milliseconds pause) {
+    BatchedCompute::Client client(compute);
+    auto cache = decoder.new_sequence();
+    std::vector<float> logits(static_cast<std::size_t>(decoder.n_vocab()));
+    for (int i = 0; i < kSteps; ++i) {
+      if (i > 0) std::this_thread::sleep_for(pause);
+      const nn::SequenceStep step[] = {{model->tokenizer().special().sot, &cache, &cross, logits}};
+      client.step(decoder, step);
+    }
+    client.idle();
+  };
+  auto quick = std::async(std::launch::async, decode, std::chrono::milliseconds(0));
+  auto slow = std::async(std::launch::async, decode, std::chrono::milliseconds(20));
+  quick.get();
+  slow.get();
+  const auto counts = compute.counts().decoder_sequences;
+  const auto pairs = counts.count(2) ? counts.at(2) : 0;
+  EXPECT_GE(pairs, static_cast<std::uint64_t>(kSteps - 1)) << "steps of two sequences: " << pairs;
+}
+
 }  // namespace
 }  // namespace amanuensis::pipeline

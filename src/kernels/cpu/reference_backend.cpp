@@ -1,15 +1,18 @@
 // kernels/cpu: the reference backend: the float32 loops of ops.cpp behind the Backend
 // interface. Bf16 is emulated (weights and activations rounded to bfloat16, float32
 // products and sums), which is how bf16 hardware computes, so this also gives the
-// numerics of a bf16 run on a CPU without bf16 units.
+// numerics of a bf16 run on a CPU without bf16 units. Int8 is computed exactly as
+// kernels/cpu/int8.h defines it (what the engine's int8 kernels compute with VNNI/AMX).
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/int8.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
@@ -32,6 +35,7 @@ class ReferenceMatrix final : public PackedMatrix {
   std::vector<float> unrounded;  // bf16 only: the stored values, for matrix_row
   std::vector<float> bias;
   RowsHint hint;
+  std::optional<cpu::Int8Matrix> int8;  // Int8, RowsHint::Many: what is multiplied
 };
 
 // y = x W^T + b with one cpu::dot per element, so a row's result is the same whatever
@@ -53,7 +57,9 @@ void linear_row_independent(std::span<const float> x, std::int64_t m, const Refe
 }
 
 void linear_raw(std::span<const float> x, std::int64_t m, const ReferenceMatrix& w, std::span<float> y) {
-  if (w.hint == RowsHint::Few) {
+  if (w.int8) {
+    cpu::int8_linear_reference(x, m, *w.int8, w.bias, y);
+  } else if (w.hint == RowsHint::Few) {
     linear_row_independent(x, m, w, y);
   } else {
     cpu::linear(x, m, w.matrix, w.bias, y);
@@ -64,16 +70,24 @@ class ReferenceBackend final : public Backend {
  public:
   explicit ReferenceBackend(Precision p) : precision_(p) {}
 
-  std::string name() const override { return precision_ == Precision::Bf16 ? "reference-bf16-emulated" : "reference-fp32"; }
+  std::string name() const override {
+    return precision_ == Precision::Fp32 ? "reference-fp32"
+                                         : "reference-" + std::string(precision_name(precision_)) + "-emulated";
+  }
   Precision precision() const override { return precision_; }
 
-  std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias,
-                                     RowsHint hint) const override {
+  std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias, RowsHint hint,
+                                     WeightRole role) const override {
     check_pack_sizes(weights, bias);
     cpu::DenseMatrix m;
     m.rows = weights.shape.rows;
     m.cols = weights.shape.cols;
     m.values = cpu::to_floats(weights);
+    const bool int8 = precision_ == Precision::Int8 && role == WeightRole::Linear;
+    std::optional<cpu::Int8Matrix> codes;
+    if (int8 && hint == RowsHint::Many) {
+      codes = cpu::quantize_matrix_int8(m.values, weights.shape);
+    }
     std::vector<float> unrounded;
     if (precision_ == Precision::Bf16) {
       unrounded = m.values;
@@ -81,6 +95,7 @@ class ReferenceBackend final : public Backend {
     }
     auto packed = std::make_unique<ReferenceMatrix>(std::move(m), std::move(bias), hint);
     packed->unrounded = std::move(unrounded);
+    packed->int8 = std::move(codes);
     return packed;
   }
 

@@ -19,12 +19,14 @@
 
 #include "common/error.h"
 #include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/int8.h"
 #include "kernels/cpu/panel_matrix.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
-#include "kernels/onednn/attention_bf16.h"
+#include "kernels/onednn/attention_tiles.h"
 #include "kernels/onednn/context.h"
+#include "kernels/onednn/int8_linear.h"
 
 namespace amanuensis::kernels::onednn {
 namespace {
@@ -66,6 +68,8 @@ class OnednnMatrix final : public PackedMatrix {
   // Few: the panels, read by plain_linear
   std::optional<cpu::PanelMatrix> plain;
   std::vector<float> bias;
+  // Many in int8
+  std::optional<Int8Weights> int8;
 };
 
 // The product of m rows against a slice, writing into rows of the full output (stride n).
@@ -127,21 +131,26 @@ class OnednnBackend final : public Backend {
  public:
   explicit OnednnBackend(Precision p) : precision_(p) {}
 
-  std::string name() const override { return precision_ == Precision::Bf16 ? "onednn-bf16" : "onednn-fp32"; }
+  std::string name() const override { return "onednn-" + std::string(precision_name(precision_)); }
   Precision precision() const override { return precision_; }
 
-  std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias,
-                                     RowsHint hint) const override {
+  std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias, RowsHint hint,
+                                     WeightRole role) const override {
     check_pack_sizes(weights, bias);
     const auto [rows, cols] = weights.shape;
     auto w = std::make_unique<OnednnMatrix>(rows, cols);
     if (hint == RowsHint::Few) {
-      // also in bf16 mode: the stored weights are more precise than bf16 products
+      // also in bf16 and int8 mode: the stored weights are more precise than bf16 or int8
+      // products, and decoder steps are bound by reading them, not by multiplying
       w->plain.emplace(weights);
       w->bias = std::move(bias);
       return w;
     }
     const std::vector<float> values = cpu::to_floats(weights);
+    if (precision_ == Precision::Int8 && role == WeightRole::Linear) {
+      w->int8.emplace(values, weights.shape, std::move(bias));
+      return w;
+    }
     single_threaded_onednn();
     w->src_type = precision_ == Precision::Bf16 ? dt::bf16 : dt::f32;
     w->has_bias = !bias.empty();
@@ -187,6 +196,10 @@ class OnednnBackend final : public Backend {
       plain_linear(x, m, w, y, epilogue);
       return;
     }
+    if (w.int8) {
+      w.int8->linear(x.data(), m, y.data(), epilogue);
+      return;
+    }
     const void* src = x.data();
     std::size_t src_row_bytes = w.cols() * sizeof(float);
     thread_local std::vector<std::uint16_t> x_bf16;
@@ -227,11 +240,16 @@ class OnednnBackend final : public Backend {
       });
       return;
     }
-    // bf16 on the engine for attention over a fixed set of keys (encoder windows, the
-    // audio of cross-attention): one pair of primitives per key count. Causal prompt
-    // passes, whose key count changes with every prompt, stay on the float path.
-    if (precision_ == Precision::Bf16 && causal_offset < 0) {
-      attention_many_bf16(q.data(), n_q, k.data(), v.data(), n_kv, n_head, d, causal_offset, out.data());
+    // attention over a fixed set of keys (encoder windows, the audio of cross-attention)
+    // in tiles on oneDNN's matmul kernels, with keys and values reordered once per head:
+    // one pair of primitives per key count; twice dnnl_sgemm's speed in float32, which
+    // repacks the keys for every tile. Bf16 in bf16; int8 in float32 (u8 probabilities
+    // and int8 keys doubled the logit error of int8 linear layers and flipped greedy
+    // tokens of clear margin in the conformance suite). Causal prompt passes, whose key
+    // count changes with every prompt, stay on sgemm.
+    if (causal_offset < 0) {
+      const auto element = precision_ == Precision::Bf16 ? TileElement::Bf16 : TileElement::F32;
+      attention_in_tiles(element, q.data(), n_q, k.data(), v.data(), n_kv, n_head, d, causal_offset, out.data());
       return;
     }
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -397,19 +415,25 @@ bool self_test(const OnednnBackend& backend) {
   for (std::int64_t i = 0; i < n * k; ++i) w[i] = static_cast<float>((i * 7 % 13) - 6) / 8.0f;
   for (std::int64_t i = 0; i < n; ++i) b[i] = static_cast<float>(i % 5) - 2.0f;
   for (std::int64_t i = 0; i < m * k; ++i) x[i] = static_cast<float>((i * 5 % 11) - 5) / 4.0f;
-  const auto packed = backend.pack(stored_floats(w, {n, k}), b, RowsHint::Many);
+  const auto packed = backend.pack(stored_floats(w, {n, k}), b, RowsHint::Many, WeightRole::Linear);
   {
     const auto& w = static_cast<const OnednnMatrix&>(*packed);
-    if (is_reference_impl(matmul_pd(w, *w.slices[0], 256, w.slices[0]->weights_md, make_attr(Epilogue::Store))))
+    if (w.int8 ? !w.int8->optimised()
+               : is_reference_impl(matmul_pd(w, *w.slices[0], 256, w.slices[0]->weights_md, make_attr(Epilogue::Store))))
       return false;
   }
   backend.linear(x, m, *packed, y, Epilogue::Store);
+  // these values are exact in bf16, so fp32 and bf16 must agree closely; int8 codes are
+  // within half a step of each value (1/254 of a row's largest)
+  const double relative = backend.precision() == Precision::Int8 ? 2e-2 : 1e-3;
   for (std::int64_t r = 0; r < m; ++r)
     for (std::int64_t c = 0; c < n; ++c) {
-      double expect = b[c];
-      for (std::int64_t i = 0; i < k; ++i) expect += static_cast<double>(x[r * k + i]) * w[c * k + i];
-      // these values are exact in bf16, so both precisions must agree closely
-      if (std::abs(expect - y[r * n + c]) > 1e-3 * (1.0 + std::abs(expect))) return false;
+      double expect = b[c], magnitude = 1.0;
+      for (std::int64_t i = 0; i < k; ++i) {
+        expect += static_cast<double>(x[r * k + i]) * w[c * k + i];
+        magnitude += std::abs(static_cast<double>(x[r * k + i]) * w[c * k + i]);
+      }
+      if (std::abs(expect - y[r * n + c]) > relative * magnitude) return false;
     }
   return true;
 }
