@@ -14,8 +14,10 @@
 #include "audio/wav.h"
 #include "cli/args.h"
 #include "cli/compute_flags.h"
+#include "cli/model_cache.h"
 #include "common/error.h"
-#include "model/catalog.h"
+#include "decoding/beam_search.h"
+#include "decoding/window_decoder.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "mel/log_mel.h"
@@ -107,12 +109,13 @@ struct DecodeTiming {
   double prompt_ms = 0.0;
   double prompt_ms_cpu = 0.0;
   double per_token_ms = 0.0;
+  std::int64_t kv_bytes = 0;  // the pool's blocks the window's sequence held at its end
 };
 
 // Feeds the prompt in one call and then `n_tokens` tokens one at a time.
 DecodeTiming decode_window(const pipeline::Model& model, const nn::CrossAttentionCache& cross, int n_tokens) {
   const auto& dec = model.decoder();
-  auto cache = dec.new_cache();
+  auto cache = dec.new_sequence();
   const auto prompt = prompt_tokens(model);
   const int room = dec.n_text_ctx() - static_cast<int>(prompt.size());
   const auto tokens = text_tokens(model, std::min(n_tokens, room));
@@ -130,6 +133,7 @@ DecodeTiming decode_window(const pipeline::Model& model, const nn::CrossAttentio
     (void)best;
   }
   t.per_token_ms = tokens.empty() ? 0.0 : ms_since(t0) / static_cast<double>(tokens.size());
+  t.kv_bytes = cache.bytes();
   return t;
 }
 
@@ -144,12 +148,12 @@ BatchTiming time_batched_step(const pipeline::Model& model, const nn::CrossAtten
   const auto& dec = model.decoder();
   const int steps_per_run = 8;
   std::vector<nn::CrossAttentionCache> audio(static_cast<std::size_t>(n), cross);
-  std::vector<nn::KvCache> caches;
+  std::vector<nn::KvSequence> caches;
   std::vector<std::vector<float>> logits(static_cast<std::size_t>(n), std::vector<float>(dec.n_vocab()));
   const auto prompt = prompt_tokens(model);
   const auto filler = text_tokens(model, 32 + n);
   for (int i = 0; i < n; ++i) {
-    caches.push_back(dec.new_cache());
+    caches.push_back(dec.new_sequence());
     dec.forward(prompt, caches.back(), audio[static_cast<std::size_t>(i)]);
     const auto at = std::span(filler).first(static_cast<std::size_t>(1 + i % 32));
     dec.forward(at, caches.back(), audio[static_cast<std::size_t>(i)]);
@@ -165,6 +169,30 @@ BatchTiming time_batched_step(const pipeline::Model& model, const nn::CrossAtten
     ms.push_back(ms_since(t0) / steps_per_run);
   }
   return {n, median(ms)};
+}
+
+// Beam search 5 over one window (the default decoding at temperature 0) and what its forks
+// cost in the decoder's KV pool: forks share blocks (none is copied at a fork), and a
+// forked beam's first write into a shared, partly filled tail block copies that block.
+// The bench runs alone, so the counters' change over the search is the search's own.
+nlohmann::json beam_kv(const pipeline::Model& model, const nn::CrossAttentionCache& cross) {
+  const auto& dec = model.decoder();
+  decoding::WindowDecoder wd(dec, model.tokenizer(), decoding::DecodeOptions{});
+  decoding::BeamOptions beams;
+  beams.beam_size = 5;
+  const auto before = dec.kv_pool().stats();
+  const auto result =
+      decoding::beam_search(dec, model.tokenizer(), wd.rules(), wd.initial_tokens({}), wd.sample_len(), cross, beams);
+  const auto after = dec.kv_pool().stats();
+  return {{"beam_size", beams.beam_size},
+          {"tokens", result.tokens.size()},
+          {"forks", after.forks - before.forks},
+          {"blocks_shared_at_fork", after.blocks_shared_at_fork - before.blocks_shared_at_fork},
+          {"positions_shared_at_fork", after.positions_shared_at_fork - before.positions_shared_at_fork},
+          {"tail_blocks_copied_on_write", after.blocks_copied - before.blocks_copied},
+          {"tail_positions_copied_on_write", after.positions_copied - before.positions_copied},
+          {"pool_peak_bytes", after.peak_used_bytes},
+          {"blocks_in_use_after", after.blocks_in_use}};
 }
 
 std::vector<int> parse_batch_sizes(const std::string& list) {
@@ -214,7 +242,7 @@ int run_bench(const std::vector<std::string>& argv) {
   const double audio_seconds = static_cast<double>(samples.size()) / audio::kSampleRate;
 
   auto t0 = Clock::now();
-  const auto model = pipeline::Model::load(model::resolve_model(args.required("model")), load_options(args));
+  const auto model = pipeline::Model::load(resolve_model(args.required("model")), load_options(args));
   const double load_ms = ms_since(t0);
   const auto& weights_backend = *model->encoder().backend();
 
@@ -256,6 +284,7 @@ int run_bench(const std::vector<std::string>& argv) {
   // end to end: every 30 s window of the audio, tokens-per-second x its length tokens
   const std::size_t n_windows = (samples.size() + mel::kChunkSamples - 1) / mel::kChunkSamples;
   int total_tokens = 0;
+  std::int64_t kv_bytes_per_sequence = 0;  // of the longest window's sequence
   for (int r = 0; r < runs; ++r) {
     total_tokens = 0;
     t0 = Clock::now();
@@ -266,15 +295,17 @@ int run_bench(const std::vector<std::string>& argv) {
       const auto features = model->encoder().encode(mel);
       const auto cross = model->decoder().cross_attention(features);
       const int n_tokens = static_cast<int>(std::lround(tokens_per_second * seconds));
-      decode_window(*model, cross, n_tokens);
+      kv_bytes_per_sequence = std::max(kv_bytes_per_sequence, decode_window(*model, cross, n_tokens).kv_bytes);
       total_tokens += n_tokens;
     }
     e2e_ms.push_back(ms_since(t0));
   }
 
   std::vector<BatchTiming> batched;
+  nlohmann::json beam;
   {
     const auto cross = model->decoder().cross_attention(model->encoder().encode(mel_window));
+    beam = beam_kv(*model, cross);  // before the batched steps: its pool peak is its own
     for (int n : batch_sizes) batched.push_back(time_batched_step(*model, cross, n, runs));
   }
   nlohmann::json batch_json = nlohmann::json::array();
@@ -284,16 +315,24 @@ int run_bench(const std::vector<std::string>& argv) {
                           {"ms_per_sequence", b.ms_per_step / b.sequences}});
 
   const double end_to_end = median(e2e_ms);
-  // KV memory: self-attention keys and values are float32 per layer and position, grown
-  // 64 positions at a time (nn::Decoder::reserve_positions); a window's cross-attention
-  // keys and values are halves, shared by all the window's sequences.
+  // KV memory: self-attention keys and values are float32 per layer and position, in the
+  // decoder's pool of fixed-size blocks (nn/kv_pool.h), measured there: the bytes one
+  // window's sequence held, the block size, and the pool's peak over the whole run (the
+  // batched steps included). A window's cross-attention keys and values are halves,
+  // shared by all the window's sequences.
   const auto& hp = model->hparams();
   const double kv_per_token = 2.0 * hp.n_text_layer * hp.n_text_state * sizeof(float);
-  const double window_positions = std::ceil((4.0 + static_cast<double>(total_tokens) / std::max<std::size_t>(1, n_windows)) / 64.0) * 64.0;
+  const auto pool = model->decoder().kv_pool().stats();
+  const double blocks_full = std::ceil(static_cast<double>(hp.n_text_ctx) / static_cast<double>(pool.block_positions));
   nlohmann::json kv = {{"bytes_per_token", kv_per_token},
-                       {"bytes_per_sequence_at_this_audio", kv_per_token * std::min<double>(window_positions, hp.n_text_ctx)},
-                       {"bytes_per_sequence_full_context", kv_per_token * hp.n_text_ctx},
-                       {"cross_bytes_per_window", 2.0 * hp.n_text_layer * hp.n_audio_ctx * hp.n_text_state * 2}};
+                       {"bytes_per_sequence_at_this_audio", kv_bytes_per_sequence},
+                       {"bytes_per_sequence_full_context", blocks_full * static_cast<double>(pool.block_bytes)},
+                       {"block_positions", pool.block_positions},
+                       {"block_bytes", pool.block_bytes},
+                       {"pool_peak_bytes", pool.peak_used_bytes},
+                       {"pool_capacity_bytes", pool.capacity_bytes},
+                       {"cross_bytes_per_window", 2.0 * hp.n_text_layer * hp.n_audio_ctx * hp.n_text_state * 2},
+                       {"beam_search", beam}};
   nlohmann::json out = {
       {"model", args.required("model")},
       {"backend", weights_backend.name()},
@@ -336,7 +375,8 @@ int run_bench(const std::vector<std::string>& argv) {
   std::printf("%-28s %12.2f\n", "encoder CPU time / window", median(enc_cpu_ms));
   std::printf("%-28s %12.3f\n", "decoder CPU time / token", median(tok_cpu_ms));
   std::printf("%-28s %11.1fx\n", "realtime factor", audio_seconds / (end_to_end / 1000.0));
-  std::printf("%-28s %12.0f\n", "KV KB / sequence", kv["bytes_per_sequence_at_this_audio"].get<double>() / 1024);
+  std::printf("%-28s %12.0f\n", "KV KB / sequence", static_cast<double>(kv_bytes_per_sequence) / 1024);
+  std::printf("%-28s %12.0f\n", "KV pool peak KB", static_cast<double>(pool.peak_used_bytes) / 1024);
   std::printf("%-28s %12.0f\n", "cross K/V KB / window", kv["cross_bytes_per_window"].get<double>() / 1024);
   std::printf("\n%-28s %12s %16s\n", "batched decoder step", "ms / step", "ms / sequence");
   for (const auto& b : batched)

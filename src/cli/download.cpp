@@ -26,6 +26,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include "cli/args.h"
+#include "cli/model_cache.h"
 #include "common/error.h"
 #include "model/catalog.h"
 
@@ -341,7 +342,7 @@ bool is_sha1(const std::string& s) {
 
 int run_download(const std::vector<std::string>& argv) {
   Args args(argv, {"list", "force"}, {"dir", "base-url", "sha1"});
-  const fs::path dir = args.get("dir") ? fs::path(*args.get("dir")) : model::model_cache_dir();
+  const fs::path dir = args.get("dir") ? fs::path(*args.get("dir")) : model::require_cache_dir(model_cache_dir());
   if (args.flag("list")) {
     std::cout << "models in " << dir.string() << ":\n";
     for (const auto& entry : model::official_models()) {

@@ -21,9 +21,9 @@
 #include "cli/decoding_flags.h"
 #include "cli/download.h"
 #include "cli/loadtest.h"
+#include "cli/model_cache.h"
 #include "cli/serve.h"
 #include "common/error.h"
-#include "model/catalog.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "mel/log_mel.h"
@@ -180,7 +180,7 @@ int run_transcribe(const Args& args) {
   const auto format = pipeline::parse_output_format(args.get_or("output-format", "txt"));
   if (const auto dir = args.get("output-dir")) prepare_output_dir(*dir);
   (void)decode_limits(args);  // a bad value is refused before any work, not once per file
-  const auto model = pipeline::Model::load(model::resolve_model(args.required("model")), load_options(args));
+  const auto model = pipeline::Model::load(resolve_model(args.required("model")), load_options(args));
   const auto options = transcribe_options(args);
   int failures = 0;
   for (const auto& file : args.positional()) {
@@ -232,7 +232,7 @@ std::vector<float> read_mel_file(const std::string& path, int n_mels) {
 
 int run_dump_logits(const Args& args) {
   apply_common_options(args);
-  const auto model = pipeline::Model::load(model::resolve_model(args.required("model")), load_options(args));
+  const auto model = pipeline::Model::load(resolve_model(args.required("model")), load_options(args));
   const int n_mels = model->hparams().n_mels;
   std::vector<float> mel_window;
   if (auto mel_path = args.get("mel")) {
@@ -248,7 +248,7 @@ int run_dump_logits(const Args& args) {
   const auto tokens = parse_token_list(args.required("tokens"));
   const auto features = model->encoder().encode(mel_window);
   const auto cross = model->decoder().cross_attention(features);
-  auto cache = model->decoder().new_cache();
+  auto cache = model->decoder().new_sequence();
   const auto logits = model->decoder().forward(tokens, cache, cross, /*all_rows=*/true);
   const std::string out_path = args.required("out");
   std::ofstream out(out_path, std::ios::binary);

@@ -8,8 +8,8 @@
 #include "cli/args.h"
 #include "cli/compute_flags.h"
 #include "cli/decoding_flags.h"
+#include "cli/model_cache.h"
 #include "common/error.h"
-#include "model/catalog.h"
 #include "kernels/cpu/thread_pool.h"
 #include "server/rate_limited_log.h"
 #include "server/server.h"
@@ -88,7 +88,7 @@ std::vector<server::ModelSpec> served_models(const Args& args) {
   std::vector<server::ModelSpec> models;
   for (const auto& argument : arguments) {
     server::ModelSpec spec;
-    spec.path = model::resolve_model(argument);
+    spec.path = resolve_model(argument);
     std::error_code ec;
     if (!std::filesystem::is_regular_file(spec.path, ec))
       throw Error("--model " + argument + ": no such model file (" + spec.path.string() + ")");

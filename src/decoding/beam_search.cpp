@@ -164,8 +164,8 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
 
   // The prompt once, for a single beam: OpenAI repeats it beam_size times, but identical
   // rows offer identical candidates, which its dictionary of sequences merges.
-  std::vector<nn::KvCache> caches;
-  caches.push_back(decoder.new_cache());
+  std::vector<nn::KvSequence> caches;
+  caches.push_back(decoder.new_sequence());
   std::vector<std::vector<float>> logits;
   logits.emplace_back();
   runner.run(nn::Work::Forward, [&] {
@@ -178,7 +178,6 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
 
   std::vector<BeamHypothesis> live(1);
   std::vector<BeamHypothesis> finished;
-  std::vector<nn::KvCache> spare;  // caches of dropped beams, reused as copy targets
 
   const nn::IdleOnExit idle_on_error(runner);
   for (int step = 0; step < max_tokens; ++step) {
@@ -213,28 +212,15 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
     const bool completed = finished.size() >= static_cast<std::size_t>(wanted);
     if (completed || step + 1 >= max_tokens || live.empty()) break;
 
-    // Each new beam takes its source's cache: moved at the source's last use, copied
-    // (into a recycled cache where one is free) before that.
+    // Each new beam takes its source's sequence: moved at the source's last use, forked
+    // (every block shared, none copied) before that. Dropped beams release their blocks.
     std::vector<int> uses_left(caches.size(), 0);
     for (const auto& c : chosen.live) ++uses_left[c.source];
-    std::vector<nn::KvCache> next_caches;
+    std::vector<nn::KvSequence> next_caches;
     next_caches.reserve(chosen.live.size());
     for (const auto& c : chosen.live) {
-      if (--uses_left[c.source] == 0) {
-        next_caches.push_back(std::move(caches[c.source]));
-      } else if (!spare.empty()) {
-        next_caches.push_back(std::move(spare.back()));
-        spare.pop_back();
-        decoder.copy_cache(caches[c.source], next_caches.back());
-      } else {
-        next_caches.push_back(decoder.new_cache());
-        decoder.copy_cache(caches[c.source], next_caches.back());
-      }
-    }
-    std::vector<bool> taken(caches.size(), false);
-    for (const auto& c : chosen.live) taken[c.source] = true;
-    for (std::size_t j = 0; j < caches.size(); ++j) {
-      if (!taken[j]) spare.push_back(std::move(caches[j]));
+      auto& source = caches[static_cast<std::size_t>(c.source)];
+      next_caches.push_back(--uses_left[c.source] == 0 ? std::move(source) : source.fork());
     }
     caches = std::move(next_caches);
 

@@ -95,7 +95,7 @@ struct BeamSearchOutput {
 // are applied per beam with that beam's own sampled tokens, in the order of
 // WindowDecoder::decode (suppression, `filter`, timestamp rules). Whisper.cpp's
 // end-of-audio stop is not applied. The live beams advance in one decoder step (through
-// `runner`); each beam owns a KV cache, copied when a beam forks.
+// `runner`); each beam holds a KV sequence, forked (its blocks shared) when a beam forks.
 BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::Tokenizer& tokenizer,
                                         const LogitRules& rules, std::span<const TokenId> initial_tokens,
                                         int sample_len, const nn::CrossAttentionCache& audio,

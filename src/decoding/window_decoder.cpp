@@ -39,7 +39,7 @@ LanguageGuess detect_language(const nn::Decoder& decoder, const text::Tokenizer&
                               const nn::CrossAttentionCache& audio, nn::Runner& runner) {
   if (!tokenizer.is_multilingual()) throw Error("language detection needs a multilingual model");
   const auto& sp = tokenizer.special();
-  auto cache = decoder.new_cache();
+  auto cache = decoder.new_sequence();
   const TokenId sot[] = {sp.sot};
   std::vector<float> logits;
   runner.run(nn::Work::Forward, [&] { logits = decoder.forward(sot, cache, audio); });
@@ -113,7 +113,7 @@ std::vector<WindowResult> WindowDecoder::decode_candidates(const nn::CrossAttent
       options_.semantics == Semantics::WhisperCpp ? sp.timestamp_begin + std::max(1, (frames_left - 10 + 1) / 2) : -1;
 
   // The prompt once for all candidates: identical rows give identical logits.
-  auto prompt_cache = decoder_.new_cache();
+  auto prompt_cache = decoder_.new_sequence();
   std::vector<float> prompt_logits;
   float no_speech_prob = 0.0f;
   runner_.run(nn::Work::Forward, [&] {
@@ -127,7 +127,7 @@ std::vector<WindowResult> WindowDecoder::decode_candidates(const nn::CrossAttent
   struct Candidate {
     WindowResult result;
     std::mt19937_64 rng;
-    nn::KvCache cache;
+    nn::KvSequence cache;
     std::vector<float> logits;
     bool done = false;
   };
@@ -137,12 +137,8 @@ std::vector<WindowResult> WindowDecoder::decode_candidates(const nn::CrossAttent
     c.result.temperature = temperature;
     c.result.no_speech_prob = no_speech_prob;
     c.rng.seed(seeds[i]);
-    if (i + 1 < seeds.size()) {
-      c.cache = decoder_.new_cache();
-      decoder_.copy_cache(prompt_cache, c.cache);
-    } else {
-      c.cache = std::move(prompt_cache);
-    }
+    // every candidate shares the prompt's blocks; the last takes the prompt's own sequence
+    c.cache = i + 1 < seeds.size() ? prompt_cache.fork() : std::move(prompt_cache);
     c.logits = prompt_logits;
   }
 

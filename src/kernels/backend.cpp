@@ -1,5 +1,6 @@
 #include "kernels/backend.h"
 
+#include <algorithm>
 #include <string>
 
 #include "common/error.h"
@@ -90,6 +91,31 @@ std::vector<std::string> cpu_features() {
 #undef AMANUENSIS_FEATURE
 #endif
   return found;
+}
+
+void gather_kv_blocks(std::span<const KvBlockView> blocks, std::int64_t n_kv, std::int64_t d,
+                      std::vector<float>& keys, std::vector<float>& values) {
+  keys.resize(static_cast<std::size_t>(n_kv * d));
+  values.resize(static_cast<std::size_t>(n_kv * d));
+  std::int64_t at = 0;  // floats copied so far
+  for (const auto& block : blocks) {
+    if (at == n_kv * d) break;
+    if (block.keys.size() != block.values.size() || block.keys.size() % static_cast<std::size_t>(d) != 0)
+      throw InternalError("a KV block of mismatched or partial rows");
+    const auto n = std::min<std::int64_t>(static_cast<std::int64_t>(block.keys.size()), n_kv * d - at);
+    std::copy_n(block.keys.data(), n, keys.data() + at);
+    std::copy_n(block.values.data(), n, values.data() + at);
+    at += n;
+  }
+  if (at != n_kv * d) throw InternalError("KV blocks hold fewer positions than attention was asked for");
+}
+
+void Backend::attention_paged(std::span<const float> q, std::int64_t n_q, std::span<const KvBlockView> blocks,
+                              std::int64_t n_kv, int n_head, std::int64_t d, std::int64_t causal_offset,
+                              std::span<float> out) const {
+  thread_local std::vector<float> k, v;
+  gather_kv_blocks(blocks, n_kv, d, k, v);
+  attention(q, n_q, k, v, n_kv, n_head, d, causal_offset, out);
 }
 
 void Backend::attention_f16kv(std::span<const float> q, std::int64_t n_q, std::span<const std::uint16_t> k,

@@ -6,7 +6,9 @@
 // kernels/onednn: oneDNN matmul, a GPU backend would be one more folder); nn only sees
 // this header.
 //
-// Activations are host float32 arrays for now (row-major, one row per time step).
+// Activations are host float32 arrays for now (row-major, one row per time step). A
+// decoder sequence's self-attention keys and values live in blocks of a paged pool (nn's
+// KvPool); attention_paged() reads them where they are.
 #pragma once
 
 #include <cstdint>
@@ -110,6 +112,12 @@ enum class RowsHint { Many, Few };
 // about 5% of the encoder's arithmetic.
 enum class WeightRole { Linear, Stem };
 
+// Keys and values of consecutive positions, one block of a paged KV cache: rows x d
+// floats each, row-major like attention()'s k and v (head h in columns [h*hd, (h+1)*hd)).
+struct KvBlockView {
+  std::span<const float> keys, values;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -141,6 +149,15 @@ class Backend {
                          std::span<const float> v, std::int64_t n_kv, int n_head, std::int64_t d,
                          std::int64_t causal_offset, std::span<float> out) const = 0;
 
+  // attention() over keys and values kept in blocks: positions [0, n_kv) are the rows of
+  // `blocks` in order (block i's rows follow block i - 1's). The result is bitwise what
+  // attention() gives for the same rows made contiguous. By default the rows are gathered
+  // and passed to attention(); a backend reads the blocks in place where it can (decoder
+  // steps, whose few queries would otherwise copy the whole sequence every layer).
+  virtual void attention_paged(std::span<const float> q, std::int64_t n_q, std::span<const KvBlockView> blocks,
+                               std::int64_t n_kv, int n_head, std::int64_t d, std::int64_t causal_offset,
+                               std::span<float> out) const;
+
   // attention() with k and v stored as IEEE half (a window's cross-attention keys and
   // values: half the bytes each decoder step reads). By default widened to float and
   // passed to attention(); a backend may read the halves directly.
@@ -157,6 +174,12 @@ class Backend {
 // types: cols a multiple of 32) or whose bias is neither empty nor `rows` long: the
 // check every backend's pack() starts with.
 void check_pack_sizes(const StoredMatrix& weights, std::span<const float> bias);
+
+// Positions [0, n_kv) of `blocks` copied into contiguous n_kv x d rows (keys and values
+// resized to fit): attention_paged()'s default, and a backend's path for many queries.
+// Throws InternalError when the blocks hold fewer rows or are not whole rows.
+void gather_kv_blocks(std::span<const KvBlockView> blocks, std::int64_t n_kv, std::int64_t d,
+                      std::vector<float>& keys, std::vector<float>& values);
 
 // The backend for `options` (precision Auto as resolve()): for Best, oneDNN when it is
 // built in and can run that precision on this CPU, else the reference backend (which

@@ -1,7 +1,5 @@
 #include "model/catalog.h"
 
-#include <cstdlib>
-
 #include "common/error.h"
 
 namespace amanuensis::model {
@@ -35,27 +33,30 @@ const CatalogEntry* find_official_model(std::string_view name) {
   return nullptr;
 }
 
-std::filesystem::path model_cache_dir() {
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
+std::optional<std::filesystem::path> model_cache_dir(const char* xdg_cache_home, const char* home) {
   // The XDG base directory rules: a relative XDG_CACHE_HOME is invalid and ignored.
-  if (xdg != nullptr && xdg[0] == '/') return std::filesystem::path(xdg) / "amanuensis";
-  const char* home = std::getenv("HOME");
+  if (xdg_cache_home != nullptr && xdg_cache_home[0] == '/') return std::filesystem::path(xdg_cache_home) / "amanuensis";
   if (home != nullptr && home[0] != '\0') return std::filesystem::path(home) / ".cache" / "amanuensis";
-  throw Error("cannot find the model cache: neither XDG_CACHE_HOME nor HOME is set");
+  return std::nullopt;
 }
 
-std::filesystem::path cached_model_path(std::string_view name) {
-  return model_cache_dir() / ("ggml-" + std::string(name) + ".bin");
+std::filesystem::path require_cache_dir(const std::optional<std::filesystem::path>& cache_dir) {
+  if (!cache_dir) throw Error("cannot find the model cache: neither XDG_CACHE_HOME nor HOME is set");
+  return *cache_dir;
 }
 
-std::filesystem::path resolve_model(std::string_view argument) {
+std::filesystem::path cached_model_path(const std::filesystem::path& cache_dir, std::string_view name) {
+  return cache_dir / ("ggml-" + std::string(name) + ".bin");
+}
+
+std::filesystem::path resolve_model(std::string_view argument, const std::optional<std::filesystem::path>& cache_dir) {
   const std::filesystem::path as_given(argument);
   std::error_code ec;
   if (std::filesystem::exists(as_given, ec)) return as_given;
   const bool bare_name = !argument.empty() && argument.find('/') == std::string_view::npos &&
                          !argument.ends_with(".bin") && argument != "." && argument != "..";
   if (!bare_name) return as_given;
-  const auto cached = cached_model_path(argument);
+  const auto cached = cached_model_path(require_cache_dir(cache_dir), argument);
   if (std::filesystem::exists(cached, ec)) return cached;
   if (find_official_model(argument) != nullptr) {
     throw Error("model " + std::string(argument) + " is not downloaded yet (no " + cached.string() +

@@ -289,30 +289,9 @@ CrossAttentionCache Decoder::cross_attention(const AudioFeatures& audio) const {
   return cache;
 }
 
-KvCache Decoder::new_cache() const {
-  const auto& hp = w_->hparams;
-  KvCache cache;
-  cache.keys.resize(hp.n_text_layer);
-  cache.values.resize(hp.n_text_layer);
-  return cache;
-}
-
-namespace {
-
-// Positions a cache grows by: its memory follows the tokens decoded (a window rarely
-// fills the text context), without a reallocation at every token.
-constexpr std::int64_t kCacheGrowth = 64;
-
-}  // namespace
-
-void Decoder::reserve_positions(KvCache& cache, std::int64_t positions) const {
-  const auto& hp = w_->hparams;
-  const std::int64_t d = hp.n_text_state;
-  if (cache.keys.empty() || static_cast<std::int64_t>(cache.keys[0].size()) >= positions * d) return;
-  const std::int64_t grown = std::min<std::int64_t>(hp.n_text_ctx, (positions + kCacheGrowth - 1) / kCacheGrowth * kCacheGrowth);
-  for (auto* layers : {&cache.keys, &cache.values})
-    for (auto& layer : *layers) layer.resize(static_cast<std::size_t>(std::max(grown, positions) * d));
-}
+Decoder::Decoder(std::shared_ptr<const WhisperWeights> weights)
+    : w_(std::move(weights)),
+      kv_pool_(KvPool::create(w_->hparams.n_text_layer, w_->hparams.n_text_state, w_->hparams.n_text_ctx)) {}
 
 void Decoder::embed(TokenId token, std::int64_t position, std::span<float> out) const {
   const std::int64_t d = w_->embedding_dim;
@@ -321,36 +300,45 @@ void Decoder::embed(TokenId token, std::int64_t position, std::span<float> out) 
   for (std::int64_t j = 0; j < d; ++j) out[j] += pos[j];
 }
 
-void Decoder::copy_cache(const KvCache& from, KvCache& to) const {
-  const auto used = static_cast<std::ptrdiff_t>(from.n_past * w_->hparams.n_text_state);
-  reserve_positions(to, from.n_past);
-  for (std::size_t layer = 0; layer < from.keys.size(); ++layer) {
-    std::copy_n(from.keys[layer].begin(), used, to.keys[layer].begin());
-    std::copy_n(from.values[layer].begin(), used, to.values[layer].begin());
+namespace {
+
+// Rows [0, n) of `keys` and `values` (n x d each) into positions first, first + 1, ... of
+// `layer` of a prepared sequence.
+void store_rows(KvSequence& sequence, int layer, std::int64_t first, std::int64_t n, std::int64_t d,
+                std::span<const float> keys, std::span<const float> values) {
+  const auto row_bytes = static_cast<std::size_t>(d) * sizeof(float);
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::memcpy(sequence.keys(layer, first + i).data(), keys.data() + i * d, row_bytes);
+    std::memcpy(sequence.values(layer, first + i).data(), values.data() + i * d, row_bytes);
   }
-  to.n_past = from.n_past;
 }
 
-std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& cache, const CrossAttentionCache& cross,
-                                    bool all_rows, AttentionCapture* capture) const {
+}  // namespace
+
+std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvSequence& sequence,
+                                    const CrossAttentionCache& cross, bool all_rows, AttentionCapture* capture) const {
   if (capture) capture->scores.assign(capture->heads.size(), {});
   const auto& hp = w_->hparams;
   const std::int64_t n = static_cast<std::int64_t>(tokens.size()), d = hp.n_text_state;
-  const std::int64_t n_past = cache.n_past;
+  const std::int64_t n_past = sequence.length();
+  if (sequence.pool() != kv_pool_.get()) throw InternalError("a KV sequence that is not of this decoder's pool");
   if (n == 0) throw Error("decoder called with no tokens");
   if (n_past + n > hp.n_text_ctx) {
     throw Error("token sequence of " + std::to_string(n_past + n) + " exceeds the model's text context of " +
                 std::to_string(hp.n_text_ctx));
   }
-  reserve_positions(cache, n_past + n);
   std::vector<float> x(n * d);
   for (std::int64_t i = 0; i < n; ++i) {
     if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) throw Error("token id " + std::to_string(tokens[i]) + " out of range");
     embed(tokens[i], n_past + i, {x.data() + i * d, static_cast<std::size_t>(d)});
   }
+  sequence.prepare(n);
 
   const Backend& be = *w_->backend;
-  Scratch s;
+  const std::int64_t total = n_past + n;
+  Scratch s;  // s.k and s.v: the sequence's keys and values gathered, positions [0, total)
+  s.k.resize(total * d);
+  s.v.resize(total * d);
   for (std::size_t layer = 0; layer < w_->decoder_blocks.size(); ++layer) {
     const auto& block = w_->decoder_blocks[layer];
     // masked self-attention over the cache plus the new tokens
@@ -359,11 +347,15 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
     s.q.resize(n * d);
     s.attended.resize(n * d);
     be.linear(s.normed, n, *block.attn.query.packed, s.q);
-    std::span<float> k_new(cache.keys[layer].data() + n_past * d, n * d);
-    std::span<float> v_new(cache.values[layer].data() + n_past * d, n * d);
+    const int l = static_cast<int>(layer);
+    sequence.gather(l, n_past, s.k, s.v);
+    std::span<float> k_new(s.k.data() + n_past * d, n * d);
+    std::span<float> v_new(s.v.data() + n_past * d, n * d);
     be.linear(s.normed, n, *block.attn.key.packed, k_new);
     be.linear(s.normed, n, *block.attn.value.packed, v_new);
-    be.attention(s.q, n, cache.keys[layer], cache.values[layer], n_past + n, hp.n_text_head, d, n_past, s.attended);
+    store_rows(sequence, l, n_past, n, d, k_new, v_new);
+    // a prompt pass attends from many positions: over the gathered rows, as one call
+    be.attention(s.q, n, s.k, s.v, total, hp.n_text_head, d, n_past, s.attended);
     be.linear(s.attended, n, *block.attn.out.packed, x, Epilogue::Accumulate);
 
     // cross-attention against the window's audio
@@ -376,7 +368,7 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
 
     mlp_sublayer(be, x, n, block, s);
   }
-  cache.n_past = n_past + n;
+  sequence.commit(n);
 
   be.layer_norm(x, n, w_->decoder_ln.gamma, w_->decoder_ln.beta);
   const std::int64_t first_row = all_rows ? 0 : n - 1;
@@ -389,17 +381,19 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvCache& ca
 
 void Decoder::check_step(std::span<const SequenceStep> steps) const {
   const auto& hp = w_->hparams;
-  std::vector<const KvCache*> caches;
-  for (const auto& step : steps) caches.push_back(step.cache);
-  std::sort(caches.begin(), caches.end());
-  if (std::adjacent_find(caches.begin(), caches.end()) != caches.end())
-    throw InternalError("one KV cache appears twice in a decoder step");
+  std::vector<const KvSequence*> sequences;
+  for (const auto& step : steps) sequences.push_back(step.sequence);
+  std::sort(sequences.begin(), sequences.end());
+  if (std::adjacent_find(sequences.begin(), sequences.end()) != sequences.end())
+    throw InternalError("one KV sequence appears twice in a decoder step");
   for (const auto& step : steps) {
-    if (!step.cache || !step.cross || step.logits.size() < static_cast<std::size_t>(hp.n_vocab))
-      throw InternalError("a decoder step needs a cache, audio and room for the logits");
+    if (!step.sequence || !step.cross || step.logits.size() < static_cast<std::size_t>(hp.n_vocab))
+      throw InternalError("a decoder step needs a sequence, audio and room for the logits");
+    if (step.sequence->pool() != kv_pool_.get())
+      throw InternalError("a KV sequence that is not of this decoder's pool in a decoder step");
     if (step.token < 0 || step.token >= hp.n_vocab) throw Error("token id " + std::to_string(step.token) + " out of range");
-    if (step.cache->n_past + 1 > hp.n_text_ctx) {
-      throw Error("token sequence of " + std::to_string(step.cache->n_past + 1) +
+    if (step.sequence->length() + 1 > hp.n_text_ctx) {
+      throw Error("token sequence of " + std::to_string(step.sequence->length() + 1) +
                   " exceeds the model's text context of " + std::to_string(hp.n_text_ctx));
     }
   }
@@ -434,10 +428,28 @@ void copy_rows(std::span<const float> from, std::span<const std::size_t> rows, s
 
 }  // namespace
 
+// Each sequence's new key and value (row i of k and v) into its next position, then its
+// query (row i of q) over its blocks, read in place: a step copies no earlier position.
+void Decoder::self_attention_step(std::span<const SequenceStep> steps, std::size_t layer, std::span<const float> q,
+                                  std::span<const float> k, std::span<const float> v, std::span<float> out) const {
+  const auto& hp = w_->hparams;
+  const std::int64_t d = hp.n_text_state;
+  const int l = static_cast<int>(layer);
+  thread_local std::vector<kernels::KvBlockView> blocks;
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    KvSequence& sequence = *steps[i].sequence;
+    const std::int64_t n_past = sequence.length();
+    const auto row = [&](auto span) { return span.subspan(i * static_cast<std::size_t>(d), static_cast<std::size_t>(d)); };
+    store_rows(sequence, l, n_past, 1, d, row(k), row(v));
+    sequence.blocks(l, n_past + 1, blocks);
+    w_->backend->attention_paged(row(q), 1, blocks, n_past + 1, hp.n_text_head, d, n_past, row(out));
+  }
+}
+
 void Decoder::step(std::span<const SequenceStep> steps) const {
   check_step(steps);
   if (steps.empty()) return;
-  for (const auto& step : steps) reserve_positions(*step.cache, step.cache->n_past + 1);
+  for (const auto& step : steps) step.sequence->prepare(1);
   const auto& hp = w_->hparams;
   const auto m = static_cast<std::int64_t>(steps.size());
   const std::int64_t d = hp.n_text_state;
@@ -446,13 +458,13 @@ void Decoder::step(std::span<const SequenceStep> steps) const {
   thread_local Scratch s;
   x.resize(m * d);
   for (std::int64_t i = 0; i < m; ++i)
-    embed(steps[i].token, steps[i].cache->n_past, {x.data() + i * d, static_cast<std::size_t>(d)});
+    embed(steps[i].token, steps[i].sequence->length(), {x.data() + i * d, static_cast<std::size_t>(d)});
   const auto groups = group_by_audio(steps);
 
   const Backend& be = *w_->backend;
   for (std::size_t layer = 0; layer < w_->decoder_blocks.size(); ++layer) {
     const auto& block = w_->decoder_blocks[layer];
-    // masked self-attention: each sequence over its own cache
+    // masked self-attention: each sequence over its own keys and values
     s.normed = x;
     be.layer_norm(s.normed, m, block.attn_ln.gamma, block.attn_ln.beta);
     s.q.resize(m * d);
@@ -462,14 +474,7 @@ void Decoder::step(std::span<const SequenceStep> steps) const {
     be.linear(s.normed, m, *block.attn.query.packed, s.q);
     be.linear(s.normed, m, *block.attn.key.packed, s.k);
     be.linear(s.normed, m, *block.attn.value.packed, s.v);
-    for (std::int64_t i = 0; i < m; ++i) {
-      KvCache& cache = *steps[i].cache;
-      const std::int64_t n_past = cache.n_past;
-      std::memcpy(cache.keys[layer].data() + n_past * d, s.k.data() + i * d, d * sizeof(float));
-      std::memcpy(cache.values[layer].data() + n_past * d, s.v.data() + i * d, d * sizeof(float));
-      be.attention({s.q.data() + i * d, static_cast<std::size_t>(d)}, 1, cache.keys[layer], cache.values[layer],
-                   n_past + 1, hp.n_text_head, d, n_past, {s.attended.data() + i * d, static_cast<std::size_t>(d)});
-    }
+    self_attention_step(steps, layer, s.q, s.k, s.v, s.attended);
     be.linear(s.attended, m, *block.attn.out.packed, x, Epilogue::Accumulate);
 
     // cross-attention: the queries of sequences with the same audio in one call
@@ -490,7 +495,7 @@ void Decoder::step(std::span<const SequenceStep> steps) const {
 
     mlp_sublayer(be, x, m, block, s);
   }
-  for (const auto& step : steps) ++step.cache->n_past;
+  for (const auto& step : steps) step.sequence->commit(1);
 
   be.layer_norm(x, m, w_->decoder_ln.gamma, w_->decoder_ln.beta);
   logits.resize(m * hp.n_vocab);

@@ -1,7 +1,7 @@
 // nn: the Whisper network. Weights are taken from a ModelFile once; the encoder turns
 // a 30 s log-mel window into audio states, and the decoder advances token sequences
-// against those states with a per-sequence self-attention KV cache and per-window
-// cross-attention keys/values.
+// against those states, each sequence's self-attention keys/values in the decoder's paged
+// KV pool (nn/kv_pool.h), and per-window cross-attention keys/values.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +12,7 @@
 
 #include "kernels/backend.h"
 #include "model/ggml_file.h"
+#include "nn/kv_pool.h"
 
 namespace amanuensis::nn {
 
@@ -80,12 +81,6 @@ struct CrossAttentionCache {
   std::vector<std::vector<std::uint16_t>> keys, values;  // per layer, n_ctx x d, IEEE half
 };
 
-// Self-attention cache of one token sequence.
-struct KvCache {
-  std::int64_t n_past = 0;
-  std::vector<std::vector<float>> keys, values;  // per layer, (positions reserved) x d
-};
-
 // Raw cross-attention scores (q . k / sqrt(head_dim), before the softmax) of chosen
 // decoder heads, for word alignment: one tokens x audio-positions block per head.
 struct AttentionCapture {
@@ -93,12 +88,12 @@ struct AttentionCapture {
   std::vector<std::vector<float>> scores;  // filled by Decoder::forward, in `heads` order
 };
 
-// One sequence of a batched decoder step: `token` is appended to the sequence in `cache`
-// (at position cache->n_past), which attends to the audio in `cross`; the next-token
-// logits (n_vocab values) are written to `logits`.
+// One sequence of a batched decoder step: `token` is appended to `sequence` (at position
+// sequence->length()), which attends to the audio in `cross`; the next-token logits
+// (n_vocab values) are written to `logits`.
 struct SequenceStep {
   TokenId token = 0;
-  KvCache* cache = nullptr;
+  KvSequence* sequence = nullptr;
   const CrossAttentionCache* cross = nullptr;
   std::span<float> logits;
 };
@@ -122,28 +117,26 @@ class Encoder {
 
 class Decoder {
  public:
-  explicit Decoder(std::shared_ptr<const WhisperWeights> weights) : w_(std::move(weights)) {}
+  // Makes the decoder's KV pool (empty: blocks are allocated as sequences grow).
+  explicit Decoder(std::shared_ptr<const WhisperWeights> weights);
 
   CrossAttentionCache cross_attention(const AudioFeatures& audio) const;
-  KvCache new_cache() const;
-  // Copies the filled positions of `from` into `to` (a cache of new_cache()): what a
-  // sequence that forks needs, without the unused rest of the context.
-  void copy_cache(const KvCache& from, KvCache& to) const;
-  // Grows every layer of `cache` to hold at least `positions` positions (new_cache()
-  // starts empty); forward() and step() call it before they write.
-  void reserve_positions(KvCache& cache, std::int64_t positions) const;
+  // An empty sequence in this decoder's KV pool; fork() it to branch (beams, best-of).
+  KvSequence new_sequence() const { return kv_pool_->new_sequence(); }
+  // The pool every sequence of this decoder lives in: its capacity and use.
+  const KvPool& kv_pool() const { return *kv_pool_; }
 
-  // Appends `tokens` to the sequence held by `cache` (positions n_past, n_past+1, ...) and
-  // returns logits: tokens.size() x n_vocab rows when `all_rows`, else only the last row.
+  // Appends `tokens` to `sequence` (positions length(), length()+1, ...) and returns
+  // logits: tokens.size() x n_vocab rows when `all_rows`, else only the last row.
   // Throws Error when the sequence would exceed n_text_ctx.
-  std::vector<float> forward(std::span<const TokenId> tokens, KvCache& cache, const CrossAttentionCache& cross,
+  std::vector<float> forward(std::span<const TokenId> tokens, KvSequence& sequence, const CrossAttentionCache& cross,
                              bool all_rows = false, AttentionCapture* capture = nullptr) const;
 
   // Advances several sequences by one token each in one pass over the weights: the
-  // matrix products take one row per sequence, attention runs per sequence (sequences
-  // that share a CrossAttentionCache share its reads). A sequence's logits do not depend
-  // on the other sequences of the step. Throws Error, before changing any cache, when a
-  // token is out of range or a sequence is full.
+  // matrix products take one row per sequence, self-attention reads each sequence's
+  // blocks in place, sequences that share a CrossAttentionCache share its reads. A
+  // sequence's logits do not depend on the other sequences of the step. Throws Error,
+  // before changing any sequence, when a token is out of range or a sequence is full.
   void step(std::span<const SequenceStep> steps) const;
   // The checks of step() alone.
   void check_step(std::span<const SequenceStep> steps) const;
@@ -155,8 +148,11 @@ class Decoder {
  private:
   // The decoder's input row: token embedding plus the position's embedding.
   void embed(TokenId token, std::int64_t position, std::span<float> out) const;
+  void self_attention_step(std::span<const SequenceStep> steps, std::size_t layer, std::span<const float> q,
+                           std::span<const float> k, std::span<const float> v, std::span<float> out) const;
 
   std::shared_ptr<const WhisperWeights> w_;
+  std::shared_ptr<KvPool> kv_pool_;  // shared with the sequences, which may outlive a copy of the decoder
 };
 
 }  // namespace amanuensis::nn

@@ -94,6 +94,9 @@ SchedulerStats BatchingScheduler::stats() const {
     s.shutting_down = stopping_;
   }
   s.batches = compute_.counts();
+  const auto kv = model_->decoder().kv_pool().stats();
+  s.kv_reserved_bytes = kv.capacity_bytes;
+  s.kv_used_bytes = kv.used_bytes;
   return s;
 }
 

@@ -68,6 +68,9 @@ struct SchedulerStats {
   int slots = 0;
   bool shutting_down = false;  // shutdown() began: no new job is taken
   BatchCounts batches;
+  // the decoder's KV pool: bytes reserved (chunks allocated), bytes held by sequences
+  std::int64_t kv_reserved_bytes = 0;
+  std::int64_t kv_used_bytes = 0;
 };
 
 class TranscriptionScheduler {

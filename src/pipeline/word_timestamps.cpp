@@ -33,7 +33,7 @@ std::vector<WordTiming> find_alignment(const WordTimingInput& in, std::span<cons
 
   nn::AttentionCapture capture;
   for (const auto& h : in.heads) capture.heads.push_back({h.layer, h.head});
-  auto cache = in.decoder->new_cache();
+  auto cache = in.decoder->new_sequence();
   std::vector<float> logits;
   nn::Runner& runner = in.runner ? *in.runner : nn::direct_runner();
   runner.run(nn::Work::Forward,

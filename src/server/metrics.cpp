@@ -116,6 +116,10 @@ std::string Metrics::render(const pipeline::SchedulerStats& scheduler, std::size
   sample(out, "amanuensis_active_requests", "gauge", "Transcription requests accepted and not yet answered.",
          std::to_string(active_requests));
   sample(out, "amanuensis_loaded_models", "gauge", "Models loaded or loading.", std::to_string(loaded_models));
+  header(out, "amanuensis_kv_pool_bytes", "gauge",
+         "Decoder KV pool bytes of the loaded models: reserved (blocks allocated), used (held by sequences).");
+  out += "amanuensis_kv_pool_bytes{state=\"reserved\"} " + std::to_string(scheduler.kv_reserved_bytes) + "\n";
+  out += "amanuensis_kv_pool_bytes{state=\"used\"} " + std::to_string(scheduler.kv_used_bytes) + "\n";
   sample(out, "amanuensis_uptime_seconds", "gauge", "Seconds since the server started.", number(uptime_seconds));
   sample(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
          std::to_string(resident_memory_bytes()));

@@ -129,6 +129,8 @@ pipeline::SchedulerStats total_stats(const std::vector<ModelStatus>& models) {
     total.running_audio_seconds += m.stats.running_audio_seconds;
     total.slots += m.stats.slots;
     total.shutting_down = total.shutting_down || m.stats.shutting_down;
+    total.kv_reserved_bytes += m.stats.kv_reserved_bytes;
+    total.kv_used_bytes += m.stats.kv_used_bytes;
     for (const auto& [size, n] : m.stats.batches.encoder_windows) total.batches.encoder_windows[size] += n;
     for (const auto& [size, n] : m.stats.batches.decoder_sequences) total.batches.decoder_sequences[size] += n;
   }

@@ -368,6 +368,7 @@ class Session : public std::enable_shared_from_this<Session> {
               {"queue_depth", stats.queued_jobs},
               {"queued_audio_seconds", stats.queued_audio_seconds},
               {"running_audio_seconds", stats.running_audio_seconds},
+              {"kv_pool", {{"reserved_bytes", stats.kv_reserved_bytes}, {"used_bytes", stats.kv_used_bytes}}},
               {"active_requests", server_.active_requests.load()},
               {"uptime_seconds", seconds_up()}};
     if (const auto& info = models.front().info) {  // the first model's, as with one model
@@ -383,7 +384,9 @@ class Session : public std::enable_shared_from_this<Session> {
                   {"size_bytes", m.size_bytes},
                   {"requests", m.requests},
                   {"active_transcriptions", m.stats.active_jobs},
-                  {"queue_depth", m.stats.queued_jobs}};
+                  {"queue_depth", m.stats.queued_jobs},
+                  {"kv_pool_reserved_bytes", m.stats.kv_reserved_bytes},
+                  {"kv_pool_used_bytes", m.stats.kv_used_bytes}};
       if (m.state == ModelState::Failed) one["error"] = m.error;
       j["models"].push_back(one);
     }

@@ -67,7 +67,7 @@ TEST_P(TeacherForcedLogits, MatchesReference) {
     ASSERT_EQ(summary["tokens"].get<std::vector<int>>(), tokens);
     const int n_vocab = summary["n_vocab"];
 
-    auto cache = decoder.new_cache();
+    auto cache = decoder.new_sequence();
     const auto logits = decoder.forward(tokens, cache, cross, /*all_rows=*/true);
     ASSERT_EQ(logits.size(), tokens.size() * n_vocab);
 

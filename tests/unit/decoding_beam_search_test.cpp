@@ -4,6 +4,7 @@
 // equals greedy decoding, every candidate's statistics match a teacher-forced re-scoring
 // (which checks the forked KV caches), the ranker's choice, determinism, and with a
 // filter that makes end-of-text likely: finished candidates, patience, the early stop.
+// Beam size 5 forks its beams' KV sequences without copying a block (the pool counts).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,15 +12,18 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <span>
 #include <vector>
 
 #include "common/error.h"
 #include "decoding/beam_search.h"
 #include "decoding/window_decoder.h"
 #include "model/ggml_file.h"
+#include "nn/runner.h"
 #include "nn/whisper.h"
 #include "test_paths.h"
 #include "text/tokenizer.h"
@@ -268,7 +272,7 @@ void expect_rescored(const WindowDecoder& wd, const BeamHypothesis& c, const Log
   auto tokens = wd.initial_tokens({});
   const std::size_t begin = tokens.size();
   tokens.insert(tokens.end(), c.tokens.begin(), c.tokens.end());
-  auto cache = m.decoder.new_cache();
+  auto cache = m.decoder.new_sequence();
   const auto logits = m.decoder.forward(tokens, cache, m.audio, /*all_rows=*/true);
   const std::size_t n_vocab = static_cast<std::size_t>(m.decoder.n_vocab());
   const auto& sp = m.tokenizer.special();
@@ -438,6 +442,67 @@ TEST(BeamSearchModel, InvalidOptionsThrow) {
   EXPECT_THROW(beam_search(m.decoder, m.tokenizer, wd.rules(), initial, 5, m.audio, beams(0)), Error);
   const std::vector<TokenId> no_sot = {m.tokenizer.special().no_timestamps};
   EXPECT_THROW(beam_search(m.decoder, m.tokenizer, wd.rules(), no_sot, 5, m.audio, beams(2)), Error);
+}
+
+// Runs steps directly and checks the pool around each: whatever happens between steps
+// (the beams forking, dropped beams releasing) copies no KV block; a copy can only be
+// copy-on-write of a shared tail, inside a step, when a forked beam writes into it.
+class CountingRunner final : public nn::Runner {
+ public:
+  explicit CountingRunner(const nn::Decoder& decoder) : copied_after_last_step(decoder.kv_pool().stats().blocks_copied) {}
+  void run(nn::Work, const std::function<void()>& work) override { work(); }
+  void step(const nn::Decoder& decoder, std::span<const nn::SequenceStep> steps) override {
+    const auto before = decoder.kv_pool().stats();
+    EXPECT_EQ(before.blocks_copied, copied_after_last_step) << "a block was copied between steps (at a fork)";
+    decoder.step(steps);
+    const auto after = decoder.kv_pool().stats();
+    copied_after_last_step = after.blocks_copied;
+    // at most one copy per sequence of the step: its own tail
+    EXPECT_LE(after.blocks_copied - before.blocks_copied, steps.size());
+    ++steps_run;
+  }
+  std::uint64_t copied_after_last_step;
+  int steps_run = 0;
+};
+
+TEST(BeamSearchKv, ForksShareBlocksCopyNoneAndReleaseEverything) {
+  const auto& m = jfk_model();
+  const nn::Decoder decoder(m.weights);  // a pool of its own, empty
+  for (bool timestamps : {true, false}) {
+    SCOPED_TRACE(timestamps ? "timestamps" : "no timestamps");
+    DecodeOptions o = decode_options(timestamps);
+    o.sample_len = 100;
+    WindowDecoder wd(decoder, m.tokenizer, o);
+    const auto initial = wd.initial_tokens({});
+    CountingRunner runner(decoder);
+    const auto before = decoder.kv_pool().stats();
+    const auto out =
+        beam_search_candidates(decoder, m.tokenizer, wd.rules(), initial, wd.sample_len(), m.audio, beams(5), {}, runner);
+    const auto after = decoder.kv_pool().stats();
+    ASSERT_EQ(out.candidates.size(), 5u);
+    EXPECT_GT(runner.steps_run, 1);
+    const auto forks = after.forks - before.forks;
+    const auto shared = after.blocks_shared_at_fork - before.blocks_shared_at_fork;
+    const auto copied = after.blocks_copied - before.blocks_copied;
+    const auto copied_positions = after.positions_copied - before.positions_copied;
+    const auto fork_positions = after.positions_shared_at_fork - before.positions_shared_at_fork;
+    EXPECT_GT(forks, 0u) << "beam search 5 forks beams";
+    EXPECT_GE(shared, forks) << "every fork shares the blocks its source holds";
+    // copy-on-write copies only a partial tail: fewer positions than a block, once per fork
+    EXPECT_LE(copied, forks);
+    EXPECT_LE(copied_positions, copied * (nn::KvPool::kBlockPositions - 1));
+    EXPECT_LT(copied_positions, fork_positions) << "copying whole sequences at each fork would copy more";
+    // every sequence released: the pool is back to no block in use
+    EXPECT_EQ(after.blocks_in_use, 0);
+    EXPECT_EQ(after.used_bytes, 0);
+    EXPECT_EQ(after.sequences, 0);
+    std::printf("[ beam 5, %s ] %d steps, %llu forks sharing %llu blocks (%llu positions), 0 blocks copied at a fork; "
+                "copy-on-write of partial tails: %llu blocks (%llu positions); pool peak %lld KiB\n",
+                timestamps ? "timestamps" : "no timestamps", runner.steps_run, static_cast<unsigned long long>(forks),
+                static_cast<unsigned long long>(shared), static_cast<unsigned long long>(fork_positions),
+                static_cast<unsigned long long>(copied), static_cast<unsigned long long>(copied_positions),
+                static_cast<long long>(after.peak_used_bytes / 1024));
+  }
 }
 
 }  // namespace

@@ -81,7 +81,7 @@ TEST(LanguageDetection, PicksTheLikeliestLanguageToken) {
   EXPECT_GT(guess.probability, 0.0f);
   EXPECT_LE(guess.probability, 1.0f);
   // it is the arg-max of the language logits after <|startoftranscript|>
-  auto cache = multi.decoder.new_cache();
+  auto cache = multi.decoder.new_sequence();
   const TokenId sot[] = {multi.tokenizer.special().sot};
   const auto logits = multi.decoder.forward(sot, cache, multi.audio);
   const auto& sp = multi.tokenizer.special();
@@ -117,7 +117,7 @@ TEST(Sampling, SeededAndReproducible) {
 // InternalError (a 500 in the server), never an Error (which would be a 400).
 TEST(DecoderStep, BrokenInvariantIsAnInternalErrorNotABadRequest) {
   auto& en = load("micro.en-f16");
-  auto cache = en.decoder.new_cache();
+  auto cache = en.decoder.new_sequence();
   std::vector<float> a(static_cast<std::size_t>(en.decoder.n_vocab())), b(a.size());
   const nn::SequenceStep steps[] = {{0, &cache, &en.audio, a}, {0, &cache, &en.audio, b}};
   EXPECT_THROW(en.decoder.step(steps), InternalError);

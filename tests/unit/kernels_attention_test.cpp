@@ -1,13 +1,18 @@
 // The few-query attention head used by decoder steps: equal to the reference attention
 // within float rounding, and each query's output independent (to the bit) of the other
-// queries computed with it, causal or not.
+// queries computed with it, causal or not. Attention over keys and values in blocks (a
+// decoder sequence's paged KV cache) gives the bits of the same rows made contiguous, on
+// every backend and for any split into blocks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "common/error.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/ops.h"
 
@@ -69,6 +74,58 @@ TEST(FewQueryAttention, EachQueryIsIndependentOfTheOthers) {
       EXPECT_EQ(std::memcmp(alone.data(), together.data() + r * d, static_cast<std::size_t>(d) * sizeof(float)), 0)
           << "query " << r << ", causal offset " << causal_offset;
     }
+  }
+}
+
+// k and v cut into blocks of `block` rows (the last one shorter), as a KV pool holds them.
+std::vector<KvBlockView> blocks_of(const std::vector<float>& k, const std::vector<float>& v, std::int64_t n_kv,
+                                   std::int64_t d, std::int64_t block) {
+  std::vector<KvBlockView> out;
+  for (std::int64_t first = 0; first < n_kv; first += block) {
+    const auto n = static_cast<std::size_t>(std::min(block, n_kv - first) * d);
+    out.push_back({{k.data() + first * d, n}, {v.data() + first * d, n}});
+  }
+  return out;
+}
+
+TEST(PagedAttention, SameBitsAsContiguousOnEveryBackend) {
+  std::vector<std::shared_ptr<const Backend>> backends{make_reference_backend(Precision::Fp32),
+                                                       make_backend({.precision = Precision::Fp32}),
+                                                       make_reference_backend(Precision::Bf16)};
+  if (cpu_has_native_bf16()) backends.push_back(make_backend({.precision = Precision::Bf16}));
+  // decoder steps (one query, causal at the last key), a few queries, and a prompt pass
+  for (const Shape s : {Shape{1, 37, 6, 384, 36}, Shape{1, 16, 4, 256, 15}, Shape{3, 40, 4, 260, 37},
+                        Shape{1, 448, 8, 512, 447}, Shape{40, 60, 6, 384, 20}}) {
+    const auto q = random_values(static_cast<std::size_t>(s.n_q * s.d), 7);
+    const auto k = random_values(static_cast<std::size_t>(s.n_kv * s.d), 8);
+    const auto v = random_values(static_cast<std::size_t>(s.n_kv * s.d), 9);
+    for (const auto& be : backends) {
+      std::vector<float> contiguous(q.size());
+      be->attention(q, s.n_q, k, v, s.n_kv, s.n_head, s.d, s.causal_offset, contiguous);
+      for (const std::int64_t block : {std::int64_t{1}, std::int64_t{7}, std::int64_t{16}, s.n_kv}) {
+        SCOPED_TRACE(::testing::Message() << be->name() << ": n_q " << s.n_q << " n_kv " << s.n_kv << " block " << block);
+        std::vector<float> paged(q.size(), -1.0f);
+        be->attention_paged(q, s.n_q, blocks_of(k, v, s.n_kv, s.d, block), s.n_kv, s.n_head, s.d, s.causal_offset,
+                            paged);
+        EXPECT_EQ(std::memcmp(paged.data(), contiguous.data(), paged.size() * sizeof(float)), 0);
+      }
+    }
+  }
+}
+
+TEST(PagedAttention, BlocksBeyondTheKeysAreIgnoredAndTooFewAreAnInternalError) {
+  const std::int64_t n_kv = 20, d = 64;
+  const auto q = random_values(static_cast<std::size_t>(d), 10);
+  const auto k = random_values(static_cast<std::size_t>(32 * d), 11);
+  const auto v = random_values(static_cast<std::size_t>(32 * d), 12);
+  for (const auto& be : {make_reference_backend(Precision::Fp32), make_backend({.precision = Precision::Fp32})}) {
+    std::vector<float> contiguous(q.size()), paged(q.size());
+    be->attention(q, 1, k, v, n_kv, 2, d, n_kv - 1, contiguous);
+    // a tail block with room for more positions than the sequence has
+    be->attention_paged(q, 1, blocks_of(k, v, 32, d, 16), n_kv, 2, d, n_kv - 1, paged);
+    EXPECT_EQ(std::memcmp(paged.data(), contiguous.data(), paged.size() * sizeof(float)), 0) << be->name();
+    EXPECT_THROW(be->attention_paged(q, 1, blocks_of(k, v, 16, d, 16), n_kv, 2, d, n_kv - 1, paged), InternalError)
+        << be->name();
   }
 }
 

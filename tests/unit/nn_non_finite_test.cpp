@@ -33,7 +33,7 @@ std::vector<float> first_logits(std::span<const std::byte> file_bytes) {
   const std::vector<float> mel(static_cast<std::size_t>(weights->hparams.n_mels) * 3000, -0.5f);
   const auto audio = Encoder(weights).encode(mel);
   const Decoder decoder(weights);
-  auto cache = decoder.new_cache();
+  auto cache = decoder.new_sequence();
   const auto cross = decoder.cross_attention(audio);
   const TokenId sot = 50257;
   return decoder.forward(std::span(&sot, 1), cache, cross, false);

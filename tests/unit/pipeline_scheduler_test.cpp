@@ -280,11 +280,11 @@ TEST(BatchedCompute, OneClientsBadStepDoesNotFailTheOthers) {
   BatchedCompute compute;
   auto advance = [&](TokenId token) {
     BatchedCompute::Client client(compute);
-    auto cache = decoder.new_cache();
+    auto cache = decoder.new_sequence();
     std::vector<float> logits(static_cast<std::size_t>(decoder.n_vocab()));
     const nn::SequenceStep step[] = {{token, &cache, &cross, logits}};
     client.step(decoder, step);
-    return cache.n_past;
+    return cache.length();
   };
   auto good = std::async(std::launch::async, advance, model->tokenizer().special().sot);
   auto bad = std::async(std::launch::async, advance, TokenId{-5});
@@ -305,7 +305,7 @@ TEST(BatchedCompute, StepsWaitForEveryDecodingClientNotForATimer) {
   constexpr int kSteps = 6;
   auto decode = [&](std::chrono::milliseconds pause) {
     BatchedCompute::Client client(compute);
-    auto cache = decoder.new_cache();
+    auto cache = decoder.new_sequence();
     std::vector<float> logits(static_cast<std::size_t>(decoder.n_vocab()));
     for (int i = 0; i < kSteps; ++i) {
       if (i > 0) std::this_thread::sleep_for(pause);

@@ -181,6 +181,9 @@ TEST_F(ServerTest, HealthReportsTheModel) {
   EXPECT_TRUE(j["queue_depth"].is_number());
   EXPECT_TRUE(j["active_requests"].is_number());
   EXPECT_GE(j["uptime_seconds"].get<double>(), 0.0);
+  // the decoder's KV pool: reserved at least what its sequences hold
+  EXPECT_GE(j["kv_pool"]["reserved_bytes"].get<std::int64_t>(), j["kv_pool"]["used_bytes"].get<std::int64_t>()) << j;
+  EXPECT_TRUE(j["models"][0]["kv_pool_used_bytes"].is_number()) << j;
 }
 
 TEST_F(ServerTest, ModelsListsTheLoadedModel) {
@@ -512,7 +515,8 @@ TEST_F(ServerTest, MetricsInPrometheusFormat) {
                         "amanuensis_requests_total{endpoint=\"/v1/audio/transcriptions\",status=\"200\"}",
                         "# TYPE amanuensis_audio_seconds_total counter", "# TYPE amanuensis_request_duration_seconds histogram",
                         "amanuensis_request_duration_seconds_bucket{le=\"+Inf\"}", "# TYPE amanuensis_realtime_factor histogram",
-                        "# TYPE amanuensis_queue_depth gauge", "amanuensis_active_requests"}) {
+                        "# TYPE amanuensis_queue_depth gauge", "amanuensis_active_requests",
+                        "amanuensis_kv_pool_bytes{state=\"reserved\"}", "amanuensis_kv_pool_bytes{state=\"used\"} 0\n"}) {
     EXPECT_NE(r.body.find(s), std::string::npos) << s;
   }
 }

@@ -143,7 +143,12 @@ TEST(Metrics, RendersPrometheusText) {
   stats.queued_jobs = 3;
   stats.queued_audio_seconds = 12.5;
   stats.batches.decoder_sequences = {{1, 4}, {16, 2}};
+  stats.kv_reserved_bytes = 4194304;
+  stats.kv_used_bytes = 16384;
   const auto text = m.render(stats, 2, 60.0, 1);
+  EXPECT_NE(text.find("# TYPE amanuensis_kv_pool_bytes gauge\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_kv_pool_bytes{state=\"reserved\"} 4194304\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_kv_pool_bytes{state=\"used\"} 16384\n"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_requests_total{endpoint=\"/v1/audio/transcriptions\",status=\"400\"} 1"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_audio_seconds_total 10"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_request_duration_seconds_bucket{le=\"0.005\"} 1"), std::string::npos);

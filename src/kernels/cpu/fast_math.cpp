@@ -173,11 +173,12 @@ void scale_row(float* x, std::int64_t n, float a) {
   for (std::int64_t i = 0; i < n; ++i) x[i] *= a;
 }
 
-// scores[r][j] = scale * q_r . k_j for the keys each query sees; keys outermost, so a key
-// row is loaded once for every query. Eight partial sums per dot product in a fixed order.
+// scores[r * score_stride + j] = scale * q_r . k_j for the keys each query sees; keys
+// outermost, so a key row is loaded once for every query. Eight partial sums per dot
+// product in a fixed order.
 AMANUENSIS_MULTIVERSION
 void head_scores(const float* q, std::int64_t n_q, const float* k, std::int64_t stride, std::int64_t hd,
-                 std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores) {
+                 std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores, std::int64_t score_stride) {
   const std::int64_t hd8 = hd / 8 * 8;
   for (std::int64_t j = 0; j < n_kv; ++j) {
     const float* kj = k + j * stride;
@@ -189,26 +190,30 @@ void head_scores(const float* q, std::int64_t n_q, const float* k, std::int64_t 
         for (int l = 0; l < 8; ++l) part[l] += qr[i + l] * kj[i + l];
       float dot = ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
       for (std::int64_t i = hd8; i < hd; ++i) dot += qr[i] * kj[i];
-      scores[r * n_kv + j] = dot * scale;
+      scores[r * score_stride + j] = dot * scale;
     }
   }
 }
 
-// out_r = sum_j p[r][j] v_j, keys outermost (value rows read once), in key order.
+// out_r += sum_j p[r * score_stride + j] v_j, keys outermost (value rows read once), in
+// key order; the caller zeroes out first (zero_rows), then adds block by block.
 AMANUENSIS_MULTIVERSION
-void head_values(const float* p, std::int64_t n_q, const float* v, std::int64_t stride, std::int64_t hd,
-                 std::int64_t n_kv, const std::int64_t* visible, float* out) {
-  for (std::int64_t r = 0; r < n_q; ++r)
-    for (std::int64_t i = 0; i < hd; ++i) out[r * stride + i] = 0.0f;
+void head_values_add(const float* p, std::int64_t n_q, const float* v, std::int64_t stride, std::int64_t hd,
+                     std::int64_t n_kv, const std::int64_t* visible, float* out, std::int64_t score_stride) {
   for (std::int64_t j = 0; j < n_kv; ++j) {
     const float* vj = v + j * stride;
     for (std::int64_t r = 0; r < n_q; ++r) {
       if (j >= visible[r]) continue;
-      const float pr = p[r * n_kv + j];
+      const float pr = p[r * score_stride + j];
       float* o = out + r * stride;
       for (std::int64_t i = 0; i < hd; ++i) o[i] += pr * vj[i];
     }
   }
+}
+
+void zero_rows(float* out, std::int64_t n_q, std::int64_t stride, std::int64_t hd) {
+  for (std::int64_t r = 0; r < n_q; ++r)
+    for (std::int64_t i = 0; i < hd; ++i) out[r * stride + i] = 0.0f;
 }
 
 #if defined(__x86_64__)
@@ -216,7 +221,8 @@ void head_values(const float* p, std::int64_t n_q, const float* v, std::int64_t 
 // product, in the same order for every query.
 __attribute__((target("avx2,fma")))
 void head_scores_avx2(const float* q, std::int64_t n_q, const float* k, std::int64_t stride, std::int64_t hd,
-                      std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores) {
+                      std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores,
+                      std::int64_t score_stride) {
   for (std::int64_t j = 0; j < n_kv; ++j) {
     const float* kj = k + j * stride;
     for (std::int64_t r = 0; r < n_q; ++r) {
@@ -227,7 +233,7 @@ void head_scores_avx2(const float* q, std::int64_t n_q, const float* k, std::int
       __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
       h = _mm_add_ps(h, _mm_movehl_ps(h, h));
       h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      scores[r * n_kv + j] = _mm_cvtss_f32(h) * scale;
+      scores[r * score_stride + j] = _mm_cvtss_f32(h) * scale;
     }
   }
 }
@@ -404,26 +410,52 @@ void exp_fast(const float* x, float* y, std::int64_t n) {
 namespace {
 // The dot products of a head: AVX2/FMA where the head size allows, else the portable loop.
 void scores_of_head(const float* q, std::int64_t n_q, const float* k, std::int64_t stride, std::int64_t hd,
-                    std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores) {
+                    std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores,
+                    std::int64_t score_stride) {
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2 && hd % 8 == 0) return head_scores_avx2(q, n_q, k, stride, hd, n_kv, visible, scale, scores);
+  if (avx2 && hd % 8 == 0)
+    return head_scores_avx2(q, n_q, k, stride, hd, n_kv, visible, scale, scores, score_stride);
 #endif
-  head_scores(q, n_q, k, stride, hd, n_kv, visible, scale, scores);
+  head_scores(q, n_q, k, stride, hd, n_kv, visible, scale, scores, score_stride);
 }
 }  // namespace
 
-void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
-                                std::int64_t stride, std::int64_t hd, std::int64_t causal_offset, float* out) {
+void attention_head_few_queries_paged(const float* q, std::int64_t n_q, std::span<const KvRows> blocks,
+                                      std::int64_t column, std::int64_t stride, std::int64_t hd,
+                                      std::int64_t causal_offset, float* out) {
+  std::int64_t n_kv = 0;
+  for (const auto& block : blocks) n_kv += block.rows;
   thread_local std::vector<float> scores;
-  thread_local std::vector<std::int64_t> visible;
+  thread_local std::vector<std::int64_t> visible, in_block;
   scores.resize(static_cast<std::size_t>(n_q * n_kv));
   visible.resize(static_cast<std::size_t>(n_q));
+  in_block.resize(static_cast<std::size_t>(n_q));
   for (std::int64_t r = 0; r < n_q; ++r) visible[r] = causal_offset < 0 ? n_kv : std::min(n_kv, causal_offset + r + 1);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  scores_of_head(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
+  // per block: which of its rows each query sees, and its scores at its first key's column
+  const auto visible_in = [&](std::int64_t first, std::int64_t rows) {
+    for (std::int64_t r = 0; r < n_q; ++r) in_block[r] = std::clamp<std::int64_t>(visible[r] - first, 0, rows);
+    return in_block.data();
+  };
+  std::int64_t first = 0;
+  for (const auto& b : blocks) {
+    scores_of_head(q, n_q, b.k + column, stride, hd, b.rows, visible_in(first, b.rows), scale, scores.data() + first, n_kv);
+    first += b.rows;
+  }
   for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
-  head_values(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
+  zero_rows(out, n_q, stride, hd);
+  first = 0;
+  for (const auto& b : blocks) {
+    head_values_add(scores.data() + first, n_q, b.v + column, stride, hd, b.rows, visible_in(first, b.rows), out, n_kv);
+    first += b.rows;
+  }
+}
+
+void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
+                                std::int64_t stride, std::int64_t hd, std::int64_t causal_offset, float* out) {
+  const KvRows all{k, v, n_kv};
+  attention_head_few_queries_paged(q, n_q, {&all, 1}, 0, stride, hd, causal_offset, out);
 }
 
 bool have_avx2_fma_f16c() {

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
+
+#include "kernels/cpu/ops.h"
 
 namespace amanuensis::kernels::cpu {
 
@@ -17,6 +20,13 @@ void softmax_fast(float* row, std::int64_t n, std::int64_t n_zero);
 // computed the same way whatever n_q is, so batching queries changes no bit.
 void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
                                 std::int64_t stride, std::int64_t hd, std::int64_t causal_offset, float* out);
+
+// The same over keys and values in blocks (a decoder sequence's paged KV cache): keys
+// [0, n_kv) are the rows of `blocks` in order, the head's values starting `column` floats
+// into each row. The same arithmetic in the same order as over contiguous rows.
+void attention_head_few_queries_paged(const float* q, std::int64_t n_q, std::span<const KvRows> blocks,
+                                      std::int64_t column, std::int64_t stride, std::int64_t hd,
+                                      std::int64_t causal_offset, float* out);
 
 // The same with keys and values stored as IEEE half (a window's cross-attention keys
 // and values: half the bytes a decoder step reads), widened to float as they are read;

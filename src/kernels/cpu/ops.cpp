@@ -146,26 +146,45 @@ void axpy(float a, const float* x, float* y, std::int64_t n) {
 }
 
 // One head, a range of queries: scores of a query row against every visible key, then
-// the weighted sum of values. Only one row of scores exists at a time.
-void attend_head(const float* q, std::int64_t q_begin, std::int64_t q_end, const float* k, const float* v,
-                 std::int64_t n_kv, std::int64_t d, std::int64_t hd, std::int64_t causal_offset, float scale,
-                 float* out) {
+// the weighted sum of values, keys in position order across the blocks (`column`: the
+// head's first feature in a row). Only one row of scores exists at a time.
+void attend_head(const float* q, std::int64_t q_begin, std::int64_t q_end, std::span<const KvRows> blocks,
+                 std::int64_t column, std::int64_t n_kv, std::int64_t d, std::int64_t hd, std::int64_t causal_offset,
+                 float scale, float* out) {
   std::vector<float> scores(static_cast<std::size_t>(n_kv));
   for (std::int64_t i = q_begin; i < q_end; ++i) {
     const std::int64_t visible = causal_offset < 0 ? n_kv : std::min(n_kv, causal_offset + i + 1);
     const float* qi = q + i * d;
-    for (std::int64_t j = 0; j < visible; ++j) scores[j] = dot(qi, k + j * d, hd) * scale;
+    std::int64_t j = 0;
+    for (const auto& block : blocks)
+      for (std::int64_t r = 0; r < block.rows && j < visible; ++r, ++j)
+        scores[j] = dot(qi, block.k + r * d + column, hd) * scale;
     softmax({scores.data(), static_cast<std::size_t>(visible)});
     float* oi = out + i * d;
     std::fill(oi, oi + hd, 0.0f);
-    for (std::int64_t j = 0; j < visible; ++j) axpy(scores[j], v + j * d, oi, hd);
+    j = 0;
+    for (const auto& block : blocks)
+      for (std::int64_t r = 0; r < block.rows && j < visible; ++r, ++j) axpy(scores[j], block.v + r * d + column, oi, hd);
   }
 }
 
 }  // namespace
 
-void attention(std::span<const float> q, std::int64_t n_q, std::span<const float> k, std::span<const float> v,
-               std::int64_t n_kv, int n_head, std::int64_t d, std::int64_t causal_offset, std::span<float> out) {
+void kv_rows(std::span<const KvBlockView> blocks, std::int64_t n_kv, std::int64_t d, std::vector<KvRows>& out) {
+  out.clear();
+  std::int64_t left = n_kv;
+  for (const auto& block : blocks) {
+    if (left == 0) break;
+    if (block.values.size() != block.keys.size()) throw InternalError("a KV block of mismatched keys and values");
+    const std::int64_t rows = std::min(left, static_cast<std::int64_t>(block.keys.size()) / d);
+    out.push_back({block.keys.data(), block.values.data(), rows});
+    left -= rows;
+  }
+  if (left != 0) throw InternalError("KV blocks hold fewer positions than attention was asked for");
+}
+
+void attention_paged(std::span<const float> q, std::int64_t n_q, std::span<const KvRows> blocks, std::int64_t n_kv,
+                     int n_head, std::int64_t d, std::int64_t causal_offset, std::span<float> out) {
   const std::int64_t hd = d / n_head;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const std::int64_t work = n_q * n_head;
@@ -175,11 +194,16 @@ void attention(std::span<const float> q, std::int64_t n_q, std::span<const float
       const std::int64_t h = item / n_q;
       const std::int64_t i0 = item % n_q;
       const std::int64_t i1 = std::min(n_q, i0 + (e - item));
-      attend_head(q.data() + h * hd, i0, i1, k.data() + h * hd, v.data() + h * hd, n_kv, d, hd, causal_offset,
-                  scale, out.data() + h * hd);
+      attend_head(q.data() + h * hd, i0, i1, blocks, h * hd, n_kv, d, hd, causal_offset, scale, out.data() + h * hd);
       item += i1 - i0;
     }
   });
+}
+
+void attention(std::span<const float> q, std::int64_t n_q, std::span<const float> k, std::span<const float> v,
+               std::int64_t n_kv, int n_head, std::int64_t d, std::int64_t causal_offset, std::span<float> out) {
+  const KvRows all{k.data(), v.data(), n_kv};
+  attention_paged(q, n_q, {&all, 1}, n_kv, n_head, d, causal_offset, out);
 }
 
 }  // namespace amanuensis::kernels::cpu

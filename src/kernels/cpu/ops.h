@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/backend.h"
 
 namespace amanuensis::kernels::cpu {
 
@@ -43,5 +44,23 @@ void softmax(std::span<float> row);
 // out: n_q x d.
 void attention(std::span<const float> q, std::int64_t n_q, std::span<const float> k, std::span<const float> v,
                std::int64_t n_kv, int n_head, std::int64_t d, std::int64_t causal_offset, std::span<float> out);
+
+// Consecutive key and value rows of one block of a paged KV cache: `rows` rows of each,
+// a row's features contiguous, rows `stride` floats apart (the stride is the caller's).
+struct KvRows {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  std::int64_t rows = 0;
+};
+
+// The first n_kv rows of a backend call's KV blocks as KvRows (rows d floats apart).
+// Throws InternalError when the blocks hold fewer rows, or keys and values differ in size.
+void kv_rows(std::span<const KvBlockView> blocks, std::int64_t n_kv, std::int64_t d, std::vector<KvRows>& out);
+
+// attention() with keys and values in blocks: positions [0, n_kv) are the rows of
+// `blocks` in order, each d floats. The same arithmetic, in the same order, as attention()
+// over those rows made contiguous, so the same bits.
+void attention_paged(std::span<const float> q, std::int64_t n_q, std::span<const KvRows> blocks, std::int64_t n_kv,
+                     int n_head, std::int64_t d, std::int64_t causal_offset, std::span<float> out);
 
 }  // namespace amanuensis::kernels::cpu

@@ -133,6 +133,15 @@ class ReferenceBackend final : public Backend {
     cpu::attention(q, n_q, k, v, n_kv, n_head, d, causal_offset, out);
   }
 
+  // the blocks read in place, by the loops of attention() (the same bits)
+  void attention_paged(std::span<const float> q, std::int64_t n_q, std::span<const KvBlockView> blocks,
+                       std::int64_t n_kv, int n_head, std::int64_t d, std::int64_t causal_offset,
+                       std::span<float> out) const override {
+    std::vector<cpu::KvRows> rows;
+    cpu::kv_rows(blocks, n_kv, d, rows);
+    cpu::attention_paged(q, n_q, rows, n_kv, n_head, d, causal_offset, out);
+  }
+
   void layer_norm(std::span<float> x, std::int64_t rows, std::span<const float> gamma,
                   std::span<const float> beta) const override {
     cpu::layer_norm(x, rows, gamma, beta);

@@ -279,6 +279,24 @@ class OnednnBackend final : public Backend {
     });
   }
 
+  // Decoder steps read a sequence's blocks in place, with the arithmetic of attention()'s
+  // few-query path; more queries (prompt passes) gather them and take attention().
+  void attention_paged(std::span<const float> q, std::int64_t n_q, std::span<const KvBlockView> blocks,
+                       std::int64_t n_kv, int n_head, std::int64_t d, std::int64_t causal_offset,
+                       std::span<float> out) const override {
+    if (n_q > kFewQueries) return Backend::attention_paged(q, n_q, blocks, n_kv, n_head, d, causal_offset, out);
+    thread_local std::vector<cpu::KvRows> storage;
+    cpu::kv_rows(blocks, n_kv, d, storage);
+    // a span, not the thread_local itself: the pool's threads must read this thread's rows
+    const std::span<const cpu::KvRows> rows = storage;
+    const std::int64_t hd = d / n_head;
+    maybe_parallel(n_head, 4.0 * n_q * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t h = begin; h < end; ++h)
+        cpu::attention_head_few_queries_paged(q.data() + h * hd, n_q, rows, h * hd, d, hd, causal_offset,
+                                              out.data() + h * hd);
+    });
+  }
+
   void attention_f16kv(std::span<const float> q, std::int64_t n_q, std::span<const std::uint16_t> k,
                        std::span<const std::uint16_t> v, std::int64_t n_kv, int n_head, std::int64_t d,
                        std::int64_t causal_offset, std::span<float> out) const override {
