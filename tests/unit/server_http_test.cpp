@@ -44,6 +44,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using testing::read_file;
+using testing::raw_exchange;
 using testing::ServerProcess;
 
 constexpr const char* kKey = "test-secret";
@@ -127,30 +128,6 @@ std::string collect(FILE* clients) {
   return out;
 }
 
-// Sends raw bytes and returns what comes back until the server closes (bounded).
-std::string raw_exchange(int port, const std::string& bytes) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    (void)!::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-    ::shutdown(fd, SHUT_WR);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-      pollfd p{fd, POLLIN, 0};
-      if (::poll(&p, 1, 200) <= 0) continue;
-      char buf[4096];
-      const auto n = ::recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      out.append(buf, static_cast<std::size_t>(n));
-    }
-  }
-  ::close(fd);
-  return out;
-}
 
 class ServerTest : public ::testing::Test {
  protected:

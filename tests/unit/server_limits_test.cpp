@@ -41,6 +41,7 @@ using nlohmann::json;
 using testing::BackgroundUpload;
 using testing::eventually;
 using testing::metric;
+using testing::raw_exchange;
 using testing::read_file;
 using testing::run_command;
 using testing::ServerProcess;
@@ -75,30 +76,6 @@ Answer upload(const ServerProcess& s, const fs::path& file) {
               shell_quote(s.url("/v1/audio/transcriptions")));
 }
 
-// Sends `bytes` on one connection, half-closes it and reads until the server closes.
-std::string raw_exchange(int port, const std::string& bytes) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    (void)!::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-    ::shutdown(fd, SHUT_WR);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (std::chrono::steady_clock::now() < deadline) {
-      pollfd p{fd, POLLIN, 0};
-      if (::poll(&p, 1, 200) <= 0) continue;
-      char buf[4096];
-      const auto n = ::recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      out.append(buf, static_cast<std::size_t>(n));
-    }
-  }
-  ::close(fd);
-  return out;
-}
 
 std::string series(const std::string& endpoint, int status) {
   return "amanuensis_requests_total{endpoint=\"" + endpoint + "\",status=\"" + std::to_string(status) + "\"}";

@@ -8,15 +8,7 @@
 
 #include "common/fp16.h"
 
-#if defined(__x86_64__)
-// GCC 12 reports the undefined vectors its own AVX-512 intrinsics start from as
-// uninitialized (GCC bug 105593)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#endif
+#include "kernels/cpu/intrinsics.h"
 
 #define AMANUENSIS_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 

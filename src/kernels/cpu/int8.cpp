@@ -1,14 +1,6 @@
 #include "kernels/cpu/int8.h"
 
-#if defined(__x86_64__)
-// GCC 12 reports the undefined vectors its own AVX-512 intrinsics start from as
-// uninitialized (GCC bug 105593)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#endif
+#include "kernels/cpu/intrinsics.h"
 
 #include <algorithm>
 #include <cmath>
