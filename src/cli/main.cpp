@@ -57,6 +57,7 @@ transcribe options:
   --no-timestamps         decode without timestamp tokens
   --task TASK             transcribe (default) or translate
   --prompt TEXT           initial prompt (previous-context text)
+  --hotwords TEXT         words put ahead of every window's prompt (names, terms), as faster-whisper
   --compat whisper.cpp    follow whisper.cpp's whisper_full() instead of OpenAI's transcribe():
                           its suppressed tokens and timestamp rules, 220 tokens per window,
                           no temperature fallback, its context, segmentation and seeking
@@ -125,6 +126,7 @@ pipeline::TranscribeOptions transcribe_options(const Args& args) {
   o.decode.timestamps = !args.flag("no-timestamps");
   o.decode.task = args.get_or("task", "transcribe");
   o.initial_prompt = args.get_or("prompt", "");
+  o.hotwords = args.get_or("hotwords", "");
   o.word_timestamps = args.flag("word-timestamps");
   o.vad = vad_flags(args);
   if (args.get("hallucination-silence-threshold")) {
@@ -304,7 +306,7 @@ int run(const std::vector<std::string>& argv) {
   }
   if (command == "transcribe") {
     Args args(rest, with({"no-timestamps", "word-timestamps", "vad"}, kDecodingFlags),
-              with({"model", "output-format", "output-dir", "task", "prompt", "compat", "threads", "pcm-rate",
+              with({"model", "output-format", "output-dir", "task", "prompt", "hotwords", "compat", "threads", "pcm-rate",
                     "pcm-channels", "pcm-format", "hallucination-silence-threshold", "vad-threshold", "precision",
                     "max-audio-seconds"},
                    kDecodingOptions));

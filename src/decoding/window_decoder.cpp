@@ -73,13 +73,16 @@ WindowDecoder::WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& 
   sample_len_ = options_.sample_len > 0 ? options_.sample_len : default_len;
 }
 
+std::size_t WindowDecoder::prompt_limit() const {
+  // OpenAI keeps the last n_text_ctx/2 - 1 prompt tokens, whisper.cpp n_text_ctx/2
+  return static_cast<std::size_t>(decoder_.n_text_ctx() / 2 - (options_.semantics == Semantics::OpenAI ? 1 : 0));
+}
+
 std::vector<TokenId> WindowDecoder::initial_tokens(std::span<const TokenId> prompt) const {
   const auto& sp = tokenizer_.special();
   std::vector<TokenId> tokens;
   if (!prompt.empty()) {
-    // OpenAI keeps the last n_text_ctx/2 - 1 prompt tokens, whisper.cpp n_text_ctx/2
-    const std::size_t limit = decoder_.n_text_ctx() / 2 - (options_.semantics == Semantics::OpenAI ? 1 : 0);
-    const std::size_t keep = std::min<std::size_t>(prompt.size(), limit);
+    const std::size_t keep = std::min<std::size_t>(prompt.size(), prompt_limit());
     tokens.push_back(sp.prev);
     tokens.insert(tokens.end(), prompt.end() - static_cast<std::ptrdiff_t>(keep), prompt.end());
   }

@@ -65,6 +65,8 @@ class WindowDecoder {
   // [<|lang|> <|task|>] [<|notimestamps|>]. `prompt` is cut to its last n_text_ctx/2 - 1
   // tokens (n_text_ctx/2 with whisper.cpp semantics).
   std::vector<TokenId> initial_tokens(std::span<const TokenId> prompt) const;
+  // The most prompt tokens initial_tokens() keeps (its last ones).
+  std::size_t prompt_limit() const;
 
   // Decodes one window: arg-max at temperature 0, else samples softmax(logits / T) with a
   // generator seeded by `seed`, so the same call gives the same tokens.

@@ -230,6 +230,28 @@ Decoded decode_with_fallback(const decoding::WindowDecoder& decoder, const text:
   return decoded;
 }
 
+// The tokens of `hotwords` (" " + the words, as the prompt is encoded), at most `limit`.
+std::vector<TokenId> hotword_tokens(const text::Tokenizer& tok, const std::string& hotwords, std::size_t limit) {
+  const auto first = hotwords.find_first_not_of(" \t\n");
+  if (first == std::string::npos) return {};
+  const auto last = hotwords.find_last_not_of(" \t\n");
+  auto tokens = tok.encode(" " + hotwords.substr(first, last - first + 1));
+  if (tokens.size() > limit) tokens.resize(limit);
+  return tokens;
+}
+
+// A window's prompt: the hotwords, then as much of the previous text as fits in `limit`
+// (its last tokens). Without hotwords, `previous` itself.
+std::span<const TokenId> with_hotwords(std::span<const TokenId> hotwords, std::span<const TokenId> previous,
+                                       std::size_t limit, std::vector<TokenId>& storage) {
+  if (hotwords.empty()) return previous;
+  const std::size_t room = limit - hotwords.size();
+  const auto kept = previous.last(std::min(room, previous.size()));
+  storage.assign(hotwords.begin(), hotwords.end());
+  storage.insert(storage.end(), kept.begin(), kept.end());
+  return storage;
+}
+
 // The window's audio states, kept as the decoder's cross-attention keys and values.
 nn::CrossAttentionCache encode_window(const Model& model, nn::Runner& runner, std::span<const float> mel_window) {
   return runner.encode(model.encoder(), model.decoder(), mel_window);
@@ -352,13 +374,16 @@ Transcript transcribe_all(const Model& model, std::span<const float> samples, co
   std::vector<TokenId> all_tokens = options.initial_prompt.empty() ? std::vector<TokenId>{}
                                                                    : tok.encode(" " + options.initial_prompt);
   std::size_t prompt_reset_since = 0;
+  const auto hotwords = hotword_tokens(tok, options.hotwords, decoder.prompt_limit());
+  std::vector<TokenId> window_prompt;
   const auto heads = decoding::alignment_heads(model.hparams());
   double last_speech_timestamp = 0.0;
   int seek = 0;
   while (seek + min_remaining < content_frames) {
     const int segment_size = std::min(kWindowFrames, content_frames - seek);
     const auto cross = encode_window(model, runner, window_at(mel, seek, content_frames, semantics));
-    std::span<const TokenId> prompt(all_tokens.data() + prompt_reset_since, all_tokens.size() - prompt_reset_since);
+    const std::span<const TokenId> previous(all_tokens.data() + prompt_reset_since, all_tokens.size() - prompt_reset_since);
+    const auto prompt = with_hotwords(hotwords, previous, decoder.prompt_limit(), window_prompt);
     const auto decoded = decode_with_fallback(decoder, tok, cross, prompt, options, seek, content_frames - seek);
     const auto& [result, quality, temperatures_tried] = decoded;
     out.window_seeks.push_back(seek);

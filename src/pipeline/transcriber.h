@@ -48,6 +48,9 @@ struct TranscribeOptions {
   decoding::QualityThresholds thresholds;
   bool condition_on_previous_text = true;
   std::string initial_prompt;
+  // Words placed at the start of every window's prompt, ahead of the previous text (which
+  // is cut to make room), as faster-whisper's hotwords: names and terms to favour.
+  std::string hotwords;
   bool word_timestamps = false;  // OpenAI semantics only
   // Voice activity detection: only the stretches with speech are decoded (as
   // faster-whisper's vad_filter); times stay those of the original recording.

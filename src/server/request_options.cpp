@@ -117,6 +117,7 @@ const std::map<std::string, FieldReader, std::less<>>& field_readers() {
       {"response_format", [](const std::string& v, auto& r, auto&) { r.response_format = v; }},
       {"language", [](const std::string& v, auto& r, auto&) { r.language = read_language(v); }},
       {"prompt", [](const std::string& v, auto& r, auto&) { r.prompt = v; }},
+      {"hotwords", [](const std::string& v, auto& r, auto&) { r.hotwords = v; }},
       {"temperature", [](const std::string& v, auto& r, auto&) { r.temperature = read_number("temperature", v, 0, 1); }},
       {"timestamp_granularities[]", [](const std::string& v, auto& r, auto&) { read_granularity(v, r); }},
       {"timestamp_granularities", [](const std::string& v, auto& r, auto&) { read_granularity(v, r); }},
@@ -284,7 +285,7 @@ void apply_decoding(const TranscriptionRequest& r, pipeline::TranscribeOptions& 
 
 // What, besides the audio, makes one request differ from another, for the seed.
 std::string options_key(const TranscriptionRequest& r, const pipeline::TranscribeOptions& o) {
-  std::string key = o.decode.task + "|" + o.decode.language + "|" + r.prompt + "|" +
+  std::string key = o.decode.task + "|" + o.decode.language + "|" + r.prompt + "|" + r.hotwords + "|" +
                     std::to_string(r.temperature.value_or(-1));
   if (r.best_of || r.temperature_inc || r.offset > 0 || r.duration || r.hallucination_silence_threshold)
     key += "|" + std::to_string(o.best_of) + "|" + std::to_string(r.temperature_inc.value_or(-1)) + "|" +
@@ -302,6 +303,7 @@ pipeline::TranscribeOptions transcribe_options(const TranscriptionRequest& reque
   o.decode.task = translate ? "translate" : "transcribe";
   if (!request.language.empty()) o.decode.language = request.language;
   if (!request.prompt.empty()) o.initial_prompt = request.prompt;
+  if (!request.hotwords.empty()) o.hotwords = request.hotwords;
   o.temperatures = temperature_schedule(request, defaults, temperature);
   apply_decoding(request, o);
   if (!request.file) throw InternalError("transcribe_options: a request without its file");

@@ -43,6 +43,7 @@ struct TranscriptionRequest {
   std::string response_format = "json";
   std::string language;  // "" or "auto": detected
   std::string prompt;
+  std::string hotwords;  // placed ahead of every window's prompt (faster-whisper's hotwords)
   std::optional<double> temperature;
   bool word_granularity = false;  // timestamp_granularities[] has "word": words in verbose_json
   bool include_timing = false;

@@ -146,6 +146,16 @@ TEST(CliTranscribe, NoTimestampsPrintsText) {
   EXPECT_EQ(r.out.find("-->"), std::string::npos) << "no timestamps in plain text output\n" << r;
 }
 
+// --hotwords reaches the prompt: the same file transcribes differently with them.
+TEST(CliTranscribe, HotwordsChangeTheTranscript) {
+  const auto plain = run_cli(transcribe_args("micro.en-f16", audio("jfk.wav"), {"--temperature", "0"}));
+  const auto hot =
+      run_cli(transcribe_args("micro.en-f16", audio("jfk.wav"), {"--temperature", "0", "--hotwords", "Kennedy Ask not"}));
+  ASSERT_EQ(plain.exit_code, 0) << plain;
+  ASSERT_EQ(hot.exit_code, 0) << hot;
+  EXPECT_NE(plain.out, hot.out);
+}
+
 // Checks the `json` format: {"text": ..., "segments": [{start, end, text, tokens}, ...]}.
 json parse_transcript_json(const CliRun& r) {
   EXPECT_EQ(r.exit_code, 0) << r;

@@ -174,7 +174,6 @@ TEST_F(ApiFields, UnsupportedFieldsAndValuesAre400NamingTheField) {
       {{"language=xx"}, "language"},
       {{"language=de"}, "language"},  // the model is English-only
       {{"no_such_field=1"}, "no_such_field"},
-      {{"hotwords=Kennedy"}, "hotwords"},
       {{"beam_size=9"}, "beam_size"},  // above --max-beam-size 8
       {{"best_of=0"}, "best_of"},
       {{"offset=60"}, "offset"},  // past the end of jfk's 11 s
@@ -285,6 +284,18 @@ TEST_F(ApiFields, HallucinationSilenceThresholdIsApplied) {
   EXPECT_EQ(testing::rows_of(r.as_json()), with);
   EXPECT_FALSE(r.as_json().contains("words")) << "words are shown only when asked for";
   EXPECT_EQ(post(*server_, {"hallucination_silence_threshold=-1"}).error_param(), "hallucination_silence_threshold");
+}
+
+// hotwords lead every window's prompt (faster-whisper's field): the server's transcript is
+// the library's with the same hotwords, and differs from the one without.
+TEST_F(ApiFields, HotwordsLeadThePrompt) {
+  const auto samples = audio::load_audio_file(audio("jfk.wav"));
+  const auto with = testing::rows_of(library_transcript(samples, [](auto& o) { o.hotwords = "Kennedy Ask not"; }));
+  const auto without = testing::rows_of(library_transcript(samples, [](auto&) {}));
+  ASSERT_NE(with, without) << "the test needs a file where hotwords change the output";
+  const auto r = post(*server_, {"response_format=verbose_json", "hotwords=Kennedy Ask not"});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(testing::rows_of(r.as_json()), with);
 }
 
 // offset/duration transcribe that part of the file; the times are the file's.

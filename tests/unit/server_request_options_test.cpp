@@ -56,9 +56,13 @@ TEST(RequestOptions, EveryOpenAiFieldIsTaken) {
   EXPECT_TRUE(r.vad_options.has_value());
 }
 
+TEST(RequestOptions, HotwordsReachTheTranscription) {
+  EXPECT_EQ(options_of({{"hotwords", "Kennedy"}}).hotwords, "Kennedy");
+  EXPECT_EQ(options_of({}).hotwords, "");
+}
+
 TEST(RequestOptions, UnknownFieldsAreRefusedByName) {
   EXPECT_EQ(refused_field({{"temprature", "0"}}), "temprature");
-  EXPECT_EQ(refused_field({{"hotwords", "Kennedy"}}), "hotwords");  // no pipeline hook for it
   EXPECT_EQ(refused_field({{"known_speaker_names[]", "a"}}), "known_speaker_names[]");
 }
 
