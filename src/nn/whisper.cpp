@@ -263,6 +263,10 @@ std::vector<AudioFeatures> Encoder::encode_stacked(std::span<const std::span<con
   }
   be.layer_norm(x, windows * n, w_->encoder_ln_post.gamma, w_->encoder_ln_post.beta);
   std::vector<AudioFeatures> out;
+  if (windows == 1) {  // the CLI's and a lone request's case: no copy of the states
+    out.push_back({n, d, std::move(x)});
+    return out;
+  }
   for (std::int64_t w = 0; w < windows; ++w) {
     const auto first = x.begin() + w * n * d;
     out.push_back({n, d, std::vector<float>(first, first + n * d)});

@@ -87,6 +87,7 @@ class ReferenceBackend final : public Backend {
     std::optional<cpu::Int8Matrix> codes;
     if (int8 && hint == RowsHint::Many) {
       codes = cpu::quantize_matrix_int8(m.values, weights.shape);
+      m.values = {};  // the codes are what is multiplied; matrix_row reads Few matrices only
     }
     std::vector<float> unrounded;
     if (precision_ == Precision::Bf16) {
