@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <future>
+#include <latch>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -293,9 +294,11 @@ TEST(BatchedCompute, OneClientsBadStepDoesNotFailTheOthers) {
 }
 
 // No timer decides who is in a step: a client that takes its time between steps (here
-// 20 ms, as a slow machine's logit rules might) is waited for, so every step after the
-// first has both sequences. With the old 3 ms gathering timeout the quick client ran its
-// steps alone while the slow one slept.
+// 20 ms, as a slow machine's logit rules might) is waited for, so every one of its steps
+// after the first has the quick client's sequence too. With the old 3 ms gathering
+// timeout the quick client ran its steps alone while the slow one slept. The slow client
+// takes its first step before the quick one starts (a latch), so neither thread's start-up
+// time decides who is decoding when.
 TEST(BatchedCompute, StepsWaitForEveryDecodingClientNotForATimer) {
   const auto model = Model::load(testing::model_path("micro.en-f16"));
   const auto& decoder = model->decoder();
@@ -303,24 +306,27 @@ TEST(BatchedCompute, StepsWaitForEveryDecodingClientNotForATimer) {
   const auto cross = decoder.cross_attention(model->encoder().encode(mel));
   BatchedCompute compute;
   constexpr int kSteps = 6;
-  auto decode = [&](std::chrono::milliseconds pause) {
+  std::latch slow_is_decoding(1);
+  auto decode = [&](std::chrono::milliseconds pause, bool slow) {
     BatchedCompute::Client client(compute);
+    if (!slow) slow_is_decoding.wait();
     auto cache = decoder.new_sequence();
     std::vector<float> logits(static_cast<std::size_t>(decoder.n_vocab()));
     for (int i = 0; i < kSteps; ++i) {
       if (i > 0) std::this_thread::sleep_for(pause);
       const nn::SequenceStep step[] = {{model->tokenizer().special().sot, &cache, &cross, logits}};
       client.step(decoder, step);
+      if (slow && i == 0) slow_is_decoding.count_down();
     }
     client.idle();
   };
-  auto quick = std::async(std::launch::async, decode, std::chrono::milliseconds(0));
-  auto slow = std::async(std::launch::async, decode, std::chrono::milliseconds(20));
+  auto slow = std::async(std::launch::async, decode, std::chrono::milliseconds(20), true);
+  auto quick = std::async(std::launch::async, decode, std::chrono::milliseconds(0), false);
   quick.get();
   slow.get();
   const auto counts = compute.counts().decoder_sequences;
   const auto pairs = counts.count(2) ? counts.at(2) : 0;
-  EXPECT_GE(pairs, static_cast<std::uint64_t>(kSteps - 1)) << "steps of two sequences: " << pairs;
+  EXPECT_EQ(pairs, static_cast<std::uint64_t>(kSteps - 1)) << "steps of two sequences: " << pairs;
 }
 
 // Encoder windows of several transcriptions that wait together are encoded as one stack
