@@ -27,7 +27,8 @@ TokenId likeliest_timestamp(std::span<const float> row, TokenId ts_begin) {
   return std::isinf(row[best]) && row[best] < 0 ? -1 : best;
 }
 
-BeamHypothesis extend(const BeamHypothesis& from, TokenId token, TokenId best_timestamp, double sum_logprob) {
+BeamHypothesis extend(const BeamHypothesis& from, TokenId token, TokenId best_timestamp, float logprob,
+                      double sum_logprob) {
   BeamHypothesis h;
   h.tokens.reserve(from.tokens.size() + 1);
   h.tokens = from.tokens;
@@ -35,6 +36,9 @@ BeamHypothesis extend(const BeamHypothesis& from, TokenId token, TokenId best_ti
   h.best_timestamp.reserve(from.best_timestamp.size() + 1);
   h.best_timestamp = from.best_timestamp;
   h.best_timestamp.push_back(best_timestamp);
+  h.token_logprobs.reserve(from.token_logprobs.size() + 1);
+  h.token_logprobs = from.token_logprobs;
+  h.token_logprobs.push_back(logprob);
   h.sum_logprob = sum_logprob;
   return h;
 }
@@ -205,7 +209,8 @@ BeamSearchOutput beam_search_candidates(const nn::Decoder& decoder, const text::
     next.reserve(chosen.live.size());
     for (const auto& c : chosen.live) {
       const TokenId ts = tokenizer.is_timestamp(c.token) ? c.token : likeliest_ts[c.source];
-      next.push_back(extend(live[c.source], c.token, ts, c.sum_logprob));
+      const float logprob = logprobs[static_cast<std::size_t>(c.source)][static_cast<std::size_t>(c.token)];
+      next.push_back(extend(live[c.source], c.token, ts, logprob, c.sum_logprob));
     }
     live = std::move(next);
 
@@ -263,6 +268,7 @@ WindowResult beam_search(const nn::Decoder& decoder, const text::Tokenizer& toke
   result.no_speech_prob = output.no_speech_prob;
   result.tokens = std::move(best.tokens);
   result.best_timestamp = std::move(best.best_timestamp);
+  result.token_logprobs = std::move(best.token_logprobs);
   result.sum_logprob = best.sum_logprob;
   result.reached_end_of_text = best.finished;
   result.avg_logprob = result.sum_logprob / (static_cast<double>(result.tokens.size()) + 1.0);

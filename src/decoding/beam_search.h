@@ -77,6 +77,7 @@ std::size_t rank_candidates(std::span<const double> sum_logprobs, std::span<cons
 struct BeamHypothesis {
   std::vector<TokenId> tokens;          // sampled tokens, end-of-text excluded
   std::vector<TokenId> best_timestamp;  // per token, as WindowResult::best_timestamp
+  std::vector<float> token_logprobs;    // per token, as WindowResult::token_logprobs
   double sum_logprob = 0.0;             // end-of-text's log-probability included when finished
   bool finished = false;                // ended by end-of-text (false: a live beam added at the end)
 };

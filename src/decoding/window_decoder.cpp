@@ -164,6 +164,7 @@ std::vector<WindowResult> WindowDecoder::decode_candidates(const nn::CrossAttent
         continue;
       }
       result.tokens.push_back(chosen);
+      result.token_logprobs.push_back(logprob);
       result.best_timestamp.push_back(tokenizer_.is_timestamp(chosen) ? chosen
                                                                        : likeliest_timestamp(logits, sp.timestamp_begin));
       if (end_of_audio_timestamp >= 0 && chosen >= end_of_audio_timestamp) {

@@ -36,6 +36,7 @@ using LogitsFilter = std::function<void(int step, std::span<const TokenId> sampl
 struct WindowResult {
   std::vector<TokenId> tokens;        // sampled tokens, timestamps included, end-of-text excluded
   std::vector<TokenId> best_timestamp;  // per token: the likeliest timestamp at that step (-1: all masked)
+  std::vector<float> token_logprobs;   // per token: its log-probability after the logit rules
   double sum_logprob = 0.0;
   double avg_logprob = 0.0;           // sum_logprob / (tokens + 1 for end-of-text)
   float no_speech_prob = 0.0f;

@@ -131,4 +131,17 @@ std::string render(const Transcript& t, OutputFormat format) {
   return {};
 }
 
+std::vector<TokenLogprob> text_token_logprobs(const Transcript& transcript, const text::Tokenizer& tokenizer) {
+  std::vector<TokenLogprob> out;
+  for (const auto& s : transcript.segments) {
+    if (s.token_logprobs.size() != s.tokens.size())
+      throw InternalError("segment " + std::to_string(s.id) + " lacks the log-probabilities of its tokens");
+    for (std::size_t i = 0; i < s.tokens.size(); ++i) {
+      if (tokenizer.is_special(s.tokens[i])) continue;
+      out.push_back({std::string(tokenizer.piece(s.tokens[i])), s.token_logprobs[i]});
+    }
+  }
+  return out;
+}
+
 }  // namespace amanuensis::pipeline

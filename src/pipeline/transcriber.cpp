@@ -44,6 +44,10 @@ class SegmentBuilder {
     s.start = start;
     s.end = end;
     s.tokens.assign(tokens.begin(), tokens.end());
+    // `tokens` is a part of the window's tokens: the log-probabilities of that part
+    const auto first = static_cast<std::size_t>(tokens.data() - window.tokens.data());
+    if (window.token_logprobs.size() == window.tokens.size() && first + tokens.size() <= window.tokens.size())
+      s.token_logprobs.assign(window.token_logprobs.begin() + first, window.token_logprobs.begin() + first + tokens.size());
     s.text = tokenizer_.decode(tokens);
     s.avg_logprob = window.avg_logprob;
     s.no_speech_prob = window.no_speech_prob;
@@ -437,6 +441,7 @@ Transcript transcribe_all(const Model& model, std::span<const float> samples, co
         if (s.start == s.end || is_blank(s.text)) {
           s.text.clear();
           s.tokens.clear();
+          s.token_logprobs.clear();
           s.words.clear();
         }
         outcome.context.insert(outcome.context.end(), s.tokens.begin(), s.tokens.end());

@@ -75,6 +75,7 @@ struct Segment {
   double end = 0.0;
   std::string text;
   std::vector<TokenId> tokens;  // including timestamp tokens
+  std::vector<float> token_logprobs;  // per entry of `tokens`: its log-probability when sampled
   std::vector<decoding::TimedWord> words;  // with word_timestamps
   double avg_logprob = 0.0;
   double compression_ratio = 0.0;

@@ -96,11 +96,9 @@ void read_granularity(const std::string& value, TranscriptionRequest& r) {
   }
 }
 
-void read_include(const std::string& value) {
-  if (value == "logprobs")
-    throw FieldError("include", "include[]=logprobs is not supported by this server (token log-probabilities are "
-                                "not returned)");
-  throw FieldError("include", "include[] takes only 'logprobs', which this server does not support (got '" + value + "')");
+void read_include(const std::string& value, TranscriptionRequest& r) {
+  if (value != "logprobs") throw FieldError("include", "include[] takes only 'logprobs' (got '" + value + "')");
+  r.include_logprobs = true;
 }
 
 void read_stream(const std::string& value) {
@@ -121,8 +119,8 @@ const std::map<std::string, FieldReader, std::less<>>& field_readers() {
       {"temperature", [](const std::string& v, auto& r, auto&) { r.temperature = read_number("temperature", v, 0, 1); }},
       {"timestamp_granularities[]", [](const std::string& v, auto& r, auto&) { read_granularity(v, r); }},
       {"timestamp_granularities", [](const std::string& v, auto& r, auto&) { read_granularity(v, r); }},
-      {"include[]", [](const std::string& v, auto&, auto&) { read_include(v); }},
-      {"include", [](const std::string& v, auto&, auto&) { read_include(v); }},
+      {"include[]", [](const std::string& v, auto& r, auto&) { read_include(v, r); }},
+      {"include", [](const std::string& v, auto& r, auto&) { read_include(v, r); }},
       {"chunking_strategy", [](const std::string& v, auto& r, auto&) { r.chunking_strategy = read_chunking_strategy(v); }},
       {"stream", [](const std::string& v, auto&, auto&) { read_stream(v); }},
       {"include_timing", [](const std::string& v, auto& r, auto&) { r.include_timing = read_bool("include_timing", v); }},
@@ -168,6 +166,9 @@ void check_combination(TranscriptionRequest& r, const RequestLimits& limits) {
   if (!formats.count(r.response_format))
     throw FieldError("response_format", "response_format must be json, text, srt, verbose_json or vtt (got '" +
                                             r.response_format + "')");
+  if (r.include_logprobs && r.response_format != "json" && r.response_format != "verbose_json")
+    throw FieldError("include", "include[]=logprobs needs response_format json or verbose_json (got " +
+                                    r.response_format + ")");
   if (r.word_granularity && r.response_format != "verbose_json")
     throw FieldError("timestamp_granularities",
                      "timestamp_granularities[]=word needs response_format verbose_json (got " + r.response_format + ")");

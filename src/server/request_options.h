@@ -47,6 +47,7 @@ struct TranscriptionRequest {
   std::optional<double> temperature;
   bool word_granularity = false;  // timestamp_granularities[] has "word": words in verbose_json
   bool include_timing = false;
+  bool include_logprobs = false;  // include[]=logprobs: OpenAI's `logprobs` of the text tokens
   bool detect_language = false;  // answer the language and its probabilities, without transcribing
   // this server's decoding options
   std::optional<int> beam_size;
@@ -76,7 +77,7 @@ struct TranscriptionRequest {
 const std::vector<std::string_view>& known_fields();
 
 // Parses the parts of the form. Throws FieldError naming the field at fault: an unknown
-// field, a bad value, a value for what is not supported (stream=true, include[]=logprobs),
+// field, a bad value, a value for what is not supported (stream=true),
 // a missing file, options that contradict each other.
 TranscriptionRequest parse_transcription_request(const std::vector<FormPart>& parts, const RequestLimits& limits);
 

@@ -514,6 +514,7 @@ class Session : public std::enable_shared_from_this<Session> {
     translate_ = translate;
     requested_language_ = form.language;
     include_timing_ = form.include_timing;
+    include_logprobs_ = form.include_logprobs;
     request_.body().clear();  // `form` views it: not used below
     request_.body().shrink_to_fit();
     std::optional<ModelLease> lease;
@@ -571,6 +572,7 @@ class Session : public std::enable_shared_from_this<Session> {
     } catch (const ShuttingDown& e) {
       throw ApiError{503, e.what(), "server_error", std::nullopt, std::string("shutting_down")};
     }
+    if (include_logprobs_) logprob_model_ = lease.model();  // its tokenizer spells the tokens
     lease_ = std::move(lease);
     ++server_.active_requests;
   }
@@ -644,6 +646,7 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string body, type = "text/plain; charset=utf-8";
     if (response_format_ == "json") {
       json j = {{"text", t.text}, {"usage", usage}};
+      if (include_logprobs_) j["logprobs"] = logprobs_json(t);
       if (include_timing_) j["timing"] = timing;
       body = json_dump(j) + "\n";
       type = "application/json";
@@ -658,6 +661,7 @@ class Session : public std::enable_shared_from_this<Session> {
         j["words"] = all;
       }
       j["usage"] = usage;
+      if (include_logprobs_) j["logprobs"] = logprobs_json(t);
       if (include_timing_) j["timing"] = timing;
       body = json_dump(j) + "\n";
       type = "application/json";
@@ -679,6 +683,18 @@ class Session : public std::enable_shared_from_this<Session> {
     res->set(http::field::content_type, type);
     res->body() = std::move(body);
     send(res, false);
+  }
+
+  // OpenAI's `logprobs`: every text token as {token, logprob, bytes}.
+  json logprobs_json(const pipeline::Transcript& t) const {
+    if (!logprob_model_) throw InternalError("log-probabilities asked for without the model's tokenizer");
+    json all = json::array();
+    for (const auto& [piece, logprob] : pipeline::text_token_logprobs(t, logprob_model_->tokenizer())) {
+      json bytes = json::array();
+      for (const char c : piece) bytes.push_back(static_cast<unsigned char>(c));
+      all.push_back({{"token", piece}, {"logprob", logprob}, {"bytes", bytes}});
+    }
+    return all;
   }
 
   // detect_language / POST /v1/audio/language: the likeliest language as an ISO code (what
@@ -785,6 +801,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool detect_language_ = false;  // detect only: answered by answer_language
   std::string requested_language_;  // the request's own: a server default is not checked per request
   bool include_timing_ = false;
+  bool include_logprobs_ = false;
+  std::shared_ptr<const pipeline::Model> logprob_model_;  // with include_logprobs_
   double offset_ = 0.0;        // seconds of the file before the audio transcribed
   double file_seconds_ = 0.0;  // of the whole file
   double audio_seconds_ = 0.0; // transcribed

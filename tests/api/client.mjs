@@ -67,10 +67,21 @@ await check('json: text without a leading space, usage in whole seconds, _reques
   assert(typeof r._request_id === 'string' && r._request_id.startsWith('req_'), `_request_id ${r._request_id}`);
 });
 
+await check('include logprobs: one {token, logprob, bytes} per text token, spelling the text', async () => {
+  const r = await client.audio.transcriptions.create({
+    file: fs.createReadStream(audioPath), model: 'whisper-1', include: ['logprobs'], temperature: 0,
+  });
+  assert(Array.isArray(r.logprobs) && r.logprobs.length > 0, `no logprobs in ${JSON.stringify(r)}`);
+  assert(r.logprobs.every((t) => typeof t.token === 'string' && Array.isArray(t.bytes) && t.logprob <= 0 && Number.isFinite(t.logprob)),
+    `logprobs ${JSON.stringify(r.logprobs)}`);
+  const spelled = Buffer.from(r.logprobs.flatMap((t) => t.bytes)).toString('utf8');
+  assert(spelled.trim() === r.text, `tokens spell ${JSON.stringify(spelled)}, text is ${JSON.stringify(r.text)}`);
+});
+
 // OpenAI's client sends these fields; the server refuses what it cannot do, naming it.
 for (const [name, fields, param] of [
   ['stream=true', { stream: true }, 'stream'],
-  ['include logprobs', { include: ['logprobs'] }, 'include'],
+  ['include logprobs with response_format text', { include: ['logprobs'], response_format: 'text' }, 'include'],
   ['language xx', { language: 'xx' }, 'language'],
   ['language de on an English-only model', { language: 'de' }, 'language'],
   ['word granularity with json', { timestamp_granularities: ['word'] }, 'timestamp_granularities'],

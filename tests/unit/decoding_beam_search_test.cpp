@@ -264,9 +264,9 @@ BeamSearchOutput search(const WindowDecoder& wd, const BeamOptions& options) {
   return beam_search_candidates(m.decoder, m.tokenizer, wd.rules(), initial, wd.sample_len(), m.audio, options);
 }
 
-// Re-scores a candidate with a fresh cache and all rows at once: the sum of its tokens'
-// log-probabilities (and end-of-text's when finished) after the logit rules, and the
-// likeliest timestamp of each step.
+// Re-scores a candidate with a fresh cache and all rows at once: each token's
+// log-probability after the logit rules, their sum (and end-of-text's when finished), and
+// the likeliest timestamp of each step.
 void expect_rescored(const WindowDecoder& wd, const BeamHypothesis& c, const LogitsFilter& filter = {}) {
   const auto& m = jfk_model();
   auto tokens = wd.initial_tokens({});
@@ -279,6 +279,7 @@ void expect_rescored(const WindowDecoder& wd, const BeamHypothesis& c, const Log
   double sum = 0.0;
   const std::size_t steps = c.tokens.size() + (c.finished ? 1 : 0);
   ASSERT_EQ(c.best_timestamp.size(), c.tokens.size());
+  ASSERT_EQ(c.token_logprobs.size(), c.tokens.size());
   for (std::size_t i = 0; i < steps; ++i) {
     std::vector<float> r(logits.begin() + static_cast<std::ptrdiff_t>((begin - 1 + i) * n_vocab),
                          logits.begin() + static_cast<std::ptrdiff_t>((begin + i) * n_vocab));
@@ -287,8 +288,10 @@ void expect_rescored(const WindowDecoder& wd, const BeamHypothesis& c, const Log
     if (filter) filter(static_cast<int>(i), prefix, r);
     apply_timestamp_rules(r, prefix, wd.rules(), m.tokenizer);
     const TokenId next = i < c.tokens.size() ? c.tokens[i] : sp.eot;
-    sum += log_softmax(r)[next];
+    const float logprob = log_softmax(r)[next];
+    sum += logprob;
     if (i < c.tokens.size()) {
+      EXPECT_NEAR(c.token_logprobs[i], logprob, 2e-3) << "token " << i;
       TokenId ts = next;
       if (!m.tokenizer.is_timestamp(next)) {
         const auto best = std::max_element(r.begin() + sp.timestamp_begin, r.end());
@@ -314,6 +317,10 @@ TEST(BeamSearchModel, BeamSizeOneIsGreedy) {
     const auto beam = beam_search(m.decoder, m.tokenizer, wd.rules(), initial, wd.sample_len(), m.audio, beams(1));
     EXPECT_EQ(beam.tokens, greedy.tokens);
     EXPECT_EQ(beam.best_timestamp, greedy.best_timestamp);
+    EXPECT_EQ(beam.token_logprobs, greedy.token_logprobs);
+    // no end-of-text within kSampleLen here: the sum is the tokens' own
+    ASSERT_FALSE(greedy.reached_end_of_text);
+    EXPECT_NEAR(std::accumulate(greedy.token_logprobs.begin(), greedy.token_logprobs.end(), 0.0), greedy.sum_logprob, 1e-6);
     EXPECT_NEAR(beam.sum_logprob, greedy.sum_logprob, 1e-9);
     EXPECT_NEAR(beam.avg_logprob, greedy.avg_logprob, 1e-9);
     EXPECT_EQ(beam.no_speech_prob, greedy.no_speech_prob);

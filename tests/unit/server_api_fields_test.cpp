@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "audio/decode.h"
+#include "pipeline/output_formats.h"
 #include "pipeline/transcriber.h"
 #include "segment_rows.h"
 #include "server_process.h"
@@ -168,7 +169,8 @@ TEST_F(ApiFields, UnsupportedFieldsAndValuesAre400NamingTheField) {
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
       {{"stream=true"}, "stream"},
       {{"stream=sometimes"}, "stream"},
-      {{"include[]=logprobs"}, "include"},
+      {{"include[]=logprobs", "response_format=text"}, "include"},  // OpenAI: json only
+      {{"include[]=tokens"}, "include"},
       {{"chunking_strategy=manual"}, "chunking_strategy"},
       {{"timestamp_granularities[]=word"}, "timestamp_granularities"},  // json format: no words
       {{"language=xx"}, "language"},
@@ -284,6 +286,39 @@ TEST_F(ApiFields, HallucinationSilenceThresholdIsApplied) {
   EXPECT_EQ(testing::rows_of(r.as_json()), with);
   EXPECT_FALSE(r.as_json().contains("words")) << "words are shown only when asked for";
   EXPECT_EQ(post(*server_, {"hallucination_silence_threshold=-1"}).error_param(), "hallucination_silence_threshold");
+}
+
+// include[]=logprobs: OpenAI's `logprobs`, one {token, logprob, bytes} per text token, the
+// log-probability each had when the decoder chose it (the library's, token for token);
+// the tokens spell the text. Without the field there is none.
+TEST_F(ApiFields, IncludeLogprobsGivesEachTextTokensLogprob) {
+  const auto samples = audio::load_audio_file(audio("jfk.wav"));
+  const auto library = library_transcript(samples);
+  static const auto model = pipeline::Model::load(testing::model_path("micro.en-f16"));
+  const auto expected = pipeline::text_token_logprobs(library, model->tokenizer());
+  ASSERT_FALSE(expected.empty());
+  EXPECT_FALSE(post(*server_, {}).as_json().contains("logprobs"));
+  for (const char* format : {"json", "verbose_json"}) {
+    SCOPED_TRACE(format);
+    const auto r = post(*server_, {"include[]=logprobs", std::string("response_format=") + format});
+    ASSERT_EQ(r.status, 200) << r.body;
+    const auto j = r.as_json();
+    ASSERT_TRUE(j["logprobs"].is_array()) << r.body;
+    ASSERT_EQ(j["logprobs"].size(), expected.size()) << r.body;
+    std::string spelled;
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      const auto& entry = j["logprobs"][i];
+      EXPECT_NEAR(entry["logprob"].get<double>(), expected[i].logprob, 1e-6) << entry;
+      EXPECT_LE(entry["logprob"].get<double>(), 0.0) << entry;
+      std::string bytes;
+      for (int b : entry["bytes"]) bytes += static_cast<char>(b);
+      EXPECT_EQ(bytes, expected[i].bytes) << entry;
+      spelled += bytes;
+    }
+    const auto first = spelled.find_first_not_of(' ');
+    ASSERT_NE(first, std::string::npos) << spelled;
+    EXPECT_EQ(spelled.substr(first, spelled.find_last_not_of(' ') + 1 - first), j["text"].get<std::string>());
+  }
 }
 
 // hotwords lead every window's prompt (faster-whisper's field): the server's transcript is

@@ -70,7 +70,8 @@ TEST(RequestOptions, UnsupportedOpenAiValuesAreRefusedByName) {
   EXPECT_EQ(refused_field({{"stream", "true"}}), "stream");
   EXPECT_EQ(refused_field({{"stream", "maybe"}}), "stream");
   EXPECT_EQ(refused_field({{"stream", "false"}}), "<accepted>");
-  EXPECT_EQ(refused_field({{"include[]", "logprobs"}}), "include");
+  EXPECT_EQ(refused_field({{"include[]", "logprobs"}}), "<accepted>");
+  EXPECT_EQ(refused_field({{"include[]", "logprobs"}, {"response_format", "srt"}}), "include");
   EXPECT_EQ(refused_field({{"include[]", "other"}}), "include");
   EXPECT_EQ(refused_field({{"chunking_strategy", "manual"}}), "chunking_strategy");
   EXPECT_EQ(refused_field({{"chunking_strategy", R"({"type":"client_vad"})"}}), "chunking_strategy");
