@@ -1,5 +1,7 @@
-// mel: a small float64 FFT for the STFT (mixed radix, so it handles Whisper's n_fft = 400
-// = 2^4 * 5^2 without padding to a power of two).
+// mel: the plan of the float32 FFT behind the STFT (mixed radix 4/2/5, so it handles
+// Whisper's n_fft = 400 = 2^4 * 5^2 without padding to a power of two), and a one-frame
+// entry point to it for tests. The transform itself runs on many frames at once, one
+// frame per SIMD lane (mel/stft_lanes.inc).
 #pragma once
 
 #include <complex>
@@ -9,42 +11,21 @@
 
 namespace amanuensis::mel {
 
-// Forward complex DFT, X[k] = sum_n x[n] exp(-2 pi i n k / N), any N >= 1 (radix-2/4/5
-// butterflies, a generic butterfly for other prime factors). The plan is immutable, so one
-// instance may be used from several threads.
-class ComplexFft {
- public:
-  explicit ComplexFft(std::size_t n);
+// The factors and twiddles of a real DFT of n values (n even, n / 2 a product of 2, 4
+// and 5): one complex FFT of n / 2 points over the even/odd samples packed as complex
+// numbers, then a split into bins 0..n/2. Immutable: shared by every thread.
+struct FftPlan {
+  explicit FftPlan(std::size_t n);
 
-  std::size_t size() const { return n_; }
-  // `input` and `output` hold size() values and must not overlap.
-  void forward(std::span<const std::complex<double>> input, std::span<std::complex<double>> output) const;
-
- private:
-  void transform(const std::complex<double>* in, std::size_t stride, std::complex<double>* out,
-                 std::size_t stage) const;
-  void butterfly(std::complex<double>* out, std::size_t stride, std::size_t radix, std::size_t m) const;
-  void butterfly5(std::complex<double>* out, std::size_t stride, std::size_t m) const;
-
-  std::size_t n_;
-  std::vector<std::size_t> factors_;            // radices, outermost first
-  std::vector<std::complex<double>> twiddles_;  // exp(-2 pi i j / N), j < N
+  std::size_t n = 0;                           // real values
+  std::size_t half = 0;                        // complex points of the inner FFT
+  std::vector<std::size_t> factors;            // radices of the inner FFT, outermost first
+  std::vector<std::complex<float>> twiddles;   // exp(-2 pi i j / half), j < half
+  std::vector<std::complex<float>> split;      // exp(-2 pi i k / n), k <= n / 4
 };
 
-// Forward DFT of N real values (N even), returning bins 0..N/2. Runs one complex FFT of
-// size N/2 over the even/odd samples packed as complex numbers, then splits the result.
-class RealFft {
- public:
-  explicit RealFft(std::size_t n);
-
-  std::size_t size() const { return n_; }
-  // `input` holds size() values, `output` size()/2 + 1 bins.
-  void forward(std::span<const double> input, std::span<std::complex<double>> output) const;
-
- private:
-  std::size_t n_;
-  ComplexFft half_;
-  std::vector<std::complex<double>> twiddles_;  // exp(-2 pi i k / N), k <= N/4
-};
+// Forward DFT of one frame of plan.n real values, bins 0..n/2: the lane code run on this
+// frame alone (the other lanes hold zeros). For tests of the transform.
+std::vector<std::complex<float>> real_dft(const FftPlan& plan, std::span<const float> frame);
 
 }  // namespace amanuensis::mel
