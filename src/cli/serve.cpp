@@ -33,7 +33,14 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
                           413 audio_too_long (default 10800 = 3 h; 0 = no limit)
   --max-upload-mb N       largest upload accepted, else 413 (default 25)
   --api-key KEY           require "Authorization: Bearer KEY" on /v1/*
-  --request-timeout S     seconds to send a request, and at most to wait in the queue (default 300)
+  --request-timeout S     seconds to send a request's body, and at most to wait in the queue
+                          (default 300)
+  --header-timeout S      seconds a connection has to send a complete request header, else it
+                          is closed (default 10)
+  --keep-alive-timeout S  seconds a kept-alive connection may wait for its next request
+                          (default 30)
+  --max-connections N     connections open at once; one more is answered 503
+                          too_many_connections and closed (default 256)
   --model M               a model to serve, by name or path; repeat it to serve several: a
                           request's `model` field picks one by id (its catalog name, as in
                           `--model tiny.en`, else its file name without .bin), whisper-1
@@ -67,6 +74,15 @@ double seconds_or_none(const Args& args, const std::string& name, double fallbac
   const double v = args.get_double(name, fallback);
   if (!(v >= 0.0 && v <= 86400.0 * 365))
     throw Error("--" + name + " must be between 0 (no limit) and a year, in seconds (got " + *args.get(name) + ")");
+  return v;
+}
+
+// A timeout: positive, and a day at most (the deadlines are kept in nanoseconds, where
+// 1e10 s and more overflow); inf and negative values are refused, NaN by get_double.
+double timeout_seconds(const Args& args, const std::string& name, double fallback) {
+  const double v = args.get_double(name, fallback);
+  if (!(v > 0.0 && v <= 86400.0))
+    throw Error("--" + name + " must be between 0 and 86400 seconds (got " + *args.get(name) + ")");
   return v;
 }
 
@@ -105,7 +121,8 @@ int run_serve(const std::vector<std::string>& argv) {
             with({"model", "host", "port", "threads", "workers", "max-queue-seconds", "max-upload-mb", "api-key",
                   "request-timeout", "model-id", "io-threads", "precision", "model-idle-unload",
                   "max-loaded-models", "max-beam-size", "max-best-of", "vad-threshold", "max-audio-seconds",
-                  "max-admitted-seconds", "hallucination-silence-threshold"},
+                  "max-admitted-seconds", "hallucination-silence-threshold", "header-timeout", "keep-alive-timeout",
+                  "max-connections"},
                  kDecodingOptions));
   if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
   server::ServerOptions o;
@@ -125,10 +142,10 @@ int run_serve(const std::vector<std::string>& argv) {
   const int upload_mb = positive_int(args, "max-upload-mb", 25, 1);
   o.max_upload_bytes = static_cast<std::size_t>(upload_mb) << 20;
   o.api_key = args.get_or("api-key", "");
-  o.request_timeout = args.get_double("request-timeout", 300.0);
-  // a day at most: the deadline is kept in nanoseconds, where 1e10 s and more overflow
-  if (!(o.request_timeout > 0 && o.request_timeout <= 86400.0))
-    throw Error("--request-timeout must be between 0 and 86400 seconds");
+  o.request_timeout = timeout_seconds(args, "request-timeout", 300.0);
+  o.header_timeout = timeout_seconds(args, "header-timeout", 10.0);
+  o.keep_alive_timeout = timeout_seconds(args, "keep-alive-timeout", 30.0);
+  o.max_connections = static_cast<std::size_t>(positive_int(args, "max-connections", 256, 1));
   o.model_idle_unload = args.get_double("model-idle-unload", 0.0);
   if (!(o.model_idle_unload >= 0.0 && o.model_idle_unload <= 86400.0 * 365))
     throw Error("--model-idle-unload must be between 0 (never) and a year, in seconds");

@@ -1,11 +1,13 @@
 #include "model/ggml_file.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <memory>
 #include <sstream>
 
 #include "common/error.h"
@@ -198,50 +200,71 @@ std::vector<ExpectedTensor> expected_tensors(const HyperParams& hp) {
   return out;
 }
 
-struct ModelFile::Mapping {
-  void* address = nullptr;
+// The file's bytes, read into memory rather than mapped: a mapping would tie the process
+// to the file, and a file truncated or rewritten in place while the server runs would
+// kill it with SIGBUS at the next touch of a page past the new end. Read, the bytes are
+// the process's own; the load copies every tensor into the backend's storage and then
+// drops them (release_tensors), so the peak is the same as a mapping's, whose pages the
+// load touches too.
+struct ModelFile::Storage {
+  std::unique_ptr<std::byte[]> bytes;  // not zeroed: read() writes every byte
   std::size_t length = 0;
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  Mapping(void* a, std::size_t n) : address(a), length(n) {}
-  ~Mapping() {
-    if (address && length) munmap(address, length);
+};
+
+namespace {
+
+// Reads the whole file of `length` bytes; a file that shrinks meanwhile (being replaced in
+// place) is an Error, not a short model.
+void read_all(int fd, std::byte* out, std::size_t length, const std::string& name) {
+  std::size_t done = 0;
+  while (done < length) {
+    const auto n = ::pread(fd, out + done, std::min<std::size_t>(length - done, 1u << 30), static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw Error("cannot read model file " + name + ": " + std::strerror(errno));
+    if (n == 0)
+      throw Error("model file " + name + " ended at byte " + std::to_string(done) + " of " + std::to_string(length) +
+                  " while it was read: was it being replaced? Load it again once it is written");
+    done += static_cast<std::size_t>(n);
+  }
+}
+
+// Closes the descriptor however open() leaves.
+struct FileDescriptor {
+  int fd;
+  ~FileDescriptor() {
+    if (fd >= 0) ::close(fd);
   }
 };
 
+}  // namespace
+
 ModelFile ModelFile::open(const std::filesystem::path& path) {
   const std::string name = path.string();
-  int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error("cannot open model file " + name + ": " + std::strerror(errno));
+  const FileDescriptor file{::open(name.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (file.fd < 0) throw Error("cannot open model file " + name + ": " + std::strerror(errno));
   struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error("model path " + name + " is not a regular file");
-  }
-  const auto length = static_cast<std::size_t>(st.st_size);
-  void* address = nullptr;
-  if (length > 0) {
-    address = mmap(nullptr, length, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (address == MAP_FAILED) {
-      ::close(fd);
-      throw Error("cannot map model file " + name + ": " + std::strerror(errno));
-    }
-  }
-  ::close(fd);
-  auto mapping = std::make_shared<Mapping>(address, length);
-  ModelFile model = parse({static_cast<const std::byte*>(address), length}, name);
-  model.mapping_ = std::move(mapping);
+  if (fstat(file.fd, &st) != 0 || !S_ISREG(st.st_mode)) throw Error("model path " + name + " is not a regular file");
+  auto storage = std::make_shared<Storage>();
+  storage->length = static_cast<std::size_t>(st.st_size);
+  storage->bytes.reset(new std::byte[std::max<std::size_t>(1, storage->length)]);
+  read_all(file.fd, storage->bytes.get(), storage->length, name);
+  ModelFile model = parse({storage->bytes.get(), storage->length}, name);
+  model.storage_ = std::move(storage);
   model.path_ = path;
   return model;
 }
 
-void ModelFile::release_pages() const {
-  if (mapping_ && mapping_->address && mapping_->length > 0) madvise(mapping_->address, mapping_->length, MADV_DONTNEED);
+void ModelFile::release_tensors() {
+  tensors_.clear();
+  bytes_ = {};
+  storage_.reset();
+  released_ = true;
 }
 
 ModelFile ModelFile::parse(std::span<const std::byte> bytes, std::string source) {
   ModelFile model;
   model.bytes_ = bytes;
+  model.size_bytes_ = bytes.size();
   Reader in(bytes, source);
 
   const auto magic = in.read<std::uint32_t>("the magic number");
@@ -339,6 +362,8 @@ ModelFile ModelFile::parse(std::span<const std::byte> bytes, std::string source)
 }
 
 const TensorView& ModelFile::tensor(const std::string& name) const {
+  // a bug: the weights are read from the file once, at load
+  if (released_) throw InternalError(path_.string() + ": tensor " + name + " read after the model's bytes were released");
   auto it = tensors_.find(name);
   if (it == tensors_.end()) throw Error(path_.string() + ": model has no tensor " + name);
   return it->second;

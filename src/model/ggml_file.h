@@ -1,5 +1,6 @@
 // model: reads Whisper models in whisper.cpp's legacy ggml file format: hyper-parameters,
-// mel filterbank, vocabulary and every tensor, over a read-only memory map of the file.
+// mel filterbank, vocabulary and every tensor, from the file read into memory (not mapped:
+// see ModelFile::Storage in ggml_file.cpp).
 #pragma once
 
 #include <array>
@@ -45,7 +46,7 @@ struct HyperParams {
 };
 
 // One tensor of the file. `extents` are PyTorch's shape reversed (fastest-varying first),
-// as the file stores them; `data` points into the memory map.
+// as the file stores them; `data` points into the file's bytes (until release_tensors).
 struct TensorView {
   std::string name;
   TensorType type = TensorType::F32;
@@ -61,7 +62,7 @@ struct TensorView {
 
 class ModelFile {
  public:
-  // Maps and validates the file: magic, header, filters, vocabulary, and every tensor
+  // Reads and validates the file: magic, header, filters, vocabulary, and every tensor
   // Whisper needs, with the shape and type the header implies. Throws amanuensis::Error
   // naming the problem (bad magic, tensor X has wrong shape, file ends at byte N while
   // tensor X needs M, ...).
@@ -75,7 +76,7 @@ class ModelFile {
   std::span<const float> mel_filters() const { return mel_filters_; }  // [n_mel][n_fft]
   const std::vector<std::string>& vocabulary() const { return vocabulary_; }
   const std::filesystem::path& path() const { return path_; }
-  std::size_t size_bytes() const { return bytes_.size(); }
+  std::size_t size_bytes() const { return size_bytes_; }
 
   // Throws Error if the file has no tensor of that name.
   const TensorView& tensor(const std::string& name) const;
@@ -84,16 +85,18 @@ class ModelFile {
   // Tensor names in the order the file stores them.
   const std::vector<std::string>& tensor_order() const { return tensor_order_; }
 
-  // Drops the mapped file's pages from this process's memory (madvise DONTNEED): call it
-  // once the weights are copied into the backend's own storage, so the model does not
-  // count twice in the resident set. Tensors stay readable: their pages come back from
-  // the file if touched again. No effect on parsed in-memory bytes.
-  void release_pages() const;
+  // Frees the file's bytes and forgets the tensors: call it once the weights are copied
+  // into the backend's own storage, so that the model does not count twice in memory.
+  // The header, filters and vocabulary stay; tensor() is then an InternalError (a bug),
+  // never a read of freed memory.
+  void release_tensors();
 
  private:
-  struct Mapping;
-  std::shared_ptr<Mapping> mapping_;  // keeps the bytes alive; shared so models can copy cheaply
+  struct Storage;
+  std::shared_ptr<Storage> storage_;  // keeps the bytes alive; shared so models can copy cheaply
   std::span<const std::byte> bytes_;
+  std::size_t size_bytes_ = 0;
+  bool released_ = false;
   std::filesystem::path path_;
   HyperParams hparams_;
   int filter_n_mels_ = 0;

@@ -272,7 +272,7 @@ Model::Model(model::ModelFile file, std::shared_ptr<const nn::WhisperWeights> we
 std::shared_ptr<const Model> Model::load(const std::filesystem::path& path, const nn::LoadOptions& options) {
   auto file = model::ModelFile::open(path);
   auto weights = nn::WhisperWeights::load(file, options);
-  file.release_pages();  // every tensor now lives in the backend's storage
+  file.release_tensors();  // every tensor now lives in the backend's storage
   return std::make_shared<const Model>(std::move(file), std::move(weights));
 }
 

@@ -120,6 +120,18 @@ std::string Metrics::render(const pipeline::SchedulerStats& scheduler, std::size
          "Decoder KV pool bytes of the loaded models: reserved (blocks allocated), used (held by sequences).");
   out += "amanuensis_kv_pool_bytes{state=\"reserved\"} " + std::to_string(scheduler.kv_reserved_bytes) + "\n";
   out += "amanuensis_kv_pool_bytes{state=\"used\"} " + std::to_string(scheduler.kv_used_bytes) + "\n";
+  sample(out, "amanuensis_open_connections", "gauge", "HTTP connections open (at most --max-connections).",
+         std::to_string(connections.open.load()));
+  sample(out, "amanuensis_connections_refused_total", "counter",
+         "Connections answered 503 and closed because --max-connections were open.",
+         std::to_string(connections.refused.load()));
+  header(out, "amanuensis_connection_timeouts_total", "counter",
+         "Connections closed for sending no complete request header within --header-timeout (header), or no "
+         "next request within --keep-alive-timeout (keep_alive).");
+  out += "amanuensis_connection_timeouts_total{phase=\"header\"} " + std::to_string(connections.header_timeouts.load()) +
+         "\n";
+  out += "amanuensis_connection_timeouts_total{phase=\"keep_alive\"} " +
+         std::to_string(connections.idle_timeouts.load()) + "\n";
   sample(out, "amanuensis_uptime_seconds", "gauge", "Seconds since the server started.", number(uptime_seconds));
   sample(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
          std::to_string(resident_memory_bytes()));

@@ -1,6 +1,7 @@
 // server: the counters and histograms behind GET /metrics, in Prometheus' text format.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -26,9 +27,19 @@ class Histogram {
   std::uint64_t count_ = 0;
 };
 
+// Connections, counted where they open, close and time out (server.cpp, session.cpp);
+// atomics, as the acceptor reads the open count for every connection it takes.
+struct ConnectionCounters {
+  std::atomic<std::uint64_t> open{0};
+  std::atomic<std::uint64_t> refused{0};          // over --max-connections
+  std::atomic<std::uint64_t> header_timeouts{0};  // no complete header within --header-timeout
+  std::atomic<std::uint64_t> idle_timeouts{0};    // kept alive past --keep-alive-timeout
+};
+
 class Metrics {
  public:
   Metrics();
+  ConnectionCounters connections;
   // One finished HTTP request: endpoint label (e.g. "/v1/audio/transcriptions"), status.
   void record_request(const std::string& endpoint, int status, double latency_seconds);
   // One transcription done: its audio length and time spent transcribing.

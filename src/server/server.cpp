@@ -4,6 +4,8 @@
 // run(), so that stopping needs no new thread.
 #include "server/server.h"
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -14,6 +16,8 @@
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "pipeline/scheduler.h"
@@ -22,6 +26,7 @@
 namespace amanuensis::server {
 
 namespace beast = boost::beast;
+namespace http = beast::http;
 
 void Server::Impl::register_session(const std::shared_ptr<Session>& s) {
   std::lock_guard lock(sessions_mutex);
@@ -29,13 +34,86 @@ void Server::Impl::register_session(const std::shared_ptr<Session>& s) {
   sessions.push_back(s);
 }
 
+namespace {
+
+// Refusals answered at once, at most; beyond them a refused connection is closed unanswered
+// (each answer holds its descriptor for up to kRefusalSeconds).
+constexpr std::size_t kMaxRefusalsInFlight = 64;
+constexpr int kRefusalSeconds = 2;
+
+// A connection over --max-connections: answered 503 in OpenAI's shape, then closed after
+// reading (and dropping) what the client sends for a moment, so that it gets the answer
+// rather than a reset of a connection with its request unread.
+class Refusal : public std::enable_shared_from_this<Refusal> {
+ public:
+  Refusal(tcp::socket socket, std::size_t limit, std::atomic<std::size_t>& in_flight)
+      : stream_(std::move(socket)), in_flight_(in_flight) {
+    ++in_flight_;
+    const nlohmann::json body = {
+        {"error",
+         {{"message", "the server has " + std::to_string(limit) +
+                          " connections open, its limit (--max-connections); retry shortly, or reuse a connection"},
+          {"type", "server_error"},
+          {"param", nullptr},
+          {"code", "too_many_connections"}}}};
+    response_.result(http::status::service_unavailable);
+    response_.set(http::field::server, "amanuensis");
+    response_.set(http::field::content_type, "application/json");
+    response_.set(http::field::retry_after, "1");
+    response_.keep_alive(false);
+    response_.body() = body.dump() + "\n";
+    response_.prepare_payload();
+  }
+  ~Refusal() { --in_flight_; }
+  Refusal(const Refusal&) = delete;
+  Refusal& operator=(const Refusal&) = delete;
+
+  void start() {
+    stream_.expires_after(std::chrono::seconds(kRefusalSeconds));
+    http::async_write(stream_, response_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      beast::error_code ignored;
+      if (!ec) self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      if (!ec) self->drain();
+    });
+  }
+
+ private:
+  void drain() {
+    stream_.async_read_some(net::buffer(sink_), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+      self->drained_ += n;
+      if (!ec && self->drained_ < (1u << 20)) self->drain();
+    });
+  }
+
+  beast::tcp_stream stream_;  // closed when the last handler lets go
+  std::atomic<std::size_t>& in_flight_;
+  http::response<http::string_body> response_;
+  std::array<char, 4096> sink_{};
+  std::size_t drained_ = 0;
+};
+
+}  // namespace
+
+void Server::Impl::take_connection(tcp::socket socket) {
+  if (metrics.connections.open >= opt.max_connections) return refuse_connection(std::move(socket));
+  beast::error_code ec;
+  socket.set_option(tcp::no_delay(true), ec);
+  register_session(start_session(std::move(socket), *this));
+}
+
+void Server::Impl::refuse_connection(tcp::socket socket) {
+  ++metrics.connections.refused;
+  refusal_log.line("refused a connection: " + std::to_string(metrics.connections.open.load()) +
+                   " are open, the limit of --max-connections");
+  if (refusals_in_flight >= kMaxRefusalsInFlight) return;  // the socket closes here, unanswered
+  std::make_shared<Refusal>(std::move(socket), opt.max_connections, refusals_in_flight)->start();
+}
+
 void Server::Impl::do_accept() {
   acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
     if (!acceptor.is_open() || stopping) return;
     if (!ec) {
-      beast::error_code opt_ec;
-      socket.set_option(tcp::no_delay(true), opt_ec);
-      register_session(start_session(std::move(socket), *this));
+      take_connection(std::move(socket));
     } else if (ec == net::error::no_descriptors) {
       // out of file descriptors: back off briefly instead of spinning
       std::this_thread::sleep_for(std::chrono::milliseconds(50));

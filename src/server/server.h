@@ -38,7 +38,17 @@ struct ServerOptions {
   double max_audio_seconds = 3 * 3600.0;
   std::size_t max_upload_bytes = 25u << 20;
   std::string api_key;                 // when set, /v1/* needs "Authorization: Bearer KEY"
-  double request_timeout = 300.0;      // seconds: reading a request, waiting in the queue
+  double request_timeout = 300.0;      // seconds: reading a request's body, waiting in the queue
+  // Connections open at once, at most: one more is answered 503 too_many_connections and
+  // closed, so that idle or slow clients cannot take every file descriptor.
+  std::size_t max_connections = 256;
+  // Seconds a connection has to send a complete request header: from its start, or for a
+  // later request on a kept-alive connection, from that request's first byte. Short, as a
+  // header is small: a client that sends none (or a byte a minute) is closed long before
+  // request_timeout.
+  double header_timeout = 10.0;
+  // Seconds a kept-alive connection may wait for its next request before it is closed.
+  double keep_alive_timeout = 30.0;
   // Decoding defaults of every request; a request's fields may change most of them (see
   // server/request_options.h).
   pipeline::TranscribeOptions defaults;

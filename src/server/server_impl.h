@@ -19,6 +19,7 @@
 
 #include "server/metrics.h"
 #include "server/model_registry.h"
+#include "server/rate_limited_log.h"
 #include "server/server.h"
 
 namespace amanuensis::server {
@@ -66,9 +67,14 @@ class Server::Impl {
 
   std::mutex sessions_mutex;
   std::vector<std::weak_ptr<Session>> sessions;
+  // Connections refused over --max-connections: a flood of them must not flood the log.
+  RateLimitedLog refusal_log{"amanuensis serve: ", /*lines_per_second=*/1.0, /*burst=*/5.0};
+  std::atomic<std::size_t> refusals_in_flight{0};  // being answered 503 (refuse_connection)
 
  private:
   void do_accept();
+  void take_connection(tcp::socket socket);
+  void refuse_connection(tcp::socket socket);
   void load_first_model();
   std::vector<std::thread> start_network_threads();
   void finish_after_stop(std::vector<std::thread>& threads);

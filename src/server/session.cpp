@@ -145,7 +145,14 @@ void shift_times(pipeline::Transcript& t, double offset) {
 // hands transcriptions to the scheduler without blocking the network threads.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, Server::Impl& server) : stream_(std::move(socket)), server_(server) {}
+  // Counted open from here to the destructor (--max-connections): the descriptor is held
+  // that long.
+  Session(tcp::socket socket, Server::Impl& server) : stream_(std::move(socket)), server_(server) {
+    ++server_.metrics.connections.open;
+  }
+  ~Session() { --server_.metrics.connections.open; }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
 
   void start() {
     net::dispatch(stream_.get_executor(), beast::bind_front_handler(&Session::do_read, shared_from_this()));
@@ -163,22 +170,48 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
  private:
+  static Clock::duration seconds(double s) {
+    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+  }
+
+  // The next request: on a kept-alive connection with nothing of it read yet, first its
+  // first byte within --keep-alive-timeout; then its header within --header-timeout.
   void do_read() {
     if (server_.stopping) return close();
     parser_.emplace();
-    parser_->header_limit(64 * 1024);
+    parser_->header_limit(kMaxHeaderBytes);
     parser_->body_limit(server_.opt.max_upload_bytes + (1u << 20));
     idle_ = true;
-    stream_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-        std::chrono::duration<double>(server_.opt.request_timeout)));
+    if (answered_ && buffer_.size() == 0) return wait_for_next_request();
+    read_header();
+  }
+
+  void wait_for_next_request() {
+    stream_.expires_after(seconds(server_.opt.keep_alive_timeout));
+    stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+      self->buffer_.commit(n);
+      if (ec == beast::error::timeout) ++self->server_.metrics.connections.idle_timeouts;
+      if (ec) return self->close();  // the client closed it, or was idle too long
+      self->read_header();
+    });
+  }
+
+  void read_header() {
+    stream_.expires_after(seconds(server_.opt.header_timeout));
     http::async_read_header(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_header, shared_from_this()));
   }
 
   void on_header(beast::error_code ec, std::size_t) {
     idle_ = false;
+    if (ec == beast::error::timeout) {  // no complete header in time: the stream has closed itself
+      ++server_.metrics.connections.header_timeouts;
+      return close();
+    }
     if (ec) return on_read_error(ec);
+    stream_.expires_after(seconds(server_.opt.request_timeout));  // the body has the request's time
     auto& req = parser_->get();
     label_request(req);
+    if (req.target().size() > kMaxTargetBytes) return send_error(target_too_long(), true);
     // Answer what needs no body before reading it (and close: the body is left unread).
     if (auto early = check_before_body(req)) return send_error(*early, /*close=*/!parser_->is_done());
     if (auto len = parser_->content_length(); len && *len > server_.opt.max_upload_bytes + (1u << 20))
@@ -215,15 +248,47 @@ class Session : public std::enable_shared_from_this<Session> {
       label_request(parser_->get());
       return send_error(too_large(), true);
     }
+    // A header over the limit: a request line without its end is 414, too many or too
+    // long fields 431 (counted under the request's path).
+    if (ec == http::error::header_limit) {
+      if (!request_line_parsed()) {
+        label_unparsed_request();
+        return send_error(target_too_long(), true);
+      }
+      label_request(parser_->get());
+      keep_alive_ = false;
+      return send_error(header_too_large(), true);
+    }
     if (ec.category() == http::make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
         ec != http::error::partial_message) {
-      endpoint_ = "other";
-      method_ = "?";
-      keep_alive_ = false;
-      request_start_ = Clock::now();
+      label_unparsed_request();
       return send_error(bad_request("malformed HTTP request: " + ec.message()), true);
     }
     close();  // end of stream, timeout, reset
+  }
+
+  // A request whose header could not be parsed: counted and logged as "? other".
+  void label_unparsed_request() {
+    endpoint_ = "other";
+    method_ = "?";
+    keep_alive_ = false;
+    request_start_ = Clock::now();
+  }
+
+  // Whether the request line was parsed before the header ran over its limit: Beast parses
+  // it as soon as it has ended (and consumes it), so the message has its target then.
+  bool request_line_parsed() const { return !parser_->get().target().empty(); }
+
+  static ApiError target_too_long() {
+    return {414, "the request line is longer than the server's limit of " + std::to_string(kMaxTargetBytes / 1024) +
+                     " KiB; send the fields in the body",
+            "invalid_request_error", std::nullopt, std::string("uri_too_long")};
+  }
+
+  static ApiError header_too_large() {
+    return {431, "the request's header is larger than the server's limit of " +
+                     std::to_string(kMaxHeaderBytes / 1024) + " KiB; send fewer or shorter header fields",
+            "invalid_request_error", std::nullopt, std::string("header_too_large")};
   }
 
   void on_read(beast::error_code ec, std::size_t) {
@@ -741,10 +806,12 @@ class Session : public std::enable_shared_from_this<Session> {
       std::fprintf(stderr, "amanuensis serve: %s %s %d %.3f s\n", method_.c_str(),
                    endpoint_.c_str(), status, latency);
     }
-    stream_.expires_after(std::chrono::duration_cast<Clock::duration>(
-        std::chrono::duration<double>(server_.opt.request_timeout)));
+    if (keep_alive)  // so that a client closes an idle connection before the server does
+      res->set("Keep-Alive", "timeout=" + std::to_string(static_cast<long long>(server_.opt.keep_alive_timeout)));
+    stream_.expires_after(seconds(server_.opt.request_timeout));
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, std::size_t) {
       if (ec) return self->close();
+      self->answered_ = true;
       self->request_ = {};
       if (!keep_alive) return self->linger_close();
       self->do_read();
@@ -779,9 +846,14 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_.socket().close(ec);
   }
 
+  // A request's header, its request line included, at most; and its request line's target.
+  static constexpr std::size_t kMaxHeaderBytes = 64 * 1024;
+  static constexpr std::size_t kMaxTargetBytes = 8 * 1024;
+
   beast::tcp_stream stream_;
   Server::Impl& server_;
   beast::flat_buffer buffer_;
+  bool answered_ = false;  // a request of this connection was answered: the next one is kept alive
   std::optional<http::request_parser<http::string_body>> parser_;
   http::request<http::string_body> request_;
   bool idle_ = false;

@@ -321,9 +321,42 @@ TEST(ModelFileLoad, ModelOutlivesItsCopiesAndMoves) {
   for (const auto& m : models) {
     const auto& t = m.tensor("encoder.conv1.bias");
     float first = 0.0f;
-    std::memcpy(&first, t.data.data(), 4);  // the mapping must still be alive
+    std::memcpy(&first, t.data.data(), 4);  // the bytes must still be alive
     EXPECT_TRUE(std::isfinite(first));
   }
+}
+
+// A model file truncated (or rewritten in place) after it is opened, as when a model is
+// replaced on disk while a server loads it: its tensors, read after the header to pack the
+// weights, must still be the bytes opened. Over a memory map the pages past the new end
+// were gone, and reading them killed the process with SIGBUS.
+TEST(ModelFileLoad, TensorsStayReadableWhenTheFileIsTruncatedAfterOpen) {
+  TempDir dir;
+  const auto path = dir.write("micro.bin", micro_bytes());
+  EXPECT_EXIT(
+      {
+        const auto model = ModelFile::open(path);
+        fs::resize_file(path, 8);
+        std::uint64_t sum = 0;
+        for (const auto& [name, t] : model.tensors())
+          for (const std::byte b : t.data) sum += std::to_integer<unsigned>(b);
+        std::exit(sum > 0 ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// Once the weights are packed the file's bytes are freed: the header, filters and
+// vocabulary stay, and reading a tensor is a bug reported as one, not a read of freed memory.
+TEST(ModelFileLoad, ReleasedTensorsAreAnInternalErrorNotAFreedRead) {
+  auto model = ModelFile::open(testing::conformance_dir() / "models" / "micro.en-f16.bin");
+  const auto size = model.size_bytes();
+  model.release_tensors();
+  EXPECT_TRUE(model.tensors().empty());
+  EXPECT_EQ(model.size_bytes(), size);
+  EXPECT_EQ(model.hparams().n_vocab, 51864);
+  EXPECT_GT(model.vocabulary().size(), 50000u);
+  EXPECT_EQ(model.mel_filters().size(), 80u * 201u);
+  EXPECT_THROW((void)model.tensor("encoder.conv1.bias"), InternalError);
 }
 
 TEST(ModelFileExpectedTensors, CountFormulaAndUniqueNames) {

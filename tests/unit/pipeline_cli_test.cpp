@@ -506,6 +506,23 @@ TEST(CliErrors, OutOfRangeSearchSizesAndDurationsAreRefusedByName) {
   EXPECT_EQ(ok.exit_code, 0) << ok;
 }
 
+// serve's connection limits are checked as its other durations and counts: NaN, inf,
+// negative, zero and overflowing values are refused by name before the server starts.
+TEST(CliErrors, ConnectionLimitFlagsAreRefusedByName) {
+  for (const std::string flag : {"--header-timeout", "--keep-alive-timeout"}) {
+    for (const std::string value : {"nan", "inf", "-1", "0", "1e10"}) {
+      SCOPED_TRACE(flag + " " + value);
+      expect_clean_failure(run_cli({"serve", "--model", model("micro.en-f16"), "--port", "0", flag, value}),
+                           value == "nan" ? flag + " needs a number" : flag + " must be between 0 and 86400 seconds");
+    }
+  }
+  for (const std::string value : {"0", "-5", "nan", "inf", "1.5"}) {
+    SCOPED_TRACE(value);
+    expect_clean_failure(run_cli({"serve", "--model", model("micro.en-f16"), "--port", "0", "--max-connections", value}),
+                         "--max-connections");
+  }
+}
+
 // NaN slipped past every range check (it compares false with each bound): --temperature
 // nan was "at least one decoding temperature is needed", --vad-threshold nan was taken.
 // An --output-dir that is a file failed with "internal error: filesystem error" after all
