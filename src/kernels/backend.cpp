@@ -42,10 +42,10 @@ bool cpu_has_native_bf16() {
 #endif
 }
 
-bool cpu_has_amx_bf16() {
+bool cpu_runs_bf16_fast() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("amx-bf16");
+  return __builtin_cpu_supports("amx-bf16") || (__builtin_cpu_is("amd") && __builtin_cpu_supports("avx512bf16"));
 #else
   return false;
 #endif
@@ -132,7 +132,7 @@ void Backend::attention_f16kv(std::span<const float> q, std::int64_t n_q, std::s
 Precision resolve(Precision p, WeightFormat weights) {
   if (p != Precision::Auto) return p;
   if (weights == WeightFormat::Quantized && cpu_has_int8_dot()) return Precision::Int8;
-  return cpu_has_amx_bf16() ? Precision::Bf16 : Precision::Fp32;
+  return cpu_runs_bf16_fast() ? Precision::Bf16 : Precision::Fp32;
 }
 
 BackendKind parse_backend_kind(std::string_view name) {

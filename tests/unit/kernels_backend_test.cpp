@@ -67,8 +67,8 @@ TEST(KernelsBackend, PrecisionNames) {
   EXPECT_EQ(resolve(Precision::Fp32), Precision::Fp32);
   EXPECT_EQ(resolve(Precision::Bf16), Precision::Bf16);
   EXPECT_EQ(resolve(Precision::Int8, WeightFormat::Float), Precision::Int8);
-  // AVX512_BF16 without AMX multiplies bf16 slower than float32: auto takes bf16 for AMX only
-  const Precision float_auto = cpu_has_amx_bf16() ? Precision::Bf16 : Precision::Fp32;
+  // auto takes bf16 only where it measured faster (AMX-BF16; AVX512_BF16 on AMD)
+  const Precision float_auto = cpu_runs_bf16_fast() ? Precision::Bf16 : Precision::Fp32;
   EXPECT_EQ(resolve(Precision::Auto), float_auto);
   EXPECT_EQ(resolve(Precision::Auto, WeightFormat::Quantized), cpu_has_int8_dot() ? Precision::Int8 : float_auto);
   EXPECT_EQ(parse_backend_kind(""), BackendKind::Best);
