@@ -12,5 +12,6 @@ scripts/setup.sh build
   ctest --output-on-failure -j"$(nproc)" --timeout 1200
 )
 # The sanitizer job, after the normal suite: every test but fresh, stress and fuzz (the
-# script says why) under ASan, UBSan and LeakSanitizer. Measured on 2 cores: build MEASURE.
+# script says why) under ASan, UBSan and LeakSanitizer. Measured on 2 cores, each sharing
+# the machine with one fuzzer: the build 13.5 min, the tests 12 min (718 s).
 tests/sanitize/run_asan.sh
