@@ -6,7 +6,14 @@
 #include <cstdint>
 
 #include "audio/decode.h"
+#include "audio/ffmpeg_log.h"
 #include "common/error.h"
+
+// FFmpeg logs a line for nearly every mutated input: dropped, as the server routes them.
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  static amanuensis::audio::FfmpegLogRoute quiet([](std::string_view) {});
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace amanuensis;

@@ -38,7 +38,7 @@ for spec in "${TARGETS[@]}"; do
   if "$BUILD_DIR/tests/fuzz/${target}_fuzz" -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -max_len="$max_len" \
       -timeout=25 -print_final_stats=1 -artifact_prefix="$BUILD_DIR/artifacts/${target}-" \
       "$scratch" "tests/fuzz/corpus/$target" >"$BUILD_DIR/artifacts/$target.log" 2>&1; then
-    grep -E '^#[0-9]+ +DONE' "$BUILD_DIR/artifacts/$target.log" || true
+    grep -E '^#[0-9]+[[:space:]]+DONE' "$BUILD_DIR/artifacts/$target.log" || true
   else
     echo "fuzz: $target FAILED; the end of its log ($BUILD_DIR/artifacts/$target.log):" >&2
     tail -n 60 "$BUILD_DIR/artifacts/$target.log" >&2
