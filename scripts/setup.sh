@@ -20,6 +20,8 @@ PACKAGES=(
   file dpkg-dev
   # The fresh-machine test (tests/fresh) builds a minimal bookworm root with it.
   debootstrap
+  # The fuzz targets (tests/fuzz, run by the suite's fuzz_targets test): clang and libFuzzer.
+  clang-14 libclang-rt-14-dev
 )
 
 missing=()

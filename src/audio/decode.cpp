@@ -160,6 +160,11 @@ std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded, const 
     throw Error(std::string("cannot open the ") + codec->name + " decoder (" + av_error(rc) + ")");
   }
   if (decoder->sample_rate <= 0) throw Error("the audio stream has no sample rate");
+  // The resampler's filter grows with the rate ratio: a 400-byte WAV claiming 35 MHz had
+  // it take 300 MB. The raw PCM path's bounds, which hold every real recording.
+  if (decoder->sample_rate < 1000 || decoder->sample_rate > 384000)
+    throw Error("the audio stream's sample rate, " + std::to_string(decoder->sample_rate) +
+                " Hz, is outside 1000-384000 Hz");
   auto resampler = make_resampler(decoder.get());
 
   std::vector<float> samples;

@@ -49,14 +49,16 @@ bool read_bool(const std::string& field, const std::string& value) {
 // values are then numbers in text.
 vad::VadOptions read_chunking_object(const json& j) {
   const std::string field = "chunking_strategy";
+  // form values are any bytes: dump() would throw json's type_error on invalid UTF-8
+  const auto dump = [](const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); };
   if (!j.is_object() || j.value("type", json()) != "server_vad")
     throw FieldError(field, "chunking_strategy must be \"auto\" or an object {\"type\": \"server_vad\", ...} (got '" +
-                                j.dump() + "')");
+                                dump(j) + "')");
   vad::VadOptions v;
   for (const auto& [key, item] : j.items()) {
     if (key == "type") continue;
     const std::string name = "chunking_strategy." + key;
-    const std::string text = item.is_string() ? item.get<std::string>() : item.dump();
+    const std::string text = item.is_string() ? item.get<std::string>() : dump(item);
     if (key == "threshold") {
       v.threshold = read_number(field, text, 0.01, 0.99);
     } else if (key == "prefix_padding_ms") {
@@ -86,6 +88,15 @@ std::string read_language(const std::string& value) {
   if (value.empty() || value == "auto" || !text::language_name(value).empty()) return value;
   throw FieldError("language", "language must be an ISO-639-1 code Whisper knows, such as en or de (got '" + value +
                                    "')");
+}
+
+// The fallback step: 0 (no fallback) or at least 0.01, so that the schedule up to 1 has at
+// most 100 steps (a step of 1e-300 would list temperatures for ever).
+double read_temperature_inc(const std::string& value) {
+  const double v = read_number("temperature_inc", value, 0, 1);
+  if (v > 0 && v < 0.01)
+    throw FieldError("temperature_inc", "temperature_inc must be 0 (no fallback) or from 0.01 to 1 (got '" + value + "')");
+  return v;
 }
 
 void read_granularity(const std::string& value, TranscriptionRequest& r) {
@@ -132,7 +143,7 @@ const std::map<std::string, FieldReader, std::less<>>& field_readers() {
       {"best_of", [](const std::string& v, auto& r, const RequestLimits& l) {
          r.best_of = read_int("best_of", v, 1, l.max_best_of);
        }},
-      {"temperature_inc", [](const std::string& v, auto& r, auto&) { r.temperature_inc = read_number("temperature_inc", v, 0, 1); }},
+      {"temperature_inc", [](const std::string& v, auto& r, auto&) { r.temperature_inc = read_temperature_inc(v); }},
       {"no_speech_threshold",
        [](const std::string& v, auto& r, auto&) { r.no_speech_threshold = read_number("no_speech_threshold", v, 0, 1); }},
       {"compression_ratio_threshold",

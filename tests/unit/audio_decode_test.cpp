@@ -112,6 +112,16 @@ TEST(AudioDecode, NonFiniteFloatSamplesBecomeSilenceAndAreCounted) {
   EXPECT_EQ(samples[50], values[50]);  // the rest as it was
 }
 
+// Found by tests/fuzz/decode_fuzz: a WAV header's rate sized FFmpeg's resampling filter
+// (35 MHz: 300 MB for 200 samples).
+TEST(AudioDecode, ImplausibleSampleRatesAreRefused) {
+  const Bytes payload(160000, std::byte{0});  // 0.1 s at 384 kHz
+  for (std::uint32_t rate : {35043849u, 400000u, 999u})
+    EXPECT_THROW(decode_audio(wav(3, 32, rate, payload, static_cast<std::uint32_t>(payload.size()))), Error) << rate;
+  EXPECT_NO_THROW(decode_audio(wav(3, 32, 384000, payload, static_cast<std::uint32_t>(payload.size()))));
+  EXPECT_NO_THROW(decode_audio(wav(3, 32, 8000, payload, static_cast<std::uint32_t>(payload.size()))));
+}
+
 TEST(AudioDecode, NonFiniteRawPcmIsReplacedBeforeResampling) {
   std::vector<float> values(8000, 0.1f);
   values[4000] = std::numeric_limits<float>::quiet_NaN();

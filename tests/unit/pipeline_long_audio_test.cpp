@@ -99,7 +99,13 @@ TEST(LongAudio, TwoHoursWithFlatMemoryAndNoDrift) {
   const long above_model_mb = (r.max_rss_kb - model_kb) / 1024;
   std::printf("[ long audio ] 2 h WAV: peak resident memory %ld MB (%ld MB above the model file)\n",
               r.max_rss_kb / 1024, above_model_mb);
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's shadow memory, quarantine (256 MB) and redzones come on top (tests/sanitize):
+  // 1053 MB measured there; holding the two hours of samples would add 460 MB more.
+  EXPECT_LT(above_model_mb, 1536);
+#else
   EXPECT_LT(above_model_mb, 1024);
+#endif
 
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_DOUBLE_EQ(j["duration"].get<double>(), kSeconds);

@@ -108,8 +108,11 @@ TEST_F(ApiFields, TextAndWordsHaveNoLeadingSpace) {
   EXPECT_EQ(v["segments"][0]["text"], library.segments[0].text);
   const auto words = post(*server_, {"response_format=verbose_json", "timestamp_granularities[]=word"});
   ASSERT_EQ(words.status, 200) << words.body;
-  ASSERT_FALSE(words.as_json()["words"].empty()) << words.body;
-  for (const auto& w : words.as_json()["words"]) EXPECT_FALSE(has_outer_space(w["word"])) << w;
+  // held here: a range-for over words.as_json()["words"] read the parsed body after it was
+  // destroyed (the range's temporary only lives on; found by ASan, tests/sanitize)
+  const auto words_json = words.as_json();
+  ASSERT_FALSE(words_json["words"].empty()) << words.body;
+  for (const auto& w : words_json["words"]) EXPECT_FALSE(has_outer_space(w["word"])) << w;
 }
 
 TEST_F(ApiFields, WordTimestampsOptionAddsWordsToVerboseJson) {

@@ -77,6 +77,8 @@ TEST(RequestOptions, UnsupportedOpenAiValuesAreRefusedByName) {
   EXPECT_EQ(refused_field({{"chunking_strategy", R"({"type":"client_vad"})"}}), "chunking_strategy");
   EXPECT_EQ(refused_field({{"chunking_strategy", R"({"type":"server_vad","threshold":7})"}}), "chunking_strategy");
   EXPECT_EQ(refused_field({{"chunking_strategy", R"({"type":"server_vad","frobs":1})"}}), "chunking_strategy");
+  // bytes that are not UTF-8 in the form's object fields (found by tests/fuzz/request_options_fuzz)
+  EXPECT_EQ(refused_field({{"chunking_strategy[type]", "server_va\xe2\x65"}}), "chunking_strategy");
   // words come only with verbose_json, as OpenAI says
   EXPECT_EQ(refused_field({{"timestamp_granularities[]", "word"}}), "timestamp_granularities");
   EXPECT_EQ(refused_field({{"language", "xx"}}), "language");
@@ -112,7 +114,9 @@ TEST(RequestOptions, BadOptionValuesAreRefusedByName) {
       {"no_speech_threshold", "x"}, {"compression_ratio_threshold", "-1"}, {"logprob_threshold", "1"},
       {"condition_on_previous_text", "yes"}, {"no_timestamps", "2"}, {"vad", "on"},
       {"vad_threshold", "1.5"},    {"word_timestamps", ""},    {"offset", "-1"},
-      {"duration", "0"},           {"temperature", "nan"},     {"include_timing", "x"}};
+      {"duration", "0"},           {"temperature", "nan"},     {"include_timing", "x"},
+      // a step so small the fallback schedule never reaches 1 (tests/fuzz/request_options_fuzz)
+      {"temperature_inc", "1e-300"}, {"temperature_inc", "0.001"}};
   for (const auto& field : bad) EXPECT_EQ(refused_field({field}), field.first) << field.first << "=" << field.second;
 }
 
