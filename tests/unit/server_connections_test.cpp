@@ -136,12 +136,23 @@ TEST(ServerConnections, OneOverTheLimitIsAnswered503AndCounted) {
   ASSERT_TRUE(s.ready()) << s.log();
   // the start-up's /health connections are gone: only the one asking is open
   ASSERT_TRUE(eventually([&] { return metric(s.port(), "amanuensis_open_connections") == 1; })) << s.log();
+  // Each held connection is confirmed by a request of its own: the polling connection above
+  // may still be open on the server's side for a moment (slower under ASan) and take a
+  // slot, so a connection made then can be the one refused.
   std::vector<std::unique_ptr<Connection>> held;
-  for (int i = 0; i < 3; ++i) {
-    held.push_back(std::make_unique<Connection>(s.port()));
-    ASSERT_TRUE(held.back()->connected());
+  for (int attempt = 0; held.size() < 3; ++attempt) {
+    ASSERT_LT(attempt, 50) << s.log();
+    auto c = std::make_unique<Connection>(s.port());
+    ASSERT_TRUE(c->connected());
+    ASSERT_TRUE(c->send(kHealth));
+    const auto response = c->read_response();
+    if (status_of(response) == 200) {
+      held.push_back(std::move(c));
+    } else {
+      ASSERT_EQ(status_of(response), 503) << response;
+    }
   }
-  // accepted in the order they connected: these three take the slots, the next is refused
+  // the three held connections take every slot: the next one is refused
   const auto refused = raw_exchange(s.port(), kHealth);
   EXPECT_EQ(status_of(refused), 503) << refused;
   EXPECT_EQ(error_code(refused), "too_many_connections") << refused;
