@@ -129,6 +129,25 @@ void Backend::attention_f16kv(std::span<const float> q, std::int64_t n_q, std::s
   attention(q, n_q, k32, v32, n_kv, n_head, d, causal_offset, out);
 }
 
+void Backend::norm_linear(std::span<const float> x, std::int64_t rows, const NormParams& ln,
+                          std::span<const PackedMatrix* const> weights, std::span<const std::span<float>> outs) const {
+  if (weights.size() != outs.size()) throw InternalError("norm_linear needs one output per matrix");
+  thread_local std::vector<float> normed;
+  normed.assign(x.begin(), x.begin() + rows * static_cast<std::int64_t>(ln.gamma.size()));
+  layer_norm(normed, rows, ln.gamma, ln.beta);
+  for (std::size_t i = 0; i < weights.size(); ++i) linear(normed, rows, *weights[i], outs[i]);
+}
+
+void Backend::feed_forward(std::span<float> x, std::int64_t rows, const NormParams& ln, const PackedMatrix& up,
+                           const PackedMatrix& down) const {
+  thread_local std::vector<float> normed, hidden;
+  normed.assign(x.begin(), x.begin() + rows * static_cast<std::int64_t>(ln.gamma.size()));
+  layer_norm(normed, rows, ln.gamma, ln.beta);
+  hidden.resize(static_cast<std::size_t>(rows * up.rows()));
+  linear(normed, rows, up, hidden, Epilogue::Gelu);
+  linear(hidden, rows, down, x, Epilogue::Accumulate);
+}
+
 Precision resolve(Precision p, WeightFormat weights) {
   if (p != Precision::Auto) return p;
   if (weights == WeightFormat::Quantized && cpu_has_int8_dot()) return Precision::Int8;

@@ -119,6 +119,11 @@ struct KvBlockView {
   std::span<const float> keys, values;
 };
 
+// A layer norm's scale and shift (d values each).
+struct NormParams {
+  std::span<const float> gamma, beta;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -169,6 +174,19 @@ class Backend {
   // Normalises each of `rows` rows of x (length gamma.size()) in place, eps 1e-5.
   virtual void layer_norm(std::span<float> x, std::int64_t rows, std::span<const float> gamma,
                           std::span<const float> beta) const = 0;
+
+  // outs[i] (rows x weights[i]->rows()) <- LN(x) W_i^T + b_i for each matrix, with x left
+  // as it is: the products that share one normalised input (a block's query, key and
+  // value). By default layer_norm() on a copy, then linear() for each; a backend may run
+  // it in blocks of rows that stay in cache, normalising and converting each row once.
+  virtual void norm_linear(std::span<const float> x, std::int64_t rows, const NormParams& ln,
+                           std::span<const PackedMatrix* const> weights, std::span<const std::span<float>> outs) const;
+
+  // x (rows x up.cols()) += down(gelu(up(LN(x)))): a block's feed-forward sublayer. By
+  // default layer_norm() and linear(); a backend may run it in blocks of rows, so that the
+  // hidden activations (4d wide) never leave the cache.
+  virtual void feed_forward(std::span<float> x, std::int64_t rows, const NormParams& ln, const PackedMatrix& up,
+                            const PackedMatrix& down) const;
 };
 
 // Throws for a pack() call whose bytes do not hold rows x cols values of its dtype (block

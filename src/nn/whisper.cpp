@@ -92,7 +92,7 @@ BlockWeights block_weights(const Backend& backend, const model::ModelFile& f, co
 
 // Shapes used by every block: x is n x d.
 struct Scratch {
-  std::vector<float> normed, q, k, v, attended, hidden;
+  std::vector<float> normed, q, k, v, attended;
 };
 
 // x += out_proj(attention(LN(x) queries against keys/values)) for `windows` windows of n
@@ -101,15 +101,13 @@ struct Scratch {
 void self_attention_sublayer(const Backend& be, std::vector<float>& x, std::int64_t windows, std::int64_t n,
                              std::int64_t d, int n_head, const NormWeights& ln, const AttentionWeights& a, Scratch& s) {
   const std::int64_t rows = windows * n;
-  s.normed = x;
-  be.layer_norm(s.normed, rows, ln.gamma, ln.beta);
   s.q.resize(rows * d);
   s.k.resize(rows * d);
   s.v.resize(rows * d);
   s.attended.resize(rows * d);
-  be.linear(s.normed, rows, *a.query.packed, s.q);
-  be.linear(s.normed, rows, *a.key.packed, s.k);
-  be.linear(s.normed, rows, *a.value.packed, s.v);
+  const kernels::PackedMatrix* const qkv[] = {a.query.packed.get(), a.key.packed.get(), a.value.packed.get()};
+  const std::span<float> outs[] = {s.q, s.k, s.v};
+  be.norm_linear(x, rows, ln.params(), qkv, outs);
   const auto size = static_cast<std::size_t>(n * d);
   for (std::int64_t w = 0; w < windows; ++w) {
     const std::size_t at = static_cast<std::size_t>(w) * size;
@@ -121,12 +119,8 @@ void self_attention_sublayer(const Backend& be, std::vector<float>& x, std::int6
 }
 
 // x += mlp.2(gelu(mlp.0(LN(x))))
-void mlp_sublayer(const Backend& be, std::vector<float>& x, std::int64_t n, const BlockWeights& b, Scratch& s) {
-  s.normed = x;
-  be.layer_norm(s.normed, n, b.mlp_ln.gamma, b.mlp_ln.beta);
-  s.hidden.resize(n * b.mlp_up.rows());
-  be.linear(s.normed, n, *b.mlp_up.packed, s.hidden, Epilogue::Gelu);
-  be.linear(s.hidden, n, *b.mlp_down.packed, x, Epilogue::Accumulate);
+void mlp_sublayer(const Backend& be, std::vector<float>& x, std::int64_t n, const BlockWeights& b) {
+  be.feed_forward(x, n, b.mlp_ln.params(), *b.mlp_up.packed, *b.mlp_down.packed);
 }
 
 // Conv1d with kernel 3 and padding 1 over time-major input (n_in frames x channels),
@@ -259,7 +253,7 @@ std::vector<AudioFeatures> Encoder::encode_stacked(std::span<const std::span<con
   thread_local Scratch s;
   for (const auto& block : w_->encoder_blocks) {
     self_attention_sublayer(be, x, windows, n, d, hp.n_audio_head, block.attn_ln, block.attn, s);
-    mlp_sublayer(be, x, windows * n, block, s);
+    mlp_sublayer(be, x, windows * n, block);
   }
   be.layer_norm(x, windows * n, w_->encoder_ln_post.gamma, w_->encoder_ln_post.beta);
   std::vector<AudioFeatures> out;
@@ -370,7 +364,7 @@ std::vector<float> Decoder::forward(std::span<const TokenId> tokens, KvSequence&
     if (capture) capture_scores(*capture, static_cast<int>(layer), s.q, n, cross, layer, hp.n_text_head, d);
     be.linear(s.attended, n, *block.cross_attn.out.packed, x, Epilogue::Accumulate);
 
-    mlp_sublayer(be, x, n, block, s);
+    mlp_sublayer(be, x, n, block);
   }
   sequence.commit(n);
 
@@ -497,7 +491,7 @@ void Decoder::step(std::span<const SequenceStep> steps) const {
     }
     be.linear(s.attended, m, *block.cross_attn.out.packed, x, Epilogue::Accumulate);
 
-    mlp_sublayer(be, x, m, block, s);
+    mlp_sublayer(be, x, m, block);
   }
   for (const auto& step : steps) step.sequence->commit(1);
 

@@ -31,6 +31,7 @@ struct LoadOptions {
 struct NormWeights {
   std::vector<float> gamma;
   std::vector<float> beta;
+  kernels::NormParams params() const { return {gamma, beta}; }
 };
 
 struct AttentionWeights {

@@ -228,6 +228,77 @@ TEST(KernelsBackend, LayerNormMatchesDefinition) {
   }
 }
 
+// LN(x) row by row in float64 (eps 1e-5), the reference of the fused sublayers below.
+std::vector<double> normalised(std::span<const float> x, std::int64_t rows, std::span<const float> gamma,
+                               std::span<const float> beta) {
+  const auto d = static_cast<std::int64_t>(gamma.size());
+  std::vector<double> out(x.size());
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double mean = 0.0, var = 0.0;
+    for (std::int64_t i = 0; i < d; ++i) mean += x[r * d + i];
+    mean /= d;
+    for (std::int64_t i = 0; i < d; ++i) var += (x[r * d + i] - mean) * (x[r * d + i] - mean);
+    var /= d;
+    for (std::int64_t i = 0; i < d; ++i) out[r * d + i] = (x[r * d + i] - mean) / std::sqrt(var + 1e-5) * gamma[i] + beta[i];
+  }
+  return out;
+}
+
+// y = a W^T + b in float64 (a: rows x k, W: n x k)
+std::vector<double> product(std::span<const double> a, std::int64_t rows, std::span<const float> w,
+                            std::span<const float> bias, std::int64_t n) {
+  const auto k = static_cast<std::int64_t>(a.size()) / rows;
+  std::vector<double> y(static_cast<std::size_t>(rows * n));
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < n; ++c) {
+      double s = bias[c];
+      for (std::int64_t i = 0; i < k; ++i) s += a[r * k + i] * w[c * k + i];
+      y[r * n + c] = s;
+    }
+  return y;
+}
+
+// norm_linear() and feed_forward() against their definition, on a row count that is not a
+// multiple of the engine's row blocks (so the last block is partial), with window matrices
+// (the blocked path of the bf16 engine) and decoder ones (operation by operation).
+TEST(KernelsBackend, FusedSublayersMatchDefinition) {
+  const std::int64_t rows = 300, d = 64, width = 256;
+  const auto x = random_values(rows * d, 11, 2.0f);
+  const auto gamma = random_values(d, 12, 1.0f), beta = random_values(d, 13, 0.5f);
+  const auto w_q = random_values(d * d, 14, 0.15f), w_k = random_values(d * d, 15, 0.15f);
+  const auto w_up = random_values(width * d, 16, 0.15f), w_down = random_values(d * width, 17, 0.1f);
+  const auto b_q = random_values(d, 18, 0.5f), b_up = random_values(width, 19, 0.5f), b_down = random_values(d, 20, 0.5f);
+  const std::vector<float> no_bias(d, 0.0f);
+  const auto normed = normalised(x, rows, gamma, beta);
+  const auto expect_q = product(normed, rows, w_q, b_q, d), expect_k = product(normed, rows, w_k, no_bias, d);
+  auto hidden = product(normed, rows, w_up, b_up, width);
+  for (auto& h : hidden) h = gelu(h);
+  const auto expect_mlp = product(hidden, rows, w_down, b_down, d);
+  const auto worst = [](std::span<const double> expect, std::span<const float> got, std::span<const float> base) {
+    double w = 0.0;
+    for (std::size_t i = 0; i < expect.size(); ++i) w = std::max(w, std::abs(expect[i] + (base.empty() ? 0.0 : base[i]) - got[i]));
+    return w;
+  };
+  for (const auto& backend : all_backends()) {
+    for (auto hint : {RowsHint::Many, RowsHint::Few}) {
+      SCOPED_TRACE(backend->name() + (hint == RowsHint::Few ? " few" : " many"));
+      const auto q = backend->pack(stored_floats(w_q, {d, d}), b_q, hint);
+      const auto k = backend->pack(stored_floats(w_k, {d, d}), {}, hint);
+      const auto up = backend->pack(stored_floats(w_up, {width, d}), b_up, hint);
+      const auto down = backend->pack(stored_floats(w_down, {d, width}), b_down, hint);
+      std::vector<float> got_q(rows * d), got_k(rows * d);
+      const PackedMatrix* const matrices[] = {q.get(), k.get()};
+      const std::span<float> outs[] = {got_q, got_k};
+      backend->norm_linear(x, rows, {gamma, beta}, matrices, outs);
+      EXPECT_LE(worst(expect_q, got_q, {}), tolerance(*backend, 4.0));
+      EXPECT_LE(worst(expect_k, got_k, {}), tolerance(*backend, 4.0));
+      std::vector<float> y = x;
+      backend->feed_forward(y, rows, {gamma, beta}, *up, *down);
+      EXPECT_LE(worst(expect_mlp, y, x), tolerance(*backend, 8.0));
+    }
+  }
+}
+
 // FNV-1a over the bytes of every output, to compare runs in two processes.
 void digest(std::uint64_t& h, std::span<const float> values) {
   const auto* bytes = reinterpret_cast<const unsigned char*>(values.data());

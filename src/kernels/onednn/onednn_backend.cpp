@@ -309,6 +309,40 @@ class OnednnBackend final : public Backend {
     });
   }
 
+  void norm_linear(std::span<const float> x, std::int64_t rows, const NormParams& ln,
+                   std::span<const PackedMatrix* const> weights, std::span<const std::span<float>> outs) const override {
+    const bool blocked = std::all_of(weights.begin(), weights.end(), [](const PackedMatrix* w) {
+      return runs_in_bf16_blocks(static_cast<const OnednnMatrix&>(*w));
+    });
+    if (!blocked || weights.size() != outs.size()) return Backend::norm_linear(x, rows, ln, weights, outs);
+    double flops = 0;
+    for (const auto* w : weights) flops += 2.0 * rows * w->rows() * w->cols();
+    in_row_blocks(rows, flops, [&](std::int64_t r0, std::int64_t n) {
+      const std::uint16_t* normed = normalised_bf16(x.data() + r0 * ln.gamma.size(), n, ln);
+      for (std::size_t i = 0; i < weights.size(); ++i) {
+        const auto& w = static_cast<const OnednnMatrix&>(*weights[i]);
+        run(w, *w.slices.front(), normed, n, outs[i].data() + r0 * w.rows(), Epilogue::Store);
+      }
+    });
+  }
+
+  void feed_forward(std::span<float> x, std::int64_t rows, const NormParams& ln, const PackedMatrix& up_matrix,
+                    const PackedMatrix& down_matrix) const override {
+    const auto& up = static_cast<const OnednnMatrix&>(up_matrix);
+    const auto& down = static_cast<const OnednnMatrix&>(down_matrix);
+    if (!runs_in_bf16_blocks(up) || !runs_in_bf16_blocks(down)) return Backend::feed_forward(x, rows, ln, up, down);
+    const std::int64_t d = down.rows(), width = up.rows();
+    in_row_blocks(rows, 4.0 * rows * d * width, [&](std::int64_t r0, std::int64_t n) {
+      thread_local std::vector<float> hidden;
+      thread_local std::vector<std::uint16_t> hidden_bf16;
+      hidden.resize(static_cast<std::size_t>(n * width));
+      hidden_bf16.resize(hidden.size());
+      run(up, *up.slices.front(), normalised_bf16(x.data() + r0 * d, n, ln), n, hidden.data(), Epilogue::Gelu);
+      convert_to_bf16(hidden.data(), hidden_bf16.data(), n * width);
+      run(down, *down.slices.front(), hidden_bf16.data(), n, x.data() + r0 * d, Epilogue::Accumulate);
+    });
+  }
+
   void layer_norm(std::span<float> x, std::int64_t rows, std::span<const float> gamma,
                   std::span<const float> beta) const override {
     const auto d = static_cast<std::int64_t>(gamma.size());
@@ -323,6 +357,38 @@ class OnednnBackend final : public Backend {
   // cache for all the chunks.
   static constexpr std::int64_t kItemFeatures = 4 * cpu::PanelMatrix::kMaxPanelWidth;
   static constexpr std::int64_t kChunkRows = 64;
+
+  // Rows per block of norm_linear() and feed_forward(): a block's normalised input, its
+  // products and the hidden activations (128 x 1536 floats for tiny) stay in a core's L2
+  // between the steps instead of streaming whole windows through memory at each.
+  static constexpr std::int64_t kBlockRows = 128;
+
+  // Window products in bf16 on one oneDNN slice: what norm_linear() and feed_forward()
+  // run block by block (other matrices take the default, operation by operation).
+  static bool runs_in_bf16_blocks(const OnednnMatrix& w) {
+    return !w.plain && !w.int8 && w.src_type == dt::bf16 && w.slices.size() == 1;
+  }
+
+  // fn(first row, rows) for blocks of kBlockRows, shared out over the pool's threads.
+  static void in_row_blocks(std::int64_t rows, double flops, const std::function<void(std::int64_t, std::int64_t)>& fn) {
+    const std::int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+    maybe_parallel(blocks, flops, [&](std::int64_t begin, std::int64_t end) {
+      single_threaded_onednn();
+      for (std::int64_t b = begin; b < end; ++b) fn(b * kBlockRows, std::min(kBlockRows, rows - b * kBlockRows));
+    });
+  }
+
+  // Rows [0, n) of x layer-normalised and rounded to bf16, in a buffer of this thread.
+  static const std::uint16_t* normalised_bf16(const float* x, std::int64_t n, const NormParams& ln) {
+    const auto d = static_cast<std::int64_t>(ln.gamma.size());
+    thread_local std::vector<float> normed;
+    thread_local std::vector<std::uint16_t> normed_bf16;
+    normed.assign(x, x + n * d);
+    normed_bf16.resize(normed.size());
+    cpu::layer_norm_fast(normed.data(), n, d, ln.gamma.data(), ln.beta.data());
+    convert_to_bf16(normed.data(), normed_bf16.data(), n * d);
+    return normed_bf16.data();
+  }
 
   static void plain_linear(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
                            Epilogue epilogue) {
