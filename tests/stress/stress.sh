@@ -16,44 +16,18 @@ AUDIO=$SHARED/conformance/audio
 MODEL=$SHARED/conformance/models/micro.en-f16.bin
 
 WORK=$(mktemp -d)
-SERVER_PID=""
+# shellcheck source=serve_lib.sh
+source "$(dirname "$0")/serve_lib.sh"
 cleanup() {
-  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+  stop_server
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-# Broken uploads, each failing a different way: nothing at all, noise without a container,
-# a WAV cut off inside its header, and text.
-: >"$WORK/empty.wav"
-python3 -c 'import random, sys; random.seed(5); sys.stdout.buffer.write(random.randbytes(16384))' >"$WORK/random.wav"
-head -c 30 "$AUDIO/speech-1s.wav" >"$WORK/truncated-header.wav"
-printf 'These are meeting notes, not audio.\n' >"$WORK/notes.txt"
+make_upload_files
 
 # 32 clients with up to 75 s each can queue 2,400 s of audio: the queue must take it all,
-# or 429s (correct behaviour, but not what this run checks) would appear. Short greedy
-# decoding: the micro model's weights are random, and what is tested is the serving.
-# STRESS_THREADS sets the compute threads (default: every core; the run is alone).
-: >"$WORK/server.out"  # before the server starts: the loop below reads it at once
-"$CLI" serve --model "$MODEL" --port 0 --threads "${STRESS_THREADS:-$(nproc)}" --sample-len 8 --beam-size 1 --no-fallback \
-  --max-queue-seconds 100000 >"$WORK/server.out" 2>"$WORK/server.log" &
-SERVER_PID=$!
-PORT=""
-for _ in $(seq 300); do
-  PORT=$(grep -o '127\.0\.0\.1:[0-9]*' "$WORK/server.out" | head -n 1 | cut -d: -f2 || true)
-  if [ -n "$PORT" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" = 200 ]; then break; fi
-  PORT=""
-  sleep 0.1
-done
-if [ -z "$PORT" ]; then
-  echo "stress: the server did not come up" >&2
-  cat "$WORK/server.log" >&2
-  exit 1
-fi
-
-FILES=("$AUDIO/speech-1s.wav" "$AUDIO/speech-5s.wav" "$AUDIO/speech-30s.wav" "$AUDIO/speech-75s.wav"
-       "$AUDIO/silence-5s.wav" "$AUDIO/noise-5s.wav"
-       "$WORK/empty.wav" "$WORK/random.wav" "$WORK/truncated-header.wav" "$WORK/notes.txt")
+# or 429s (correct behaviour, but not what this run checks) would appear.
+start_server --max-queue-seconds 100000
 URL="http://127.0.0.1:$PORT"
 
 # A fresh server grows by about as much again as the model while its first few dozen
