@@ -4,6 +4,7 @@
 #include <system_error>
 
 #include "common/error.h"
+#include "kernels/cpu/fast_math.h"
 
 #include <algorithm>
 
@@ -62,6 +63,8 @@ void BatchedCompute::submit(Pending& pending, bool& client_stepping) {
   ++waiting_;  // the compute thread takes it back when it marks the call done
   compute_wake_.notify_one();
   done_.wait(lock, [&] { return pending.done; });
+  // the decoding rules that follow are scalar code (see clear_upper_vector_state)
+  kernels::cpu::clear_upper_vector_state();
   if (pending.error) std::rethrow_exception(pending.error);
 }
 

@@ -450,6 +450,13 @@ void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k
   attention_head_few_queries_paged(q, n_q, {&all, 1}, 0, stride, hd, causal_offset, out);
 }
 
+void clear_upper_vector_state() {
+#if defined(__x86_64__)
+  static const bool avx = __builtin_cpu_supports("avx");
+  if (avx) asm volatile("vzeroupper" ::: "memory");
+#endif
+}
+
 bool have_avx2_fma_f16c() {
 #if defined(__x86_64__)
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");

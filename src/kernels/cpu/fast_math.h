@@ -38,6 +38,13 @@ void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std:
 // Whether this CPU has AVX2, FMA and F16C (both machine kinds the project runs on do).
 bool have_avx2_fma_f16c();
 
+// vzeroupper where the CPU has AVX: marks the upper halves of the vector registers clean,
+// so that this thread's legacy-SSE code (everything built for baseline x86-64, libm's
+// std::exp included) runs without the SSE/AVX transition penalty. A server request's
+// thread woke from each decoder step with them dirty on an AMX Xeon, and its logit rules
+// took 1.0 s instead of 0.07 s for 90 tokens (pipeline::BatchedCompute calls this).
+void clear_upper_vector_state();
+
 // Bulk IEEE half conversion (F16C where the CPU has it), rounding to nearest even.
 void floats_to_halves(const float* x, std::uint16_t* y, std::int64_t n);
 void halves_to_floats(const std::uint16_t* x, float* y, std::int64_t n);
