@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "kernels/cpu/fast_math.h"
 
 namespace amanuensis::decoding {
 namespace {
@@ -145,12 +146,8 @@ void apply_logit_rules(std::span<float> logits, std::span<const TokenId> sampled
 }
 
 double log_sum_exp(std::span<const float> logits) {
-  float max = -INFINITY;
-  for (float v : logits) max = std::max(max, v);
-  if (max == -INFINITY) return -INFINITY;
-  double sum = 0.0;
-  for (float v : logits) sum += std::exp(static_cast<double>(v) - max);
-  return max + std::log(sum);
+  // vectorised: a step's 51,864 exponentials through libm's double exp took 0.3-0.5 ms
+  return kernels::cpu::log_sum_exp(logits.data(), static_cast<std::int64_t>(logits.size()));
 }
 
 float log_probability(std::span<const float> logits, TokenId id) {

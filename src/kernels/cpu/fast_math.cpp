@@ -150,6 +150,47 @@ __attribute__((target("avx512f"))) float exp_shift_sum_avx512(float* x, std::int
 }
 #endif
 
+// The sum of exp(x[i] - shift), in double.
+double exp_shift_sum_double_scalar(const float* x, std::int64_t n, float shift) {
+  double r = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) r += exp_poly(x[i] - shift);
+  return r;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) double exp_shift_sum_double_avx2(const float* x, std::int64_t n, float shift) {
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp_poly8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(acc0, acc1));
+  double r = exp_shift_sum_double_scalar(x + i, n - i, shift);
+  for (double v : lanes) r += v;
+  return r;
+}
+
+__attribute__((target("avx512f"))) double exp_shift_sum_double_avx512(const float* x, std::int64_t n, float shift) {
+  const __m512 s = _mm512_set1_ps(shift);
+  __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = exp_poly16(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+    acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+  }
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, _mm512_add_pd(acc0, acc1));
+  double r = exp_shift_sum_double_scalar(x + i, n - i, shift);
+  for (double v : lanes) r += v;
+  return r;
+}
+#endif
+
 float exp_shift_sum(float* x, std::int64_t n, float shift) {
 #if defined(__x86_64__)
   static const bool avx512 = __builtin_cpu_supports("avx512f");
@@ -395,6 +436,18 @@ void layer_norm_fast(float* x, std::int64_t rows, std::int64_t d, const float* g
 }
 
 AMANUENSIS_MULTIVERSION
+double log_sum_exp(const float* x, std::int64_t n) {
+  const float max = row_max(x, n);
+  if (max == -INFINITY) return -INFINITY;
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx512) return max + std::log(exp_shift_sum_double_avx512(x, n, max));
+  if (avx2) return max + std::log(exp_shift_sum_double_avx2(x, n, max));
+#endif
+  return max + std::log(exp_shift_sum_double_scalar(x, n, max));
+}
+
 void exp_fast(const float* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] = exp_poly(x[i]);
 }

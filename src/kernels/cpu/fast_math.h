@@ -52,6 +52,11 @@ void halves_to_floats(const std::uint16_t* x, float* y, std::int64_t n);
 // y[i] = exp(x[i]) for x <= 88; inputs below -87.3 give 0 (flushed).
 void exp_fast(const float* x, float* y, std::int64_t n);
 
+// log(sum of exp(x[i])) over a row of n finite or -inf values (-inf when all are): the
+// normaliser of a row of logits. Each exponential of x[i] - max in float (relative
+// error below 2e-7; below -87.3 flushed to 0, 4e-38 of the largest term), summed in double.
+double log_sum_exp(const float* x, std::int64_t n);
+
 // Exact GELU, x * Phi(x), in place, through a vectorised erfc (Numerical Recipes'
 // Chebyshev fit, relative error below 1.2e-7 everywhere, so no cancellation for negative
 // x): what cpu::gelu computes with std::erf, several times faster.
