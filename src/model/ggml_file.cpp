@@ -1,6 +1,7 @@
 #include "model/ggml_file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <sstream>
 
 #include "common/error.h"
@@ -203,12 +205,32 @@ std::vector<ExpectedTensor> expected_tensors(const HyperParams& hp) {
 // The file's bytes, read into memory rather than mapped: a mapping would tie the process
 // to the file, and a file truncated or rewritten in place while the server runs would
 // kill it with SIGBUS at the next touch of a page past the new end. Read, the bytes are
-// the process's own; the load copies every tensor into the backend's storage and then
-// drops them (release_tensors), so the peak is the same as a mapping's, whose pages the
-// load touches too.
+// the process's own; the load copies every tensor into the backend's storage and drops
+// each one's pages as it goes (release_tensor), so the file and the packed weights are
+// never resident together.
+// The bytes are an anonymous private mapping (memory of the process, like the heap), so
+// that release_tensor() can give a packed tensor's pages back with madvise.
 struct ModelFile::Storage {
-  std::unique_ptr<std::byte[]> bytes;  // not zeroed: read() writes every byte
+  std::byte* bytes = nullptr;
   std::size_t length = 0;
+  std::size_t mapped = 0;
+
+  explicit Storage(std::size_t n) : length(n), mapped(std::max<std::size_t>(1, n)) {
+    void* p = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    bytes = static_cast<std::byte*>(p);
+  }
+  ~Storage() { ::munmap(bytes, mapped); }
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  // The whole pages inside [from, from + n) back to the system (read as zeros afterwards).
+  void discard(const std::byte* from, std::size_t n) const {
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto begin = (reinterpret_cast<std::uintptr_t>(from) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<std::uintptr_t>(from) + n) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
 };
 
 namespace {
@@ -244,14 +266,20 @@ ModelFile ModelFile::open(const std::filesystem::path& path) {
   if (file.fd < 0) throw Error("cannot open model file " + name + ": " + std::strerror(errno));
   struct stat st {};
   if (fstat(file.fd, &st) != 0 || !S_ISREG(st.st_mode)) throw Error("model path " + name + " is not a regular file");
-  auto storage = std::make_shared<Storage>();
-  storage->length = static_cast<std::size_t>(st.st_size);
-  storage->bytes.reset(new std::byte[std::max<std::size_t>(1, storage->length)]);
-  read_all(file.fd, storage->bytes.get(), storage->length, name);
-  ModelFile model = parse({storage->bytes.get(), storage->length}, name);
+  auto storage = std::make_shared<Storage>(static_cast<std::size_t>(st.st_size));
+  read_all(file.fd, storage->bytes, storage->length, name);
+  ModelFile model = parse({storage->bytes, storage->length}, name);
   model.storage_ = std::move(storage);
   model.path_ = path;
   return model;
+}
+
+void ModelFile::release_tensor(const std::string& name) {
+  const auto it = tensors_.find(name);
+  if (it == tensors_.end()) return;
+  if (storage_ && storage_.use_count() == 1) storage_->discard(it->second.data.data(), it->second.data.size());
+  tensors_.erase(it);
+  released_tensors_.push_back(name);
 }
 
 void ModelFile::release_tensors() {
@@ -363,7 +391,8 @@ ModelFile ModelFile::parse(std::span<const std::byte> bytes, std::string source)
 
 const TensorView& ModelFile::tensor(const std::string& name) const {
   // a bug: the weights are read from the file once, at load
-  if (released_) throw InternalError(path_.string() + ": tensor " + name + " read after the model's bytes were released");
+  if (released_ || std::find(released_tensors_.begin(), released_tensors_.end(), name) != released_tensors_.end())
+    throw InternalError(path_.string() + ": tensor " + name + " read after the model's bytes were released");
   auto it = tensors_.find(name);
   if (it == tensors_.end()) throw Error(path_.string() + ": model has no tensor " + name);
   return it->second;

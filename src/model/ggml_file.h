@@ -91,6 +91,13 @@ class ModelFile {
   // never a read of freed memory.
   void release_tensors();
 
+  // Forgets one tensor whose values the caller has copied, and gives the memory pages
+  // that lie wholly inside its bytes back to the system, so that a load which releases
+  // each tensor as it packs it never holds the whole file beside the packed weights.
+  // tensor(name) is then an InternalError. Pages are only given back when this ModelFile
+  // is the only one sharing its bytes (a copy keeps reading them).
+  void release_tensor(const std::string& name);
+
  private:
   struct Storage;
   std::shared_ptr<Storage> storage_;  // keeps the bytes alive; shared so models can copy cheaply
@@ -105,6 +112,7 @@ class ModelFile {
   std::vector<std::string> vocabulary_;
   std::map<std::string, TensorView> tensors_;
   std::vector<std::string> tensor_order_;
+  std::vector<std::string> released_tensors_;  // by release_tensor, for tensor()'s message
 };
 
 // Expected tensor table for a header: name -> (type class, PyTorch-order shape).

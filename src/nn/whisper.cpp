@@ -39,20 +39,43 @@ std::vector<float> floats(const model::TensorView& t) {
   return v;
 }
 
-LinearWeights linear_weights(const Backend& backend, const model::ModelFile& f, const std::string& prefix,
+// The file's tensors as the loader takes them: once a tensor's values are packed or
+// copied, done() lets a releasing load (WhisperWeights::load_releasing) drop its bytes.
+class TensorSource {
+ public:
+  TensorSource(const model::ModelFile& file, model::ModelFile* releasing) : file_(file), releasing_(releasing) {}
+  const model::TensorView& operator[](const std::string& name) const { return file_.tensor(name); }
+  void done(const std::string& name) const {
+    if (releasing_) releasing_->release_tensor(name);
+  }
+  // A small tensor (norms, biases, positions) as float, released at once.
+  std::vector<float> floats(const std::string& name) const {
+    auto values = nn::floats(file_.tensor(name));
+    done(name);
+    return values;
+  }
+
+ private:
+  const model::ModelFile& file_;
+  model::ModelFile* releasing_;
+};
+
+LinearWeights linear_weights(const Backend& backend, const TensorSource& src, const std::string& prefix,
                              bool has_bias = true, RowsHint hint = RowsHint::Many) {
   std::vector<float> bias;
-  if (has_bias) bias = floats(f.tensor(prefix + ".bias"));
-  return {backend.pack(stored(f.tensor(prefix + ".weight")), std::move(bias), hint)};
+  if (has_bias) bias = src.floats(prefix + ".bias");
+  LinearWeights w{backend.pack(stored(src[prefix + ".weight"]), std::move(bias), hint)};
+  src.done(prefix + ".weight");
+  return w;
 }
 
 // A conv1d kernel of width 3, stored [out][channel][tap], packed as a matrix whose
 // columns are [tap][channel]: then each tap of an im2col row is one contiguous input frame.
-LinearWeights conv_weights(const Backend& backend, const model::ModelFile& f, const std::string& prefix) {
-  auto bias = floats(f.tensor(prefix + ".bias"));
-  const auto& tensor = f.tensor(prefix + ".weight");
-  const std::vector<float> values = floats(tensor);
+LinearWeights conv_weights(const Backend& backend, const TensorSource& src, const std::string& prefix) {
+  auto bias = src.floats(prefix + ".bias");
+  const auto& tensor = src[prefix + ".weight"];
   const kernels::MatrixShape shape{tensor.rows(), tensor.cols()};
+  const std::vector<float> values = src.floats(prefix + ".weight");
   const std::int64_t channels = shape.cols / 3;
   std::vector<float> by_tap(values.size());
   for (std::int64_t o = 0; o < shape.rows; ++o)
@@ -63,30 +86,30 @@ LinearWeights conv_weights(const Backend& backend, const model::ModelFile& f, co
                        kernels::WeightRole::Stem)};
 }
 
-NormWeights norm_weights(const model::ModelFile& f, const std::string& prefix) {
-  return {floats(f.tensor(prefix + ".weight")), floats(f.tensor(prefix + ".bias"))};
+NormWeights norm_weights(const TensorSource& src, const std::string& prefix) {
+  return {src.floats(prefix + ".weight"), src.floats(prefix + ".bias")};
 }
 
 // `kv_hint`: keys/values of cross-attention are computed once per window from all frames.
-AttentionWeights attention_weights(const Backend& b, const model::ModelFile& f, const std::string& prefix,
+AttentionWeights attention_weights(const Backend& b, const TensorSource& src, const std::string& prefix,
                                    RowsHint hint, RowsHint kv_hint) {
-  return {linear_weights(b, f, prefix + ".query", true, hint), linear_weights(b, f, prefix + ".key", false, kv_hint),
-          linear_weights(b, f, prefix + ".value", true, kv_hint), linear_weights(b, f, prefix + ".out", true, hint)};
+  return {linear_weights(b, src, prefix + ".query", true, hint), linear_weights(b, src, prefix + ".key", false, kv_hint),
+          linear_weights(b, src, prefix + ".value", true, kv_hint), linear_weights(b, src, prefix + ".out", true, hint)};
 }
 
 // Decoder blocks (`decoder`) run a few token rows at a time; encoder blocks a whole window.
-BlockWeights block_weights(const Backend& backend, const model::ModelFile& f, const std::string& prefix, bool decoder) {
+BlockWeights block_weights(const Backend& backend, const TensorSource& src, const std::string& prefix, bool decoder) {
   const RowsHint hint = decoder ? RowsHint::Few : RowsHint::Many;
   BlockWeights b;
-  b.attn_ln = norm_weights(f, prefix + ".attn_ln");
-  b.attn = attention_weights(backend, f, prefix + ".attn", hint, hint);
+  b.attn_ln = norm_weights(src, prefix + ".attn_ln");
+  b.attn = attention_weights(backend, src, prefix + ".attn", hint, hint);
   if (decoder) {
-    b.cross_attn_ln = norm_weights(f, prefix + ".cross_attn_ln");
-    b.cross_attn = attention_weights(backend, f, prefix + ".cross_attn", hint, RowsHint::Many);
+    b.cross_attn_ln = norm_weights(src, prefix + ".cross_attn_ln");
+    b.cross_attn = attention_weights(backend, src, prefix + ".cross_attn", hint, RowsHint::Many);
   }
-  b.mlp_ln = norm_weights(f, prefix + ".mlp_ln");
-  b.mlp_up = linear_weights(backend, f, prefix + ".mlp.0", true, hint);
-  b.mlp_down = linear_weights(backend, f, prefix + ".mlp.2", true, hint);
+  b.mlp_ln = norm_weights(src, prefix + ".mlp_ln");
+  b.mlp_up = linear_weights(backend, src, prefix + ".mlp.0", true, hint);
+  b.mlp_down = linear_weights(backend, src, prefix + ".mlp.2", true, hint);
   return b;
 }
 
@@ -182,7 +205,10 @@ void capture_scores(AttentionCapture& capture, int layer, std::span<const float>
 
 }  // namespace
 
-std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFile& f, const LoadOptions& options) {
+namespace {
+
+std::shared_ptr<const WhisperWeights> load_weights(const TensorSource& src, const model::ModelFile& f,
+                                                   const LoadOptions& options) {
   if (f.tensors().empty()) {
     throw Error(f.path().string() + " holds only a vocabulary (no tensors); it cannot transcribe");
   }
@@ -193,23 +219,36 @@ std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFil
   compute.weights = model::is_quantized(hp.weight_type()) ? kernels::WeightFormat::Quantized : kernels::WeightFormat::Float;
   w->backend = kernels::make_backend(compute);
   const Backend& be = *w->backend;
-  w->conv1 = conv_weights(be, f, "encoder.conv1");
-  w->conv2 = conv_weights(be, f, "encoder.conv2");
-  w->encoder_positions = floats(f.tensor("encoder.positional_embedding"));
+  w->conv1 = conv_weights(be, src, "encoder.conv1");
+  w->conv2 = conv_weights(be, src, "encoder.conv2");
+  w->encoder_positions = src.floats("encoder.positional_embedding");
   for (int i = 0; i < hp.n_audio_layer; ++i)
-    w->encoder_blocks.push_back(block_weights(be, f, "encoder.blocks." + std::to_string(i), false));
-  w->encoder_ln_post = norm_weights(f, "encoder.ln_post");
+    w->encoder_blocks.push_back(block_weights(be, src, "encoder.blocks." + std::to_string(i), false));
+  w->encoder_ln_post = norm_weights(src, "encoder.ln_post");
   {
     // the output projection, which is also the token embedding (Decoder::embed)
-    const auto& embedding = f.tensor("decoder.token_embedding.weight");
-    w->embedding_dim = embedding.cols();
-    w->logits = {be.pack(stored(embedding), {}, RowsHint::Few)};
+    const std::string name = "decoder.token_embedding.weight";
+    w->embedding_dim = src[name].cols();
+    w->logits = {be.pack(stored(src[name]), {}, RowsHint::Few)};
+    src.done(name);
   }
-  w->decoder_positions = floats(f.tensor("decoder.positional_embedding"));
+  w->decoder_positions = src.floats("decoder.positional_embedding");
   for (int i = 0; i < hp.n_text_layer; ++i)
-    w->decoder_blocks.push_back(block_weights(be, f, "decoder.blocks." + std::to_string(i), true));
-  w->decoder_ln = norm_weights(f, "decoder.ln");
+    w->decoder_blocks.push_back(block_weights(be, src, "decoder.blocks." + std::to_string(i), true));
+  w->decoder_ln = norm_weights(src, "decoder.ln");
   return w;
+}
+
+}  // namespace
+
+std::shared_ptr<const WhisperWeights> WhisperWeights::load(const model::ModelFile& f, const LoadOptions& options) {
+  return load_weights(TensorSource(f, nullptr), f, options);
+}
+
+std::shared_ptr<const WhisperWeights> WhisperWeights::load_releasing(model::ModelFile& f, const LoadOptions& options) {
+  auto weights = load_weights(TensorSource(f, &f), f, options);
+  f.release_tensors();
+  return weights;
 }
 
 // The convolution stem of one window with the positions added: n_audio_ctx x d states,

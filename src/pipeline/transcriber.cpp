@@ -271,8 +271,8 @@ Model::Model(model::ModelFile file, std::shared_ptr<const nn::WhisperWeights> we
 
 std::shared_ptr<const Model> Model::load(const std::filesystem::path& path, const nn::LoadOptions& options) {
   auto file = model::ModelFile::open(path);
-  auto weights = nn::WhisperWeights::load(file, options);
-  file.release_tensors();  // every tensor now lives in the backend's storage
+  // every tensor goes into the backend's storage, its bytes dropped as it gets there
+  auto weights = nn::WhisperWeights::load_releasing(file, options);
   return std::make_shared<const Model>(std::move(file), std::move(weights));
 }
 

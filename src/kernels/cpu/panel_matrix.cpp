@@ -5,6 +5,7 @@
 #endif
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "common/error.h"
@@ -141,10 +142,20 @@ PanelMatrix::PanelMatrix(const StoredMatrix& weights, std::int64_t panel_width) 
     }
     return;
   }
+  if (vector_unit && weights.dtype == DType::F16) {
+    // the halves as stored, never widened: the logits matrix of tiny is 80 MB in float
+    const std::byte* halves = weights.bytes.data();
+    store_.f16 = to_panels<std::uint16_t>(store_, rows, [&](std::int64_t r, std::int64_t i) {
+      std::uint16_t h;
+      std::memcpy(&h, halves + (r * cols + i) * 2, sizeof h);
+      return h;
+    });
+    return;
+  }
   const std::vector<float> values = to_floats(weights);
   const auto value = [&](std::int64_t r, std::int64_t i) { return values[r * cols + i]; };
-  if (vector_unit && (weights.dtype == DType::F16 || exact_in_f16(values))) {
-    // f16 files (and floats that are halves): half the bytes to read per decoder step
+  if (vector_unit && exact_in_f16(values)) {
+    // floats that are halves: half the bytes to read per decoder step, as f16 files
     store_.f16 = to_panels<std::uint16_t>(store_, rows, [&](std::int64_t r, std::int64_t i) { return float_to_half(value(r, i)); });
   } else {
     store_.f32 = to_panels<float>(store_, rows, value);
