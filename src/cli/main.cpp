@@ -72,8 +72,9 @@ transcribe options:
   --pcm-channels N        channels of the raw PCM (default 1)
   --pcm-format FMT        s16 (default) or f32
   --threads N             compute threads (default: all cores)
-  --precision P           matrix arithmetic: auto (default), fp32, bf16 or int8; auto is int8
-                          for quantized models on CPUs with VNNI/AMX-INT8, bf16 with AMX-BF16, else fp32
+  --precision P           matrix arithmetic: auto (default), fp32, bf16 or int8; auto is bf16
+                          where it runs fast (AMX-BF16; AVX512_BF16 on AMD), else int8 for
+                          quantized models on CPUs with VNNI, else fp32
 
 Audio files of any common format are decoded with FFmpeg's libraries (wav, flac, mp3,
 ogg/opus, m4a/aac, webm, mp4) and resampled to 16 kHz mono.

@@ -21,8 +21,9 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --host ADDR             address to listen on (default 127.0.0.1)
   --port N                port (default 8080; 0 = any free port, printed at start)
   --threads N             compute threads (default: all cores)
-  --precision P           matrix arithmetic: auto (default), fp32, bf16 or int8; auto is int8
-                          for quantized models on CPUs with VNNI/AMX-INT8, bf16 with AMX-BF16, else fp32
+  --precision P           matrix arithmetic: auto (default), fp32, bf16 or int8; auto is bf16
+                          where it runs fast (AMX-BF16; AVX512_BF16 on AMD), else int8 for
+                          quantized models on CPUs with VNNI, else fp32
   --workers N             transcriptions decoded at once (per model); their decoder steps run
                           as one batch and their encoder windows share one queue (default 8)
   --max-queue-seconds S   audio waiting for a free slot at most (per model), else 429 (default 600)

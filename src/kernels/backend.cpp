@@ -150,8 +150,9 @@ void Backend::feed_forward(std::span<float> x, std::int64_t rows, const NormPara
 
 Precision resolve(Precision p, WeightFormat weights) {
   if (p != Precision::Auto) return p;
+  if (cpu_runs_bf16_fast()) return Precision::Bf16;
   if (weights == WeightFormat::Quantized && cpu_has_int8_dot()) return Precision::Int8;
-  return cpu_runs_bf16_fast() ? Precision::Bf16 : Precision::Fp32;
+  return Precision::Fp32;
 }
 
 BackendKind parse_backend_kind(std::string_view name) {

@@ -70,7 +70,8 @@ TEST(KernelsBackend, PrecisionNames) {
   // auto takes bf16 only where it measured faster (AMX-BF16; AVX512_BF16 on AMD)
   const Precision float_auto = cpu_runs_bf16_fast() ? Precision::Bf16 : Precision::Fp32;
   EXPECT_EQ(resolve(Precision::Auto), float_auto);
-  EXPECT_EQ(resolve(Precision::Auto, WeightFormat::Quantized), cpu_has_int8_dot() ? Precision::Int8 : float_auto);
+  EXPECT_EQ(resolve(Precision::Auto, WeightFormat::Quantized),
+            cpu_runs_bf16_fast() ? Precision::Bf16 : cpu_has_int8_dot() ? Precision::Int8 : Precision::Fp32);
   EXPECT_EQ(parse_backend_kind(""), BackendKind::Best);
   EXPECT_EQ(parse_backend_kind("reference"), BackendKind::Reference);
   EXPECT_EQ(parse_backend_kind("onednn"), BackendKind::Onednn);
