@@ -435,7 +435,6 @@ void layer_norm_fast(float* x, std::int64_t rows, std::int64_t d, const float* g
   }
 }
 
-AMANUENSIS_MULTIVERSION
 double log_sum_exp(const float* x, std::int64_t n) {
   const float max = row_max(x, n);
   if (max == -INFINITY) return -INFINITY;
@@ -448,6 +447,7 @@ double log_sum_exp(const float* x, std::int64_t n) {
   return max + std::log(exp_shift_sum_double_scalar(x, n, max));
 }
 
+AMANUENSIS_MULTIVERSION
 void exp_fast(const float* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] = exp_poly(x[i]);
 }
