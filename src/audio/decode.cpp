@@ -9,6 +9,7 @@
 #include <iostream>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 
 extern "C" {
@@ -110,15 +111,6 @@ std::unique_ptr<SwrContext, ResamplerDeleter> make_resampler(const AVCodecContex
   return swr;
 }
 
-bool is_plain_16k_mono_wav(std::span<const std::byte> bytes) {
-  try {
-    (void)decode_wav(bytes.first(std::min<std::size_t>(bytes.size(), 4096)));
-    return true;
-  } catch (const Error&) {
-    return false;
-  }
-}
-
 // The most samples `limits` allow; SIZE_MAX for none.
 std::size_t max_samples(const DecodeLimits& limits) {
   if (!(limits.max_seconds > 0)) return SIZE_MAX;
@@ -129,83 +121,179 @@ void check_length(std::size_t samples, std::size_t max, const DecodeLimits& limi
   if (samples > max) throw AudioTooLong(limits.max_seconds);
 }
 
-std::vector<float> decode_with_ffmpeg(std::span<const std::byte> encoded, const DecodeLimits& limits) {
-  const std::size_t max = max_samples(limits);
-  MemoryInput input{encoded};
+// 16 kHz mono 16-bit PCM WAV: the samples are the data chunk's, read in place.
+class Pcm16Reader final : public AudioReader {
+ public:
+  Pcm16Reader(std::span<const std::byte> data, std::shared_ptr<const void> owner)
+      : data_(data), owner_(std::move(owner)) {}
+  std::size_t read(std::span<float> out) override {
+    const std::size_t n = std::min(out.size(), data_.size() / 2 - position_);
+    for (std::size_t i = 0; i < n; ++i) out[i] = pcm16_sample(data_, position_ + i);
+    position_ += n;
+    return n;
+  }
+  void rewind() override { position_ = 0; }
+  std::size_t non_finite_samples() const override { return 0; }  // int16: always finite
+
+ private:
+  std::span<const std::byte> data_;
+  std::shared_ptr<const void> owner_;
+  std::size_t position_ = 0;
+};
+
+// Everything else, through FFmpeg: the first audio stream, down-mixed and resampled. A
+// rewind opens the file again; decoding is deterministic, so every pass gives the same samples.
+class FfmpegReader final : public AudioReader {
+ public:
+  FfmpegReader(std::span<const std::byte> encoded, const DecodeLimits& limits, std::shared_ptr<const void> owner)
+      : input_{encoded}, limits_(limits), max_(max_samples(limits)), owner_(std::move(owner)) {
+    open();
+  }
+  FfmpegReader(const FfmpegReader&) = delete;  // FFmpeg holds the address of input_
+  FfmpegReader& operator=(const FfmpegReader&) = delete;
+  std::size_t read(std::span<float> out) override;
+  void rewind() override;
+  std::size_t non_finite_samples() const override { return non_finite_; }
+
+ private:
+  enum class Stage { Reading, Flushing, Done };
+  void open();
+  void refill();
+  void drain_frames();
+
+  MemoryInput input_;
+  DecodeLimits limits_;
+  std::size_t max_;
+  std::shared_ptr<const void> owner_;
+  // declared so that they are destroyed in this order's reverse: the format context reads through io_
+  std::unique_ptr<AVIOContext, IoContextDeleter> io_;
+  std::unique_ptr<AVFormatContext, FormatContextDeleter> format_;
+  std::unique_ptr<AVCodecContext, CodecContextDeleter> decoder_;
+  std::unique_ptr<SwrContext, ResamplerDeleter> resampler_;
+  std::unique_ptr<AVPacket, PacketDeleter> packet_;
+  std::unique_ptr<AVFrame, FrameDeleter> frame_;
+  int stream_index_ = -1;
+  Stage stage_ = Stage::Reading;
+  int decode_errors_ = 0;
+  std::vector<float> pending_;  // decoded, not yet read
+  std::size_t pending_read_ = 0;
+  std::size_t produced_ = 0;  // samples decoded in this pass
+  std::size_t non_finite_ = 0;
+};
+
+void FfmpegReader::open() {
   constexpr int kBufferSize = 1 << 16;
   auto* buffer = static_cast<unsigned char*>(av_malloc(kBufferSize));
   if (!buffer) throw Error("out of memory while decoding audio");
-  std::unique_ptr<AVIOContext, IoContextDeleter> io(
-      avio_alloc_context(buffer, kBufferSize, 0, &input, &MemoryInput::read, nullptr, &MemoryInput::seek));
-  if (!io) {
+  io_.reset(avio_alloc_context(buffer, kBufferSize, 0, &input_, &MemoryInput::read, nullptr, &MemoryInput::seek));
+  if (!io_) {
     av_free(buffer);
     throw Error("out of memory while decoding audio");
   }
   AVFormatContext* format_raw = avformat_alloc_context();
-  format_raw->pb = io.get();
+  if (!format_raw) throw Error("out of memory while decoding audio");
+  format_raw->pb = io_.get();
   format_raw->flags |= AVFMT_FLAG_CUSTOM_IO;
   if (int rc = avformat_open_input(&format_raw, nullptr, nullptr, nullptr); rc < 0) {
-    throw Error("not a readable audio file (" + av_error(rc) + ")");
+    throw Error("not a readable audio file (" + av_error(rc) + ")");  // format_raw is freed on failure
   }
-  std::unique_ptr<AVFormatContext, FormatContextDeleter> format(format_raw);
-  if (int rc = avformat_find_stream_info(format.get(), nullptr); rc < 0) {
+  format_.reset(format_raw);
+  if (int rc = avformat_find_stream_info(format_.get(), nullptr); rc < 0) {
     throw Error("cannot read the audio streams (" + av_error(rc) + ")");
   }
   const AVCodec* codec = nullptr;
-  const int stream_index = av_find_best_stream(format.get(), AVMEDIA_TYPE_AUDIO, -1, -1, &codec, 0);
-  if (stream_index < 0 || !codec) throw Error("the file has no audio stream this build can decode");
-  std::unique_ptr<AVCodecContext, CodecContextDeleter> decoder(avcodec_alloc_context3(codec));
-  avcodec_parameters_to_context(decoder.get(), format->streams[stream_index]->codecpar);
-  if (int rc = avcodec_open2(decoder.get(), codec, nullptr); rc < 0) {
+  stream_index_ = av_find_best_stream(format_.get(), AVMEDIA_TYPE_AUDIO, -1, -1, &codec, 0);
+  if (stream_index_ < 0 || !codec) throw Error("the file has no audio stream this build can decode");
+  decoder_.reset(avcodec_alloc_context3(codec));
+  if (!decoder_) throw Error("out of memory while decoding audio");
+  avcodec_parameters_to_context(decoder_.get(), format_->streams[stream_index_]->codecpar);
+  if (int rc = avcodec_open2(decoder_.get(), codec, nullptr); rc < 0) {
     throw Error(std::string("cannot open the ") + codec->name + " decoder (" + av_error(rc) + ")");
   }
-  if (decoder->sample_rate <= 0) throw Error("the audio stream has no sample rate");
+  if (decoder_->sample_rate <= 0) throw Error("the audio stream has no sample rate");
   // The resampler's filter grows with the rate ratio: a 400-byte WAV claiming 35 MHz had
   // it take 300 MB. The raw PCM path's bounds, which hold every real recording.
-  if (decoder->sample_rate < 1000 || decoder->sample_rate > 384000)
-    throw Error("the audio stream's sample rate, " + std::to_string(decoder->sample_rate) +
+  if (decoder_->sample_rate < 1000 || decoder_->sample_rate > 384000)
+    throw Error("the audio stream's sample rate, " + std::to_string(decoder_->sample_rate) +
                 " Hz, is outside 1000-384000 Hz");
-  auto resampler = make_resampler(decoder.get());
+  resampler_ = make_resampler(decoder_.get());
+  packet_.reset(av_packet_alloc());
+  frame_.reset(av_frame_alloc());
+  if (!packet_ || !frame_) throw Error("out of memory while decoding audio");
+}
 
-  std::vector<float> samples;
-  // Growing the vector by doubling would briefly need twice the memory of a long recording,
-  // so room for the duration the container states is reserved, but at most what the file's
-  // size can plausibly hold (32 samples a byte: 6 kbit/s Opus at 16 kHz is about 21), as
-  // a header may claim any duration.
-  if (format->duration > 0) {
-    const double stated = static_cast<double>(format->duration) / AV_TIME_BASE * kSampleRate;
-    const double plausible = 32.0 * static_cast<double>(encoded.size());
-    const double allowed = static_cast<double>(max);
-    samples.reserve(static_cast<std::size_t>(std::min({stated, plausible, allowed})) + 2 * kSampleRate);
+void FfmpegReader::rewind() {
+  // torn down in the order of their dependencies, then opened again from the first byte
+  frame_.reset();
+  packet_.reset();
+  resampler_.reset();
+  decoder_.reset();
+  format_.reset();
+  io_.reset();
+  input_.position = 0;
+  stage_ = Stage::Reading;
+  decode_errors_ = 0;
+  pending_.clear();
+  pending_read_ = 0;
+  produced_ = 0;
+  non_finite_ = 0;
+  open();
+}
+
+// Appends to pending_ every frame the decoder has ready.
+void FfmpegReader::drain_frames() {
+  for (;;) {
+    const int rc = avcodec_receive_frame(decoder_.get(), frame_.get());
+    if (rc == AVERROR(EAGAIN) || rc == AVERROR_EOF) return;
+    if (rc < 0) throw Error("audio decoding failed (" + av_error(rc) + ")");
+    resample_into(resampler_.get(), frame_.get(), pending_);
+    av_frame_unref(frame_.get());
+    check_length(produced_ + pending_.size(), max_, limits_);  // at each frame: never hours past the limit
   }
-  std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
-  std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
-  auto drain = [&] {
-    for (;;) {
-      const int rc = avcodec_receive_frame(decoder.get(), frame.get());
-      if (rc == AVERROR(EAGAIN) || rc == AVERROR_EOF) return;
-      if (rc < 0) throw Error("audio decoding failed (" + av_error(rc) + ")");
-      resample_into(resampler.get(), frame.get(), samples);
-      av_frame_unref(frame.get());
-      check_length(samples.size(), max, limits);  // at each frame: never hours past the limit
+}
+
+// Decodes packets until some samples are pending or the stream has ended.
+void FfmpegReader::refill() {
+  pending_.clear();
+  pending_read_ = 0;
+  while (pending_.empty() && stage_ != Stage::Done) {
+    if (stage_ == Stage::Flushing) {
+      resample_into(resampler_.get(), nullptr, pending_);  // the resampler's buffered tail
+      check_length(produced_ + pending_.size(), max_, limits_);
+      stage_ = Stage::Done;
+      break;
     }
-  };
-  int decode_errors = 0;
-  while (av_read_frame(format.get(), packet.get()) >= 0) {
-    if (packet->stream_index == stream_index) {
+    if (av_read_frame(format_.get(), packet_.get()) < 0) {
+      avcodec_send_packet(decoder_.get(), nullptr);
+      stage_ = Stage::Flushing;
+    } else {
       // a damaged packet is skipped, as players do; only a stream of errors is fatal
-      if (avcodec_send_packet(decoder.get(), packet.get()) < 0 && ++decode_errors > 100) {
+      if (packet_->stream_index == stream_index_ && avcodec_send_packet(decoder_.get(), packet_.get()) < 0 &&
+          ++decode_errors_ > 100) {
         throw Error("the audio stream is corrupt (too many undecodable packets)");
       }
-      drain();
+      av_packet_unref(packet_.get());
     }
-    av_packet_unref(packet.get());
+    drain_frames();
   }
-  avcodec_send_packet(decoder.get(), nullptr);
-  drain();
-  resample_into(resampler.get(), nullptr, samples);
-  check_length(samples.size(), max, limits);
-  return samples;
+  non_finite_ += replace_non_finite(pending_);
+  produced_ += pending_.size();
+}
+
+std::size_t FfmpegReader::read(std::span<float> out) {
+  std::size_t written = 0;
+  while (written < out.size()) {
+    if (pending_read_ == pending_.size()) {
+      if (stage_ == Stage::Done) break;
+      refill();
+      continue;
+    }
+    const std::size_t n = std::min(out.size() - written, pending_.size() - pending_read_);
+    std::copy_n(pending_.begin() + static_cast<std::ptrdiff_t>(pending_read_), n, out.begin() + written);
+    pending_read_ += n;
+    written += n;
+  }
+  return written;
 }
 
 }  // namespace
@@ -225,27 +313,111 @@ std::size_t replace_non_finite(std::span<float> samples) {
   return replaced;
 }
 
-std::vector<float> decode_audio(std::span<const std::byte> encoded, DecodeReport* report, const DecodeLimits& limits) {
-  if (encoded.empty()) throw Error("the audio file is empty");
-  if (is_plain_16k_mono_wav(encoded)) {
-    // two bytes a sample: the file's size bounds what this path can hold
-    auto samples = decode_wav(encoded);  // int16: always finite
-    check_length(samples.size(), max_samples(limits), limits);
-    return samples;
+// Holds the samples of its first whole pass when they are few enough, and reads every later
+// pass from them: the mel frontend reads a file twice and the server once more, so a short
+// recording is decoded once, as before readers, and only a long one again at each pass.
+class HoldingReader final : public AudioReader {
+ public:
+  HoldingReader(std::unique_ptr<AudioReader> inner, std::size_t hold_samples)
+      : inner_(std::move(inner)), hold_samples_(hold_samples) {}
+  std::size_t read(std::span<float> out) override {
+    if (state_ == State::Held) {
+      const std::size_t n = std::min(out.size(), held_.size() - position_);
+      std::copy_n(held_.begin() + static_cast<std::ptrdiff_t>(position_), n, out.begin());
+      position_ += n;
+      return n;
+    }
+    const std::size_t n = inner_->read(out);
+    if (state_ == State::FirstPass) keep(out.first(n), n < out.size());
+    return n;
   }
+  void rewind() override {
+    position_ = 0;
+    if (state_ == State::Held) return;
+    inner_->rewind();
+    if (state_ == State::FirstPass) held_.clear();  // a pass cut short: the next one holds from the start
+  }
+  std::size_t non_finite_samples() const override {
+    return state_ == State::Held ? held_non_finite_ : inner_->non_finite_samples();
+  }
+
+ private:
+  enum class State { FirstPass, Held, TooLong };
+  void keep(std::span<const float> samples, bool at_end) {
+    if (held_.size() + samples.size() > hold_samples_) {
+      state_ = State::TooLong;
+      std::vector<float>().swap(held_);
+      return;
+    }
+    held_.insert(held_.end(), samples.begin(), samples.end());
+    if (!at_end) return;
+    state_ = State::Held;
+    held_non_finite_ = inner_->non_finite_samples();
+    position_ = held_.size();
+    inner_.reset();  // the decoder's buffers go too
+  }
+
+  std::unique_ptr<AudioReader> inner_;
+  std::size_t hold_samples_;
+  State state_ = State::FirstPass;
+  std::vector<float> held_;
+  std::size_t position_ = 0;  // in held_, once held
+  std::size_t held_non_finite_ = 0;
+};
+
+std::unique_ptr<AudioReader> open_audio(std::span<const std::byte> encoded, const DecodeLimits& limits,
+                                        std::shared_ptr<const void> owner) {
+  if (encoded.empty()) throw Error("the audio file is empty");
+  std::optional<std::span<const std::byte>> pcm16;
+  try {
+    pcm16 = wav_pcm16_data(encoded);
+  } catch (const Error&) {
+    // not plain 16 kHz mono 16-bit WAV: FFmpeg reads it
+  }
+  if (pcm16) {
+    check_length(pcm16->size() / 2, max_samples(limits), limits);  // known from the size
+    return std::make_unique<Pcm16Reader>(*pcm16, std::move(owner));
+  }
+  try {
+    auto reader = std::make_unique<FfmpegReader>(encoded, limits, std::move(owner));
+    const auto hold = static_cast<std::size_t>(std::max(0.0, limits.hold_seconds) * kSampleRate);
+    if (hold == 0) return reader;
+    return std::make_unique<HoldingReader>(std::move(reader), hold);
+  } catch (const std::bad_alloc&) {
+    throw Error("the audio file needs more memory to open than this machine has");
+  }
+}
+
+std::size_t scan_audio(AudioReader& reader, DecodeReport* report) {
+  std::size_t samples = 0;
+  try {
+    reader.rewind();
+    samples = count_remaining(reader);
+  } catch (const std::bad_alloc&) {
+    throw Error("the audio file decodes to more samples than this machine can hold");
+  }
+  if (samples == 0) throw Error("the audio file holds no samples");
+  if (report) report->non_finite_samples = reader.non_finite_samples();
+  reader.rewind();
+  return samples;
+}
+
+std::vector<float> decode_audio(std::span<const std::byte> encoded, DecodeReport* report, const DecodeLimits& limits) {
+  DecodeLimits one_pass = limits;
+  one_pass.hold_seconds = 0;  // read once, into the result
+  const auto reader = open_audio(encoded, one_pass);
   std::vector<float> samples;
   try {
-    samples = decode_with_ffmpeg(encoded, limits);
+    samples = read_remaining(*reader);
   } catch (const std::bad_alloc&) {
     throw Error("the audio file decodes to more samples than this machine can hold");
   }
   if (samples.empty()) throw Error("the audio file holds no samples");
-  const std::size_t replaced = replace_non_finite(samples);
-  if (report) report->non_finite_samples = replaced;
+  if (report) report->non_finite_samples = reader->non_finite_samples();
   return samples;
 }
 
-std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeReport* report, const DecodeLimits& limits) {
+std::vector<std::byte> read_encoded_file(const std::filesystem::path& path) {
   std::vector<char> bytes;
   if (path == "-") {
     bytes.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
@@ -256,13 +428,37 @@ std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeRepo
     if (!in) throw Error("cannot open audio file " + path.string());
     bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
+  const auto* first = reinterpret_cast<const std::byte*>(bytes.data());
+  return {first, first + bytes.size()};
+}
+
+namespace {
+// Runs `decode`, naming the file in its errors; AudioTooLong passes as it is (its type
+// tells the caller which limit; the caller names the file).
+template <typename Decode>
+auto naming_the_file(const std::filesystem::path& path, Decode&& decode) {
   try {
-    return decode_audio(std::as_bytes(std::span(bytes)), report, limits);
+    return decode();
   } catch (const AudioTooLong&) {
-    throw;  // its type tells the caller which limit; the caller names the file
+    throw;
   } catch (const Error& e) {
     throw Error(path.string() + ": " + e.what());
   }
+}
+}  // namespace
+
+std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeReport* report, const DecodeLimits& limits) {
+  const auto bytes = read_encoded_file(path);
+  return naming_the_file(path, [&] { return decode_audio(bytes, report, limits); });
+}
+
+std::unique_ptr<AudioReader> open_audio_file(const std::filesystem::path& path, DecodeReport* report, const DecodeLimits& limits) {
+  auto bytes = std::make_shared<const std::vector<std::byte>>(read_encoded_file(path));
+  return naming_the_file(path, [&] {
+    auto reader = open_audio(*bytes, limits, bytes);
+    (void)scan_audio(*reader, report);
+    return reader;
+  });
 }
 
 std::vector<float> decode_raw_pcm(std::span<const std::byte> bytes, PcmFormat format, int sample_rate, int channels,

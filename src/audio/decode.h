@@ -5,10 +5,12 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "common/error.h"
+#include "common/sample_source.h"
 
 namespace amanuensis::audio {
 
@@ -24,6 +26,10 @@ struct DecodeReport {
 // the duration; the bound is checked as the samples are produced, not after.
 struct DecodeLimits {
   double max_seconds = 0.0;  // 0: no limit
+  // A reader (open_audio) of compressed audio keeps a file up to this long as float after
+  // its first pass (10 min: 38 MB) and reads it from there; a longer one is decoded again
+  // at each pass. 0: always decoded again.
+  double hold_seconds = 600.0;
 };
 
 // Thrown when the audio passes DecodeLimits::max_seconds; decoding stops there.
@@ -33,6 +39,28 @@ class AudioTooLong : public Error {
   double limit_seconds;
 };
 
+// An encoded file decoded as it is read: a pass through a long one (past
+// DecodeLimits::hold_seconds) decodes it again from its start, so it is never held whole
+// as float (the mel frontend reads two passes, the server one more to check the upload
+// before it queues it); a shorter one is held after its first pass. The samples are
+// those decode_audio gives, NaN and infinite ones already replaced by 0; the limits are
+// checked as samples are produced, throwing AudioTooLong.
+class AudioReader : public SampleSource {
+ public:
+  // NaN or infinite samples replaced since the last rewind
+  virtual std::size_t non_finite_samples() const = 0;
+};
+
+// Opens an encoded file held in memory (what decode_audio takes), throwing Error when it
+// is not audio this build can decode. `encoded` must outlive the reader; `owner`, when
+// given, is kept by the reader for that.
+std::unique_ptr<AudioReader> open_audio(std::span<const std::byte> encoded, const DecodeLimits& limits = {},
+                                        std::shared_ptr<const void> owner = {});
+
+// Reads `reader` through once and rewinds it: the number of samples, with the report. Throws
+// what decode_audio throws for the same file (an empty, broken or too long one).
+std::size_t scan_audio(AudioReader& reader, DecodeReport* report = nullptr);
+
 // Decodes an encoded audio file held in memory: the first audio stream, down-mixed and
 // resampled to 16 kHz mono. 16 kHz mono 16-bit PCM WAV takes a direct path that gives
 // exactly int16 / 32768. Throws amanuensis::Error for empty, truncated or non-audio input,
@@ -41,9 +69,16 @@ class AudioTooLong : public Error {
 std::vector<float> decode_audio(std::span<const std::byte> encoded, DecodeReport* report = nullptr,
                                 const DecodeLimits& limits = {});
 
-// Reads and decodes a file; "-" reads standard input.
+// The bytes of a file; "-" reads standard input.
+std::vector<std::byte> read_encoded_file(const std::filesystem::path& path);
+
+// Reads and decodes a file; "-" reads standard input. Errors name the file.
 std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeReport* report = nullptr,
                                    const DecodeLimits& limits = {});
+
+// Reads a file (as load_audio_file), opens it and scans it (scan_audio), so that a broken
+// or too long file is found before any work: a reader over the encoded bytes, which it keeps.
+std::unique_ptr<AudioReader> open_audio_file(const std::filesystem::path& path, DecodeReport* report = nullptr, const DecodeLimits& limits = {});
 
 // Raw little-endian PCM (s16 or f32), any rate and channel count, to 16 kHz mono.
 enum class PcmFormat { S16, F32 };

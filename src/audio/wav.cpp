@@ -159,19 +159,24 @@ void check_supported(const Format& format) {
 
 // The data chunk may run past the end of the file (streamed WAVs often leave its size at
 // 0 or 0xFFFFFFFF): take the whole samples that are present, dropping an odd last byte.
-std::vector<float> decode_samples(std::span<const std::byte> bytes, const Chunk& chunk) {
-  const std::size_t body = chunk.offset + kChunkHeaderSize;
-  std::vector<float> samples(chunk.available / 2);
-  for (std::size_t i = 0; i < samples.size(); ++i) {
-    const auto value = static_cast<std::int16_t>(read_u16(bytes, body + 2 * i));
-    samples[i] = static_cast<float>(value) / 32768.0f;
-  }
-  return samples;
+std::span<const std::byte> sample_bytes(std::span<const std::byte> bytes, const Chunk& chunk) {
+  return bytes.subspan(chunk.offset + kChunkHeaderSize, chunk.available & ~std::size_t{1});
 }
 
 }  // namespace
 
+float pcm16_sample(std::span<const std::byte> data, std::size_t index) {
+  return static_cast<float>(static_cast<std::int16_t>(read_u16(data, 2 * index))) / 32768.0f;
+}
+
 std::vector<float> decode_wav(std::span<const std::byte> bytes) {
+  const auto data = wav_pcm16_data(bytes);
+  std::vector<float> samples(data.size() / 2);
+  for (std::size_t i = 0; i < samples.size(); ++i) samples[i] = pcm16_sample(data, i);
+  return samples;
+}
+
+std::span<const std::byte> wav_pcm16_data(std::span<const std::byte> bytes) {
   check_riff_header(bytes);
   // The RIFF size field is not trusted (streamed files leave it wrong): chunks are walked
   // to the end of the bytes we actually have.
@@ -187,7 +192,7 @@ std::vector<float> decode_wav(std::span<const std::byte> bytes) {
         throw Error("malformed WAV file: the data chunk at byte " + std::to_string(offset) +
                     " comes before any fmt chunk, so its encoding is unknown");
       }
-      return decode_samples(bytes, chunk);
+      return sample_bytes(bytes, chunk);
     }
     // Chunk bodies are padded to an even length; the pad byte is not counted in `size`.
     const std::uint64_t next = std::uint64_t{offset} + kChunkHeaderSize + chunk.size + (chunk.size & 1u);

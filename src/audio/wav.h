@@ -16,6 +16,13 @@ inline constexpr int kSampleRate = 16000;
 // header, no data chunk) throws amanuensis::Error naming the problem.
 std::vector<float> decode_wav(std::span<const std::byte> bytes);
 
+// The same checks as decode_wav, without converting: the bytes of the whole 16-bit samples
+// of the data chunk (an even count), inside `bytes`.
+std::span<const std::byte> wav_pcm16_data(std::span<const std::byte> bytes);
+
+// One 16-bit little-endian sample of such data, as decode_wav gives it (int16 / 32768).
+float pcm16_sample(std::span<const std::byte> data, std::size_t index);
+
 // Reads a file and decodes it with decode_wav. Missing/unreadable files throw Error.
 std::vector<float> read_wav_file(const std::filesystem::path& path);
 

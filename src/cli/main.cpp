@@ -88,34 +88,31 @@ audio::DecodeLimits decode_limits(const Args& args) {
   return {max};
 }
 
-std::vector<float> decode_bounded_input(const std::string& path, const Args& args, audio::DecodeReport& report,
-                                        const audio::DecodeLimits& limits) {
-  if (path != "-" || !args.get("pcm-rate")) return audio::load_audio_file(path, &report, limits);
+// The file's audio, decoded as it is read (raw PCM from standard input is in memory anyway).
+std::unique_ptr<SampleSource> open_bounded_input(const std::string& path, const Args& args, audio::DecodeReport& report,
+                                                 const audio::DecodeLimits& limits) {
+  if (path != "-" || !args.get("pcm-rate")) return audio::open_audio_file(path, &report, limits);
   const std::string format = args.get_or("pcm-format", "s16");
   if (format != "s16" && format != "f32") throw Error("--pcm-format must be s16 or f32");
   std::vector<char> bytes(std::istreambuf_iterator<char>(std::cin), {});
-  return audio::decode_raw_pcm(std::as_bytes(std::span(bytes)),
-                               format == "s16" ? audio::PcmFormat::S16 : audio::PcmFormat::F32,
-                               args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1), &report, limits);
+  return std::make_unique<SharedSamples>(std::make_shared<const std::vector<float>>(
+      audio::decode_raw_pcm(std::as_bytes(std::span(bytes)), format == "s16" ? audio::PcmFormat::S16 : audio::PcmFormat::F32,
+                            args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1), &report, limits)));
 }
 
-std::vector<float> decode_input(const std::string& path, const Args& args, audio::DecodeReport& report) {
+std::unique_ptr<SampleSource> open_input(const std::string& path, const Args& args) {
+  audio::DecodeReport report;
+  std::unique_ptr<SampleSource> audio;
   try {
-    return decode_bounded_input(path, args, report, decode_limits(args));
+    audio = open_bounded_input(path, args, report, decode_limits(args));
   } catch (const audio::AudioTooLong& e) {
     throw Error(path + ": " + e.what() + " (--max-audio-seconds)");
   }
-}
-
-std::vector<float> read_audio(const std::string& path, const Args& args) {
-  audio::DecodeReport report;
-  auto samples = decode_input(path, args, report);
   if (report.non_finite_samples > 0)
     std::fprintf(stderr, "amanuensis: warning: %s: %zu NaN or infinite samples replaced by silence\n", path.c_str(),
                  report.non_finite_samples);
-  return samples;
+  return audio;
 }
-
 
 void apply_common_options(const Args& args) { apply_thread_flag(args); }
 
@@ -190,7 +187,7 @@ int run_transcribe(const Args& args) {
     try {
       auto file_options = options;
       file_options.progress = progress_bar(file == "-" ? "stdin" : std::filesystem::path(file).filename().string());
-      const auto transcript = pipeline::transcribe(*model, read_audio(file, args), file_options);
+      const auto transcript = pipeline::transcribe(*model, *open_input(file, args), file_options);
       write_output(file, pipeline::render(transcript, format), format, args.get("output-dir"));
     } catch (const Error& e) {
       std::cerr << "amanuensis: " << e.what() << "\n";
@@ -241,7 +238,7 @@ int run_dump_logits(const Args& args) {
   if (auto mel_path = args.get("mel")) {
     mel_window = read_mel_file(*mel_path, n_mels);
   } else if (auto audio_path = args.get("audio")) {
-    auto samples = read_audio(*audio_path, args);
+    auto samples = read_remaining(*open_input(*audio_path, args));
     if (samples.size() > mel::kChunkSamples) samples.resize(mel::kChunkSamples);
     mel_window = mel::log_mel_spectrogram(samples, model->file().mel_filters(), n_mels,
                                           mel::kChunkSamples - samples.size()).data;

@@ -11,6 +11,7 @@
 #include <limits>
 #include <memory>
 #include <numbers>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -68,15 +69,19 @@ double compute_log_mel(const Frontend& frontend, int offset, int n_frames, std::
   return *std::max_element(maxima.begin(), maxima.end());
 }
 
+void check_length(std::size_t total) {
+  if (total / kHopLength > static_cast<std::size_t>(INT_MAX)) {
+    throw Error("log-mel: the audio is too long (" + std::to_string(total) + " samples)");
+  }
+}
+
 void validate(std::span<const float> filters, int n_mels, std::size_t total) {
   if (n_mels <= 0) throw Error("log-mel: the number of mel bands must be positive, got " + std::to_string(n_mels));
   if (filters.size() != static_cast<std::size_t>(n_mels) * kNFreqBins) {
     throw Error("log-mel: the mel filterbank has " + std::to_string(filters.size()) + " values, expected " +
                 std::to_string(n_mels) + " x " + std::to_string(kNFreqBins) + " (is the model file damaged?)");
   }
-  if (total / kHopLength > static_cast<std::size_t>(INT_MAX)) {
-    throw Error("log-mel: the audio is too long (" + std::to_string(total) + " samples)");
-  }
+  check_length(total);
 }
 
 }  // namespace
@@ -103,35 +108,117 @@ LogMel log_mel_spectrogram(std::span<const float> samples, std::span<const float
   return mel;
 }
 
+// The stretch of the recording that the window being computed reads, and the source it
+// comes from.
 struct StreamingLogMel::State {
-  Frontend frontend;
+  SampleSource* source = nullptr;
+  std::optional<SpanSource> owned;  // for the constructor over samples in memory
+  Frontend frontend;                // its samples view `held`
+  std::size_t padding = 0;
+  std::vector<float> held;
+  std::size_t held_base = 0;  // recording index of held[0]
+  bool exhausted = false;     // the source has no more samples
+
+  std::size_t held_end() const { return held_base + held.size(); }
+
+  // Makes `held` cover [lo, hi) of the recording, or [lo, its end) when it ends sooner.
+  void hold(std::size_t lo, std::size_t hi) {
+    if (lo < held_base) {
+      source->rewind();
+      held.clear();
+      held_base = 0;
+      exhausted = false;
+    }
+    for (;;) {
+      const std::size_t drop = std::min(lo - held_base, held.size());
+      held.erase(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(drop));
+      held_base += drop;
+      if (exhausted || (held_base >= lo && held_end() >= hi)) break;
+      constexpr std::size_t kBlock = 1 << 16;
+      const std::size_t want = std::min(kBlock, hi - held_end());
+      const std::size_t before = held.size();
+      held.resize(before + want);
+      const std::size_t got = source->read(std::span(held).subspan(before));
+      held.resize(before + got);
+      exhausted = got < want;
+    }
+    frontend.samples = held;
+    frontend.base = held_base;
+  }
 };
+
+namespace {
+// The samples frames [first, first + count) read: 200 on either side of their hops.
+std::size_t first_sample_of(int first_frame) {
+  return static_cast<std::size_t>(std::max<long long>(0, static_cast<long long>(first_frame) * kHopLength - kNFft / 2));
+}
+std::size_t end_sample_of(int first_frame, int count) {
+  return static_cast<std::size_t>(static_cast<long long>(first_frame + count) * kHopLength + kNFft / 2);
+}
+}  // namespace
+
+StreamingLogMel::StreamingLogMel(SampleSource& source, std::span<const float> filters, int n_mels,
+                                 std::size_t padding_samples)
+    : state_(std::make_unique<State>()), n_mels_(n_mels) {
+  validate(filters, n_mels, padding_samples);
+  state_->source = &source;
+  state_->frontend = Frontend{{}, 0, periodic_hann(), filter_bands(filters, n_mels)};
+  state_->padding = padding_samples;
+  scan_for_maximum();
+}
 
 StreamingLogMel::StreamingLogMel(std::span<const float> samples, std::span<const float> filters, int n_mels,
                                  std::size_t padding_samples)
-    : n_mels_(n_mels) {
-  const std::size_t total = samples.size() + padding_samples;
-  validate(filters, n_mels, total);
-  n_frames_ = static_cast<int>(total / kHopLength);
-  state_ = std::make_shared<State>(State{Frontend{samples, total, periodic_hann(), filter_bands(filters, n_mels)}});
-  // First pass: the maximum over the whole recording, one window's worth of frames at a time.
+    : state_(std::make_unique<State>()), n_mels_(n_mels) {
+  validate(filters, n_mels, samples.size() + padding_samples);
+  state_->owned.emplace(samples);
+  state_->source = &*state_->owned;
+  state_->frontend = Frontend{{}, 0, periodic_hann(), filter_bands(filters, n_mels)};
+  state_->padding = padding_samples;
+  scan_for_maximum();
+}
+
+StreamingLogMel::~StreamingLogMel() = default;
+StreamingLogMel::StreamingLogMel(StreamingLogMel&&) noexcept = default;
+StreamingLogMel& StreamingLogMel::operator=(StreamingLogMel&&) noexcept = default;
+
+// The first pass: the maximum over the whole recording, one window's worth of frames at a
+// time, learning the recording's length on the way (a decoder knows it only at the end).
+void StreamingLogMel::scan_for_maximum() {
+  State& s = *state_;
+  s.source->rewind();
+  s.held.clear();
+  s.held_base = 0;
+  s.exhausted = false;
   double global_max = std::log10(kLogFloor);
-  std::vector<float> scratch(static_cast<std::size_t>(n_mels) * kChunkFrames);
-  for (int first = 0; first < n_frames_; first += kChunkFrames) {
-    const int count = std::min(kChunkFrames, n_frames_ - first);
-    global_max = std::max(global_max, compute_log_mel(state_->frontend, first, count, scratch));
+  std::vector<float> scratch(static_cast<std::size_t>(n_mels_) * kChunkFrames);
+  for (int first = 0;; first += kChunkFrames) {
+    s.hold(first_sample_of(first), end_sample_of(first, kChunkFrames));
+    // Until the end is seen, the frames computed here read only held samples, so any total
+    // past them gives the same values.
+    const std::size_t total = s.held_end() + s.padding;
+    check_length(total);
+    s.frontend.total = total;
+    const int frames = static_cast<int>(total / kHopLength);
+    if (s.exhausted) n_frames_ = frames;
+    if (first >= frames) break;
+    const int count = std::min(kChunkFrames, frames - first);
+    global_max = std::max(global_max, compute_log_mel(s.frontend, first, count, scratch));
   }
+  n_samples_ = s.held_end();
   clamp_ = global_max - kDynamicRangeLog;
   floor_value_ = static_cast<float>((std::max(clamp_, std::log10(kLogFloor)) + 4.0) / 4.0);
 }
 
-std::vector<float> StreamingLogMel::window(int first_frame) const {
+std::vector<float> StreamingLogMel::window(int first_frame) {
   if (first_frame < 0) throw Error("log-mel: window start must not be negative, got " + std::to_string(first_frame));
   std::vector<float> out(static_cast<std::size_t>(n_mels_) * kChunkFrames, floor_value_);
   const int available = std::clamp(n_frames_ - first_frame, 0, kChunkFrames);
   if (available == 0) return out;
+  State& s = *state_;
+  s.hold(std::min(first_sample_of(first_frame), n_samples_), std::min(end_sample_of(first_frame, available), n_samples_));
   std::vector<float> block(static_cast<std::size_t>(n_mels_) * available);
-  compute_log_mel(state_->frontend, first_frame, available, block);
+  compute_log_mel(s.frontend, first_frame, available, block);
   for (int band = 0; band < n_mels_; ++band) {
     for (int i = 0; i < available; ++i) {
       const double v = block[static_cast<std::size_t>(band) * available + i];

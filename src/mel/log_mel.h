@@ -7,6 +7,8 @@
 #include <span>
 #include <vector>
 
+#include "common/sample_source.h"
+
 namespace amanuensis::mel {
 
 inline constexpr int kNFft = 400;
@@ -39,24 +41,34 @@ LogMel log_mel_spectrogram(std::span<const float> samples, std::span<const float
                            std::size_t padding_samples);
 
 // The same spectrogram computed window by window, so a long recording never has its whole
-// log-mel in memory: construction makes one pass for the global maximum (the clamp needs
-// it), then each window is computed on demand. Windows equal LogMel::window of the full
-// computation. Keeps a view of `samples` and `filters`: they must outlive this object.
+// log-mel, nor its whole audio, in memory: construction reads the source once to its end
+// for the global maximum (the clamp needs it) and the length; each window is then computed
+// on demand from the stretch of samples around it, reading the source forward again
+// (rewinding it when a window lies before the stretch held). Windows equal LogMel::window
+// of the full computation. `source` and `filters` must outlive this object.
 class StreamingLogMel {
  public:
+  StreamingLogMel(SampleSource& source, std::span<const float> filters, int n_mels, std::size_t padding_samples);
+  // Over samples in memory, which must outlive this object.
   StreamingLogMel(std::span<const float> samples, std::span<const float> filters, int n_mels,
                   std::size_t padding_samples);
+  ~StreamingLogMel();
+  StreamingLogMel(StreamingLogMel&&) noexcept;
+  StreamingLogMel& operator=(StreamingLogMel&&) noexcept;
 
   int n_mels() const { return n_mels_; }
   int n_frames() const { return n_frames_; }
+  std::size_t n_samples() const { return n_samples_; }  // of the recording, without padding
   float floor_value() const { return floor_value_; }
-  std::vector<float> window(int first_frame) const;  // [n_mels][3000]
+  std::vector<float> window(int first_frame);  // [n_mels][3000]
 
  private:
   struct State;
-  std::shared_ptr<const State> state_;
+  void scan_for_maximum();
+  std::unique_ptr<State> state_;
   int n_mels_ = 0;
   int n_frames_ = 0;
+  std::size_t n_samples_ = 0;
   double clamp_ = 0.0;
   float floor_value_ = 0.0f;
 };

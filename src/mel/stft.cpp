@@ -38,13 +38,15 @@ FftPlan::FftPlan(std::size_t size) : n(size), half(size / 2) {
 float padded_sample(const Frontend& frontend, std::ptrdiff_t j) {
   const auto total = static_cast<std::ptrdiff_t>(frontend.total);
   if (j < 0 || j >= total) {
-    if (total == 1) return frontend.samples.empty() ? 0.0f : frontend.samples[0];
+    if (total == 1) return frontend.samples.empty() || frontend.base > 0 ? 0.0f : frontend.samples[0];
     const std::ptrdiff_t period = 2 * (total - 1);
     j %= period;
     if (j < 0) j += period;
     if (j >= total) j = period - j;
   }
-  return static_cast<std::size_t>(j) < frontend.samples.size() ? frontend.samples[static_cast<std::size_t>(j)] : 0.0f;
+  const auto at = static_cast<std::size_t>(j);
+  // past the held stretch is past the recording: the zeros of the padding
+  return at >= frontend.base && at - frontend.base < frontend.samples.size() ? frontend.samples[at - frontend.base] : 0.0f;
 }
 
 #if defined(__x86_64__)

@@ -24,14 +24,17 @@ struct FilterBand {
 
 // Everything the per-frame computation reads; shared read-only by the worker threads.
 struct Frontend {
-  std::span<const float> samples;
-  std::size_t total = 0;  // samples.size() + padding
+  std::span<const float> samples;  // the recording's samples [base, base + samples.size())
+  std::size_t total = 0;  // the recording's length + padding
   std::array<float, kNFft> window{};
   std::vector<FilterBand> bands;
   FftPlan fft{kNFft};
+  // Where `samples` starts in the recording: a window of a long recording is computed from
+  // the stretch of samples around it alone.
+  std::size_t base = 0;
 };
 
-// Sample j of the signal (samples, then zeros up to `total`), reflect-padded as numpy's
+// Sample j of the signal (the recording, then zeros up to `total`), reflect-padded as numpy's
 // "reflect" does (torch.stft center=True).
 float padded_sample(const Frontend& frontend, std::ptrdiff_t j);
 

@@ -44,7 +44,7 @@ BatchingScheduler::BatchingScheduler(std::shared_ptr<const Model> model, int slo
 BatchingScheduler::~BatchingScheduler() { shutdown(); }
 
 std::future<JobResult> BatchingScheduler::submit(Job job) {
-  const double seconds = job.samples ? static_cast<double>(job.samples->size()) / 16000.0 : 0.0;
+  const double seconds = job.audio ? static_cast<double>(job.n_samples) / 16000.0 : 0.0;
   std::future<JobResult> future;
   {
     std::lock_guard lock(mutex_);
@@ -124,9 +124,9 @@ JobResult BatchingScheduler::run(Entry& entry) {
   options.runner = &client;
   try {
     if (entry.job.detect_language_only) {
-      result.language = detect_language(*model_, *entry.job.samples, &client);
+      result.language = detect_language(*model_, *entry.job.audio, &client);
     } else {
-      result.transcript = transcribe(*model_, *entry.job.samples, options);
+      result.transcript = transcribe(*model_, *entry.job.audio, options);
     }
   } catch (const Cancelled&) {
     result.dropped = true;

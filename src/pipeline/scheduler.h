@@ -24,7 +24,16 @@
 namespace amanuensis::pipeline {
 
 struct Job {
-  std::shared_ptr<const std::vector<float>> samples;  // 16 kHz mono
+  // The recording (16 kHz mono), read by the job's slot alone: a decoder that decodes as it
+  // is read (audio::AudioReader), so that a long upload is not held whole as float.
+  std::shared_ptr<SampleSource> audio;
+  std::size_t n_samples = 0;  // its length, which admission counts
+
+  // A job over samples in memory.
+  void set_samples(std::shared_ptr<const std::vector<float>> samples) {
+    n_samples = samples->size();
+    audio = std::make_shared<SharedSamples>(std::move(samples));
+  }
   pipeline::TranscribeOptions options;
   // Polled just before the job starts: true drops it (client gone, deadline passed).
   std::function<bool()> cancelled;
@@ -91,7 +100,7 @@ class BatchingScheduler final : public TranscriptionScheduler {
   // max_queue_seconds: audio waiting (not yet started) may not exceed this; a single job
   // longer than the whole bound is still accepted when the queue is empty.
   // max_admitted_seconds (0: no bound): audio of the jobs waiting and running together, as
-  // a running job holds its samples (64 KB a second) until it is done: the queue bound
+  // a running job holds its upload until it is done: the queue bound
   // alone lets `slots` jobs of hours each run at once. A job is always accepted when no
   // other is waiting or running.
   BatchingScheduler(std::shared_ptr<const Model> model, int slots, double max_queue_seconds,

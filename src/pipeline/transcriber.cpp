@@ -23,7 +23,7 @@ double frames_to_seconds(long frames) { return static_cast<double>(frames) / kFr
 // The 30 s encoder input at `seek`. OpenAI's transcribe() zero-fills the part of the
 // window past the audio (pad_or_trim of the log-mel); whisper.cpp keeps the log-mel of the
 // zero samples appended to the audio.
-std::vector<float> window_at(const mel::StreamingLogMel& mel, int seek, int content_frames, Semantics semantics) {
+std::vector<float> window_at(mel::StreamingLogMel& mel, int seek, int content_frames, Semantics semantics) {
   auto window = mel.window(seek);
   if (semantics == Semantics::OpenAI) {
     const int valid = std::min(kWindowFrames, content_frames - seek);
@@ -278,7 +278,7 @@ std::shared_ptr<const Model> Model::load(const std::filesystem::path& path, cons
 
 namespace {
 
-Transcript transcribe_all(const Model& model, std::span<const float> samples, const TranscribeOptions& options);
+Transcript transcribe_all(const Model& model, SampleSource& audio, const TranscribeOptions& options);
 
 // Where a stretch of speech sits in the concatenated audio and in the recording.
 struct SpeechChunk {
@@ -300,7 +300,10 @@ double to_original_time(double seconds, std::span<const SpeechChunk> chunks, boo
   return static_cast<double>(chosen->original_start + offset) / 16000.0;
 }
 
-Transcript transcribe_speech_only(const Model& model, std::span<const float> samples, const TranscribeOptions& options) {
+// Voice activity detection reads the whole recording at once, so this path holds it.
+Transcript transcribe_speech_only(const Model& model, SampleSource& audio, const TranscribeOptions& options) {
+  audio.rewind();
+  const auto samples = read_remaining(audio);
   const auto spans = vad::detect_speech(samples, *options.vad);
   std::vector<float> speech;
   std::vector<SpeechChunk> chunks;
@@ -316,7 +319,8 @@ Transcript transcribe_speech_only(const Model& model, std::span<const float> sam
 
   auto inner = options;
   inner.vad.reset();
-  out = transcribe_all(model, speech, inner);
+  SpanSource speech_source(speech);
+  out = transcribe_all(model, speech_source, inner);
   out.duration = static_cast<double>(samples.size()) / 16000.0;
   for (auto& s : out.segments) {
     s.start = to_original_time(s.start, chunks, false);
@@ -331,37 +335,48 @@ Transcript transcribe_speech_only(const Model& model, std::span<const float> sam
 
 }  // namespace
 
-decoding::LanguageGuess detect_language(const Model& model, std::span<const float> samples, nn::Runner* runner) {
+decoding::LanguageGuess detect_language(const Model& model, SampleSource& audio, nn::Runner* runner) {
   if (!model.tokenizer().is_multilingual()) throw Error("language detection needs a multilingual model");
   nn::Runner& run = runner ? *runner : nn::direct_runner();
-  const mel::StreamingLogMel mel(samples, model.file().mel_filters(), model.hparams().n_mels, mel::kChunkSamples);
-  const int content_frames = static_cast<int>(samples.size() / mel::kHopLength);
+  mel::StreamingLogMel mel(audio, model.file().mel_filters(), model.hparams().n_mels, mel::kChunkSamples);
+  const int content_frames = static_cast<int>(mel.n_samples() / mel::kHopLength);
   const auto first = encode_window(model, run, window_at(mel, 0, content_frames, Semantics::OpenAI));
   return decoding::detect_language(model.decoder(), model.tokenizer(), first, run);
 }
 
+decoding::LanguageGuess detect_language(const Model& model, std::span<const float> samples, nn::Runner* runner) {
+  SpanSource audio(samples);
+  return detect_language(model, audio, runner);
+}
+
+Transcript transcribe(const Model& model, SampleSource& audio, const TranscribeOptions& options) {
+  return options.vad ? transcribe_speech_only(model, audio, options) : transcribe_all(model, audio, options);
+}
+
 Transcript transcribe(const Model& model, std::span<const float> samples, const TranscribeOptions& options) {
-  return options.vad ? transcribe_speech_only(model, samples, options) : transcribe_all(model, samples, options);
+  SpanSource audio(samples);
+  return transcribe(model, audio, options);
 }
 
 namespace {
 
-Transcript transcribe_all(const Model& model, std::span<const float> samples, const TranscribeOptions& options) {
+Transcript transcribe_all(const Model& model, SampleSource& audio, const TranscribeOptions& options) {
   nn::Runner& runner = options.runner ? *options.runner : nn::direct_runner();
   const auto semantics = options.decode.semantics;
   const auto& tok = model.tokenizer();
   const int n_mels = model.hparams().n_mels;
-  const mel::StreamingLogMel mel(samples, model.file().mel_filters(), n_mels, mel::kChunkSamples);
+  mel::StreamingLogMel mel(audio, model.file().mel_filters(), n_mels, mel::kChunkSamples);
+  const std::size_t n_samples = mel.n_samples();
 
   // Frames that hold audio. whisper.cpp counts only frames whose 400-sample window fits.
   const int content_frames = semantics == Semantics::OpenAI
-                                 ? static_cast<int>(samples.size() / mel::kHopLength)
-                                 : std::max(0, 1 + (static_cast<int>(samples.size()) + 200 - 400) / mel::kHopLength);
+                                 ? static_cast<int>(n_samples / mel::kHopLength)
+                                 : std::max(0, 1 + (static_cast<int>(n_samples) + 200 - 400) / mel::kHopLength);
   // whisper.cpp stops when 100 ms or less are left (its references decode 1 s files).
   const int min_remaining = semantics == Semantics::OpenAI ? 0 : kFramesPerSecond / 10;
 
   Transcript out;
-  out.duration = static_cast<double>(samples.size()) / 16000.0;
+  out.duration = static_cast<double>(n_samples) / 16000.0;
   out.task = options.decode.task;
   auto decode_options = options.decode;
   if (!tok.is_multilingual()) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/sample_source.h"
 #include "decoding/beam_search.h"
 #include "decoding/hallucination.h"
 #include "decoding/quality.h"
@@ -116,11 +117,15 @@ class Model {
 // OpenAI's detect_language() for a recording: from its first 30 s (the log-mel scaled over
 // the whole recording, as transcribe() does), every language's probability and the
 // likeliest. Throws Error for an English-only model. `runner` as TranscribeOptions::runner.
+decoding::LanguageGuess detect_language(const Model& model, SampleSource& audio, nn::Runner* runner = nullptr);
 decoding::LanguageGuess detect_language(const Model& model, std::span<const float> samples,
                                         nn::Runner* runner = nullptr);
 
 // Transcribes 16 kHz mono samples window by window, seeking as the options' semantics
 // say: OpenAI's transcribe() by default, whisper.cpp's whisper_full() for conformance.
+// Reads `audio` from its start as often as the log-mel needs (twice; the whole recording
+// once with options.vad), never holding it whole otherwise.
+Transcript transcribe(const Model& model, SampleSource& audio, const TranscribeOptions& options);
 Transcript transcribe(const Model& model, std::span<const float> samples, const TranscribeOptions& options);
 
 }  // namespace amanuensis::pipeline

@@ -55,6 +55,20 @@ namespace {
 
 using Response = http::response<http::string_body>;
 
+// An upload's audio as its job reads it: decoded as it is read, cut to the request's
+// offset and duration.
+class UploadAudio final : public SampleSource {
+ public:
+  UploadAudio(std::unique_ptr<audio::AudioReader> reader, std::size_t first, std::size_t count)
+      : reader_(std::move(reader)), range_(*reader_, first, count) {}
+  std::size_t read(std::span<float> out) override { return range_.read(out); }
+  void rewind() override { range_.rewind(); }
+
+ private:
+  std::unique_ptr<audio::AudioReader> reader_;
+  RangeSource range_;
+};
+
 // An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 struct ApiError {
   int status = 400;
@@ -503,27 +517,31 @@ class Session : public std::enable_shared_from_this<Session> {
   // posts finish_transcription.
   Job make_job(const TranscriptionRequest& form, bool translate) {
     const auto decode_start = Clock::now();
-    std::shared_ptr<std::vector<float>> samples;
+    // the job outlives the request body: its decoder reads a copy of the upload
+    const auto* first_byte = reinterpret_cast<const std::byte*>(form.file->data());
+    auto upload = std::make_shared<const std::vector<std::byte>>(first_byte, first_byte + form.file->size());
+    std::unique_ptr<audio::AudioReader> reader;
+    std::size_t n_samples = 0;
     audio::DecodeReport report;
     try {
-      samples = std::make_shared<std::vector<float>>(
-          audio::decode_audio(std::as_bytes(std::span(*form.file)), &report, {server_.opt.max_audio_seconds}));
+      reader = audio::open_audio(*upload, {server_.opt.max_audio_seconds}, upload);
+      n_samples = audio::scan_audio(*reader, &report);  // a broken or too long file is refused before it queues
     } catch (const audio::AudioTooLong& e) {
       throw audio_too_long(e.limit_seconds);
     } catch (const Error& e) {
       throw bad_request(std::string("could not decode the audio file: ") + e.what(), "file");
     }
-    if (samples->empty()) throw bad_request("the audio file has no samples", "file");
     if (report.non_finite_samples > 0 && server_.opt.log_requests)  // one line a request, as the request's own
       std::fprintf(stderr, "amanuensis serve: warning: %zu NaN or infinite samples of an upload replaced by silence\n",
                    report.non_finite_samples);
     decode_seconds_ = std::chrono::duration<double>(Clock::now() - decode_start).count();
-    file_seconds_ = static_cast<double>(samples->size()) / 16000.0;
-    cut_to_range(*samples, form);
-    audio_seconds_ = static_cast<double>(samples->size()) / 16000.0;
+    file_seconds_ = static_cast<double>(n_samples) / 16000.0;
+    const auto [first, count] = requested_range(n_samples, form);
+    audio_seconds_ = static_cast<double>(count) / 16000.0;
 
     Job job;
-    job.samples = samples;
+    job.audio = std::make_shared<UploadAudio>(std::move(reader), first, count);
+    job.n_samples = count;
     job.options = transcribe_options(form, translate, server_.opt.defaults,
                                      {server_.opt.temperature_fallback, server_.opt.temperature_increment});
     const int fd = stream_.socket().native_handle();
@@ -546,20 +564,20 @@ class Session : public std::enable_shared_from_this<Session> {
     return job;
   }
 
-  // Keeps the samples from `offset` for `duration` seconds (400 when nothing is left).
-  void cut_to_range(std::vector<float>& samples, const TranscriptionRequest& form) {
+  // The samples [first, first + count) from `offset` for `duration` seconds (400 when
+  // nothing is left).
+  std::pair<std::size_t, std::size_t> requested_range(std::size_t n_samples, const TranscriptionRequest& form) {
     offset_ = form.offset;
-    if (form.offset == 0.0 && !form.duration) return;
+    if (form.offset == 0.0 && !form.duration) return {0, n_samples};
     const auto first = static_cast<std::size_t>(std::llround(form.offset * 16000.0));
-    if (first >= samples.size())
+    if (first >= n_samples)
       throw bad_request("offset " + std::to_string(form.offset) + " s is past the end of the audio (" +
                             std::to_string(file_seconds_) + " s)",
                         "offset");
-    std::size_t end = samples.size();
+    std::size_t end = n_samples;
     if (form.duration) end = std::min(end, first + static_cast<std::size_t>(std::llround(*form.duration * 16000.0)));
-    samples.erase(samples.begin() + static_cast<std::ptrdiff_t>(end), samples.end());
-    samples.erase(samples.begin(), samples.begin() + static_cast<std::ptrdiff_t>(first));
-    if (samples.empty()) throw bad_request("duration leaves no audio to transcribe", "duration");
+    if (end <= first) throw bad_request("duration leaves no audio to transcribe", "duration");
+    return {first, end - first};
   }
 
   // Parses the form, decodes the audio and queues the job on its model, once that model is

@@ -15,6 +15,7 @@
 #include <limits>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -199,6 +200,44 @@ TEST(AudioDecode, LimitAppliesToEveryPath) {
   EXPECT_EQ(decode_audio(file, nullptr, DecodeLimits{0.0}).size(), 32000u);  // 0: no limit
   EXPECT_THROW((void)decode_raw_pcm(pcm, PcmFormat::S16, 16000, 1, nullptr, DecodeLimits{1.5}), AudioTooLong);
   EXPECT_EQ(decode_raw_pcm(pcm, PcmFormat::S16, 16000, 1, nullptr, DecodeLimits{3.0}).size(), 32000u);
+}
+
+// Issue 12 defect 1: a reader decodes as it is read, so the two hours (460 MB as float) are
+// read through and counted without being held.
+TEST(AudioReader, ReadsHoursThroughWithoutHoldingThem) {
+  const Bytes file = two_hours_of_opus_silence();
+  ASSERT_FALSE(file.empty()) << "the ffmpeg tool (installed by scripts/setup.sh) could not make the test file";
+  const double peak_before = peak_rss_bytes();
+  const auto reader = open_audio(file);
+  const std::size_t n = scan_audio(*reader);
+  // each of the 120 copies of the minute brings its own Opus pre-roll
+  EXPECT_NEAR(static_cast<double>(n) / 16000.0, 7200.0, 5.0);
+  EXPECT_LT(peak_rss_bytes() - peak_before, 100e6) << "the reader held the decoded hours";
+}
+
+// What a reader gives, read in pieces of any size and again after a rewind, is exactly what
+// decode_audio gives: on the FFmpeg path (MP3, resampled) and the direct WAV path.
+TEST(AudioReader, PassesEqualTheWholeDecode) {
+  const auto mp3 = scratch() / "sweep.mp3";
+  const std::string cmd = "ffmpeg -nostdin -loglevel error -y -f lavfi -i sine=f=300:d=7 -ar 44100 -c:a libmp3lame -b:a 64k '" +
+                          mp3.string() + "'";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << "the ffmpeg tool (installed by scripts/setup.sh) could not make the test file";
+  Bytes pcm;
+  for (int i = 0; i < 40000; ++i) put_u16(pcm, static_cast<std::uint16_t>(static_cast<std::int16_t>(9000 * std::sin(0.02 * i))));
+  const Bytes wav_file = wav(1, 16, 16000, pcm, static_cast<std::uint32_t>(pcm.size()));
+  // the MP3 held after its first pass (7 s is under the default hold), and decoded at every pass
+  for (const auto& [file, hold] : {std::pair{read_bytes(mp3), 600.0}, {read_bytes(mp3), 0.0}, {wav_file, 600.0}}) {
+    const auto whole = decode_audio(file);
+    const auto reader = open_audio(file, DecodeLimits{0.0, hold});
+    for (const std::size_t piece : {std::size_t{1}, std::size_t{333}, std::size_t{70000}, std::size_t{1}}) {
+      SCOPED_TRACE("pieces of " + std::to_string(piece) + ", hold " + std::to_string(hold));
+      reader->rewind();
+      std::vector<float> read;
+      std::vector<float> buffer(piece);
+      for (std::size_t n; (n = reader->read(buffer)) > 0;) read.insert(read.end(), buffer.begin(), buffer.begin() + n);
+      EXPECT_EQ(read, whole);
+    }
+  }
 }
 
 // An MP3 with bytes overwritten all through it: FFmpeg's decoder logs a line for each

@@ -2,6 +2,7 @@
 // kit's reference mels (numpy float64), and the whole-recording / window behaviour.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <complex>
 #include <cstdint>
@@ -214,12 +215,67 @@ TEST(StreamingLogMel, WindowsEqualTheFullComputation) {
   for (int band = 0; band < 80; ++band)
     for (int k = 2 * band; k < 2 * band + 4 && k < kNFreqBins; ++k) filters[band * kNFreqBins + k] = 0.01f;
   const auto full = log_mel_spectrogram(samples, filters, 80, kChunkSamples);
-  const StreamingLogMel streaming(samples, filters, 80, kChunkSamples);
+  StreamingLogMel streaming(samples, filters, 80, kChunkSamples);
   ASSERT_EQ(streaming.n_frames(), full.n_frames);
   EXPECT_EQ(streaming.floor_value(), full.floor_value);
   for (int seek : {0, 1234, 3000, 6000, 7499, full.n_frames - 100}) {
     EXPECT_EQ(streaming.window(seek), full.window(seek)) << "window at " << seek;
   }
+}
+
+// A recording that exists only as it is read, handed out in pieces of uneven sizes (as a
+// decoder hands out frames), counting its passes.
+class GeneratedSource final : public SampleSource {
+ public:
+  explicit GeneratedSource(std::size_t length) : length_(length) {}
+  static float sample(std::size_t i) {
+    return 0.3f * std::sin(0.013f * static_cast<float>(i)) * (i % 56000 < 30000 ? 1.0f : 0.02f);
+  }
+  std::size_t read(std::span<float> out) override {
+    const std::size_t n = std::min({out.size(), length_ - position_, piece_sizes_[pieces_++ % 3]});
+    for (std::size_t i = 0; i < n; ++i) out[i] = sample(position_ + i);
+    position_ += n;
+    // the contract: fewer than asked only at the end
+    if (n < out.size() && position_ < length_) return n + read(out.subspan(n));
+    return n;
+  }
+  void rewind() override {
+    position_ = 0;
+    ++rewinds;
+  }
+  int rewinds = 0;
+
+ private:
+  std::size_t length_;
+  std::size_t position_ = 0;
+  std::size_t pieces_ = 0;
+  std::size_t piece_sizes_[3] = {1152, 960, 4097};
+};
+
+// The windows of a recording read through a source, in pieces, are those of the whole
+// recording in memory, asked for forward (the long-form loop) or backward (a rewind).
+TEST(StreamingLogMel, WindowsFromASourceEqualTheFullComputation) {
+  const std::size_t length = 16000 * 95 + 77;
+  std::vector<float> samples(length);
+  for (std::size_t i = 0; i < length; ++i) samples[i] = GeneratedSource::sample(i);
+  std::vector<float> filters(80 * kNFreqBins);
+  for (int band = 0; band < 80; ++band)
+    for (int k = 2 * band; k < 2 * band + 4 && k < kNFreqBins; ++k) filters[band * kNFreqBins + k] = 0.01f;
+  const auto full = log_mel_spectrogram(samples, filters, 80, kChunkSamples);
+
+  GeneratedSource source(length);
+  StreamingLogMel streaming(source, filters, 80, kChunkSamples);
+  EXPECT_EQ(streaming.n_samples(), length);
+  ASSERT_EQ(streaming.n_frames(), full.n_frames);
+  EXPECT_EQ(streaming.floor_value(), full.floor_value);
+  const int rewinds_after_scan = source.rewinds;
+  for (int seek : {0, 1, 2, 1234, 3000, 3001, 6000, 9499}) {
+    EXPECT_EQ(streaming.window(seek), full.window(seek)) << "window at " << seek;
+  }
+  EXPECT_EQ(source.rewinds, rewinds_after_scan + 1) << "forward windows read the source in one more pass";
+  EXPECT_EQ(streaming.window(500), full.window(500)) << "a window before the samples held";
+  EXPECT_EQ(source.rewinds, rewinds_after_scan + 2);
+  EXPECT_EQ(streaming.window(full.n_frames - 10), full.window(full.n_frames - 10));
 }
 
 }  // namespace

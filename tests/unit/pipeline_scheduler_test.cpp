@@ -70,7 +70,7 @@ class SchedulerTest : public ::testing::Test {
   }
   static Job job(std::function<bool()> cancelled = {}) {
     Job j;
-    j.samples = samples_;
+    j.set_samples(samples_);
     j.options.decode.sample_len = 8;
     j.options.temperatures = {0.0f};
     j.cancelled = std::move(cancelled);
@@ -242,7 +242,7 @@ TEST_F(SchedulerTest, SameTokensAloneAndAmongSixteenConcurrent) {
   for (int variant = 0; variant < 3; ++variant) {
     SCOPED_TRACE("variant " + std::to_string(variant));
     Job probe = with(job(), variant);
-    probe.samples = long_file;
+    probe.set_samples(long_file);
     BatchingScheduler alone_scheduler(model_, 1, 1000.0);
     const auto alone = alone_scheduler.submit(probe).get();
 
@@ -250,13 +250,13 @@ TEST_F(SchedulerTest, SameTokensAloneAndAmongSixteenConcurrent) {
     std::vector<std::future<JobResult>> crowd_results;
     for (int i = 0; i < 8; ++i) {
       Job other = with(job(), i % 3);
-      other.samples = crowd[static_cast<std::size_t>(i) % crowd.size()];
+      other.set_samples(crowd[static_cast<std::size_t>(i) % crowd.size()]);
       crowd_results.push_back(s.submit(std::move(other)));
     }
     auto among = s.submit(probe);
     for (int i = 8; i < 15; ++i) {
       Job other = with(job(), i % 3);
-      other.samples = crowd[static_cast<std::size_t>(i) % crowd.size()];
+      other.set_samples(crowd[static_cast<std::size_t>(i) % crowd.size()]);
       crowd_results.push_back(s.submit(std::move(other)));
     }
     const auto batched = among.get();
