@@ -153,7 +153,7 @@ class FfmpegReader final : public AudioReader {
   FfmpegReader& operator=(const FfmpegReader&) = delete;
   std::size_t read(std::span<float> out) override;
   void rewind() override;
-  std::size_t non_finite_samples() const override { return non_finite_; }
+  std::size_t non_finite_samples() const override { return std::max(most_non_finite_, non_finite_); }
 
  private:
   enum class Stage { Reading, Flushing, Done };
@@ -178,7 +178,8 @@ class FfmpegReader final : public AudioReader {
   std::vector<float> pending_;  // decoded, not yet read
   std::size_t pending_read_ = 0;
   std::size_t produced_ = 0;  // samples decoded in this pass
-  std::size_t non_finite_ = 0;
+  std::size_t non_finite_ = 0;       // in this pass
+  std::size_t most_non_finite_ = 0;  // in any earlier pass
 };
 
 void FfmpegReader::open() {
@@ -236,6 +237,7 @@ void FfmpegReader::rewind() {
   pending_.clear();
   pending_read_ = 0;
   produced_ = 0;
+  most_non_finite_ = std::max(most_non_finite_, non_finite_);
   non_finite_ = 0;
   open();
 }
@@ -261,6 +263,7 @@ void FfmpegReader::refill() {
       resample_into(resampler_.get(), nullptr, pending_);  // the resampler's buffered tail
       check_length(produced_ + pending_.size(), max_, limits_);
       stage_ = Stage::Done;
+      if (produced_ + pending_.size() == 0) throw Error("the audio file holds no samples");
       break;
     }
     if (av_read_frame(format_.get(), packet_.get()) < 0) {
@@ -375,6 +378,7 @@ std::unique_ptr<AudioReader> open_audio(std::span<const std::byte> encoded, cons
     // not plain 16 kHz mono 16-bit WAV: FFmpeg reads it
   }
   if (pcm16) {
+    if (pcm16->empty()) throw Error("the audio file holds no samples");
     check_length(pcm16->size() / 2, max_samples(limits), limits);  // known from the size
     return std::make_unique<Pcm16Reader>(*pcm16, std::move(owner));
   }
@@ -452,13 +456,29 @@ std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeRepo
   return naming_the_file(path, [&] { return decode_audio(bytes, report, limits); });
 }
 
-std::unique_ptr<AudioReader> open_audio_file(const std::filesystem::path& path, DecodeReport* report, const DecodeLimits& limits) {
+std::unique_ptr<AudioReader> open_audio_file(const std::filesystem::path& path, const DecodeLimits& limits) {
   auto bytes = std::make_shared<const std::vector<std::byte>>(read_encoded_file(path));
-  return naming_the_file(path, [&] {
-    auto reader = open_audio(*bytes, limits, bytes);
-    (void)scan_audio(*reader, report);
-    return reader;
-  });
+  return naming_the_file(path, [&] { return open_audio(*bytes, limits, bytes); });
+}
+
+namespace {
+class MemoryReader final : public AudioReader {
+ public:
+  MemoryReader(std::vector<float> samples, std::size_t non_finite)
+      : samples_(std::move(samples)), view_(samples_), non_finite_(non_finite) {}
+  std::size_t read(std::span<float> out) override { return view_.read(out); }
+  void rewind() override { view_.rewind(); }
+  std::size_t non_finite_samples() const override { return non_finite_; }
+
+ private:
+  std::vector<float> samples_;
+  SpanSource view_;
+  std::size_t non_finite_;
+};
+}  // namespace
+
+std::unique_ptr<AudioReader> reader_over(std::vector<float> samples, std::size_t non_finite_samples) {
+  return std::make_unique<MemoryReader>(std::move(samples), non_finite_samples);
 }
 
 std::vector<float> decode_raw_pcm(std::span<const std::byte> bytes, PcmFormat format, int sample_rate, int channels,

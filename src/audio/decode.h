@@ -47,7 +47,8 @@ class AudioTooLong : public Error {
 // checked as samples are produced, throwing AudioTooLong.
 class AudioReader : public SampleSource {
  public:
-  // NaN or infinite samples replaced since the last rewind
+  // NaN or infinite samples replaced, the most of any pass so far: after one whole pass,
+  // the file's count
   virtual std::size_t non_finite_samples() const = 0;
 };
 
@@ -76,9 +77,12 @@ std::vector<std::byte> read_encoded_file(const std::filesystem::path& path);
 std::vector<float> load_audio_file(const std::filesystem::path& path, DecodeReport* report = nullptr,
                                    const DecodeLimits& limits = {});
 
-// Reads a file (as load_audio_file), opens it and scans it (scan_audio), so that a broken
-// or too long file is found before any work: a reader over the encoded bytes, which it keeps.
-std::unique_ptr<AudioReader> open_audio_file(const std::filesystem::path& path, DecodeReport* report = nullptr, const DecodeLimits& limits = {});
+// Reads a file (as load_audio_file) and opens it (open_audio): a reader over the encoded
+// bytes, which it keeps. Errors name the file.
+std::unique_ptr<AudioReader> open_audio_file(const std::filesystem::path& path, const DecodeLimits& limits = {});
+
+// A reader over samples already decoded, `non_finite_samples` of which were replaced.
+std::unique_ptr<AudioReader> reader_over(std::vector<float> samples, std::size_t non_finite_samples);
 
 // Raw little-endian PCM (s16 or f32), any rate and channel count, to 16 kHz mono.
 enum class PcmFormat { S16, F32 };

@@ -89,29 +89,41 @@ audio::DecodeLimits decode_limits(const Args& args) {
 }
 
 // The file's audio, decoded as it is read (raw PCM from standard input is in memory anyway).
-std::unique_ptr<SampleSource> open_bounded_input(const std::string& path, const Args& args, audio::DecodeReport& report,
-                                                 const audio::DecodeLimits& limits) {
-  if (path != "-" || !args.get("pcm-rate")) return audio::open_audio_file(path, &report, limits);
+std::unique_ptr<audio::AudioReader> open_input(const std::string& path, const Args& args) {
+  const auto limits = decode_limits(args);
+  if (path != "-" || !args.get("pcm-rate")) return audio::open_audio_file(path, limits);
   const std::string format = args.get_or("pcm-format", "s16");
   if (format != "s16" && format != "f32") throw Error("--pcm-format must be s16 or f32");
   std::vector<char> bytes(std::istreambuf_iterator<char>(std::cin), {});
-  return std::make_unique<SharedSamples>(std::make_shared<const std::vector<float>>(
-      audio::decode_raw_pcm(std::as_bytes(std::span(bytes)), format == "s16" ? audio::PcmFormat::S16 : audio::PcmFormat::F32,
-                            args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1), &report, limits)));
+  audio::DecodeReport report;
+  auto samples = audio::decode_raw_pcm(std::as_bytes(std::span(bytes)),
+                                       format == "s16" ? audio::PcmFormat::S16 : audio::PcmFormat::F32,
+                                       args.get_int("pcm-rate", 16000), args.get_int("pcm-channels", 1), &report, limits);
+  return audio::reader_over(std::move(samples), report.non_finite_samples);
 }
 
-std::unique_ptr<SampleSource> open_input(const std::string& path, const Args& args) {
-  audio::DecodeReport report;
-  std::unique_ptr<SampleSource> audio;
+// Runs `work` on the file's audio, which it reads as it goes: a file found broken or too
+// long on the way is an error naming it.
+template <typename Work>
+auto with_input(const std::string& path, const Args& args, Work&& work) {
   try {
-    audio = open_bounded_input(path, args, report, decode_limits(args));
+    const auto audio = open_input(path, args);
+    auto result = [&] {
+      try {
+        return work(*audio);
+      } catch (const audio::AudioTooLong&) {
+        throw;
+      } catch (const Error& e) {
+        throw Error(path + ": " + e.what());
+      }
+    }();
+    if (const std::size_t replaced = audio->non_finite_samples())
+      std::fprintf(stderr, "amanuensis: warning: %s: %zu NaN or infinite samples replaced by silence\n", path.c_str(),
+                   replaced);
+    return result;
   } catch (const audio::AudioTooLong& e) {
     throw Error(path + ": " + e.what() + " (--max-audio-seconds)");
   }
-  if (report.non_finite_samples > 0)
-    std::fprintf(stderr, "amanuensis: warning: %s: %zu NaN or infinite samples replaced by silence\n", path.c_str(),
-                 report.non_finite_samples);
-  return audio;
 }
 
 void apply_common_options(const Args& args) { apply_thread_flag(args); }
@@ -187,7 +199,8 @@ int run_transcribe(const Args& args) {
     try {
       auto file_options = options;
       file_options.progress = progress_bar(file == "-" ? "stdin" : std::filesystem::path(file).filename().string());
-      const auto transcript = pipeline::transcribe(*model, *open_input(file, args), file_options);
+      const auto transcript =
+          with_input(file, args, [&](SampleSource& audio) { return pipeline::transcribe(*model, audio, file_options); });
       write_output(file, pipeline::render(transcript, format), format, args.get("output-dir"));
     } catch (const Error& e) {
       std::cerr << "amanuensis: " << e.what() << "\n";
@@ -238,7 +251,7 @@ int run_dump_logits(const Args& args) {
   if (auto mel_path = args.get("mel")) {
     mel_window = read_mel_file(*mel_path, n_mels);
   } else if (auto audio_path = args.get("audio")) {
-    auto samples = read_remaining(*open_input(*audio_path, args));
+    auto samples = with_input(*audio_path, args, [](SampleSource& audio) { return read_remaining(audio); });
     if (samples.size() > mel::kChunkSamples) samples.resize(mel::kChunkSamples);
     mel_window = mel::log_mel_spectrogram(samples, model->file().mel_filters(), n_mels,
                                           mel::kChunkSamples - samples.size()).data;
