@@ -7,7 +7,8 @@
 # Excluded labels: fresh (a package install and full build in a debootstrapped root: it
 # tests the packaging, not this code, and would build everything again uninstrumented),
 # stress (1,000 requests whose time and memory limits assume an uninstrumented build), fuzz
-# (the fuzz targets have their own ASan+UBSan build, tests/fuzz).
+# (the fuzz targets have their own ASan+UBSan build, tests/fuzz), soak_long (the 30-minute
+# soak, which the normal suite does not run either; the 3-minute one runs here).
 # The default build (build/) is not touched: the flags go to build-asan's cache only.
 # usage: tests/sanitize/run_asan.sh
 set -euo pipefail
@@ -23,4 +24,4 @@ export ASAN_OPTIONS=detect_leaks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$PWD/tests/sanitize/lsan.supp:print_suppressions=0
 cd "$BUILD_DIR"
-ctest --output-on-failure -j"$(nproc)" --timeout 1200 -LE 'fresh|stress|fuzz'
+ctest --output-on-failure -j"$(nproc)" --timeout 1200 -LE 'fresh|stress|fuzz|soak_long'

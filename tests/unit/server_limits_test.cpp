@@ -206,6 +206,10 @@ TEST(ServerLimits, AnHourOfAudioIsNotHeldWhileItIsTranscribed) {
   const auto a = upload(s, file, {"response_format=verbose_json"});
   EXPECT_EQ(a.status, 200) << a.text;
   EXPECT_NEAR(a.body.value("duration", 0.0), 3600.0, 5.0) << a.text;
+#if defined(__SANITIZE_ADDRESS__)
+  // its quarantine of freed blocks and its shadow put the server near 900 MB whatever it holds
+  GTEST_SKIP() << "peak memory under AddressSanitizer is not the program's; the normal build checks it";
+#endif
   EXPECT_LT(peak_rss_bytes(s.pid()), 200e6) << "the server held the decoded hour";
 }
 
