@@ -41,7 +41,6 @@ class SharedSamples final : public SampleSource {
       : samples_(std::move(samples)), view_(*samples_) {}
   std::size_t read(std::span<float> out) override { return view_.read(out); }
   void rewind() override { view_.rewind(); }
-  std::size_t size() const { return samples_->size(); }
 
  private:
   std::shared_ptr<const std::vector<float>> samples_;

@@ -121,14 +121,17 @@ struct StreamingLogMel::State {
 
   std::size_t held_end() const { return held_base + held.size(); }
 
+  // Back to the recording's first sample, holding nothing.
+  void restart() {
+    source->rewind();
+    held.clear();
+    held_base = 0;
+    exhausted = false;
+  }
+
   // Makes `held` cover [lo, hi) of the recording, or [lo, its end) when it ends sooner.
   void hold(std::size_t lo, std::size_t hi) {
-    if (lo < held_base) {
-      source->rewind();
-      held.clear();
-      held_base = 0;
-      exhausted = false;
-    }
+    if (lo < held_base) restart();
     for (;;) {
       const std::size_t drop = std::min(lo - held_base, held.size());
       held.erase(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(drop));
@@ -186,10 +189,7 @@ StreamingLogMel& StreamingLogMel::operator=(StreamingLogMel&&) noexcept = defaul
 // time, learning the recording's length on the way (a decoder knows it only at the end).
 void StreamingLogMel::scan_for_maximum() {
   State& s = *state_;
-  s.source->rewind();
-  s.held.clear();
-  s.held_base = 0;
-  s.exhausted = false;
+  s.restart();
   double global_max = std::log10(kLogFloor);
   std::vector<float> scratch(static_cast<std::size_t>(n_mels_) * kChunkFrames);
   for (int first = 0;; first += kChunkFrames) {
