@@ -322,16 +322,19 @@ int run_bench(const std::vector<std::string>& argv) {
   // shared by all the window's sequences.
   const auto& hp = model->hparams();
   const double kv_per_token = 2.0 * hp.n_text_layer * hp.n_text_state * sizeof(float);
-  const auto pool = model->decoder().kv_pool().stats();
-  const double blocks_full = std::ceil(static_cast<double>(hp.n_text_ctx) / static_cast<double>(pool.block_positions));
+  const auto& dec = model->decoder();
+  const auto pool = dec.kv_pool().stats();
+  // what the server's admission (--max-kv-mb) counts for one greedy request with fallback
+  const auto admitted_greedy = pipeline::decoder_memory_bytes(*model, pipeline::TranscribeOptions{});
   nlohmann::json kv = {{"bytes_per_token", kv_per_token},
                        {"bytes_per_sequence_at_this_audio", kv_bytes_per_sequence},
-                       {"bytes_per_sequence_full_context", blocks_full * static_cast<double>(pool.block_bytes)},
+                       {"bytes_per_sequence_full_context", dec.sequence_bytes(hp.n_text_ctx)},
                        {"block_positions", pool.block_positions},
                        {"block_bytes", pool.block_bytes},
                        {"pool_peak_bytes", pool.peak_used_bytes},
                        {"pool_capacity_bytes", pool.capacity_bytes},
-                       {"cross_bytes_per_window", 2.0 * hp.n_text_layer * hp.n_audio_ctx * hp.n_text_state * 2},
+                       {"cross_bytes_per_window", dec.cross_attention_bytes()},
+                       {"admitted_bytes_per_request", admitted_greedy},
                        {"beam_search", beam}};
   nlohmann::json out = {
       {"model", args.required("model")},

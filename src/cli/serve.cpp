@@ -30,6 +30,11 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --max-admitted-seconds S  audio of the requests running and waiting together, at most (per
                           model), else 429; one request alone is always taken (default 21600;
                           0 = no bound)
+  --max-kv-mb N           decoder memory of the transcriptions running at once (per model): each
+                          counts its KV blocks and one window's audio states at their most
+                          (more for beams and best_of); a request waits in the queue until its
+                          share fits, and one that alone needs more is refused with 400
+                          (default 8192: 8 large-v3 requests with fallback; 0 = no bound)
   --max-audio-seconds S   longest audio a request may hold, checked while it is decoded, else
                           413 audio_too_long (default 10800 = 3 h; 0 = no limit)
   --max-upload-mb N       largest upload accepted, else 413 (default 25)
@@ -123,7 +128,7 @@ int run_serve(const std::vector<std::string>& argv) {
                   "request-timeout", "model-id", "io-threads", "precision", "model-idle-unload",
                   "max-loaded-models", "max-beam-size", "max-best-of", "vad-threshold", "max-audio-seconds",
                   "max-admitted-seconds", "hallucination-silence-threshold", "header-timeout", "keep-alive-timeout",
-                  "max-connections"},
+                  "max-connections", "max-kv-mb"},
                  kDecodingOptions));
   if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
   server::ServerOptions o;
@@ -140,6 +145,9 @@ int run_serve(const std::vector<std::string>& argv) {
   if (!(o.max_queue_seconds > 0)) throw Error("--max-queue-seconds must be positive");
   o.max_audio_seconds = seconds_or_none(args, "max-audio-seconds", 3 * 3600.0);
   o.max_admitted_seconds = seconds_or_none(args, "max-admitted-seconds", 6 * 3600.0);
+  const int kv_mb = args.get_int("max-kv-mb", 8192);
+  if (kv_mb < 0) throw Error("--max-kv-mb must be 0 (no bound) or a number of megabytes");
+  o.max_kv_bytes = std::int64_t{kv_mb} << 20;
   const int upload_mb = positive_int(args, "max-upload-mb", 25, 1);
   o.max_upload_bytes = static_cast<std::size_t>(upload_mb) << 20;
   o.api_key = args.get_or("api-key", "");

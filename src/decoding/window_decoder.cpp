@@ -68,14 +68,25 @@ WindowDecoder::WindowDecoder(const nn::Decoder& decoder, const text::Tokenizer& 
   rules_.suppress_blank = options_.suppress_blank;
   rules_.max_initial_timestamp = options_.max_initial_timestamp;
   rules_.suppress = suppressed_tokens(tokenizer_, options_.suppress_tokens, options_.semantics, options_.timestamps);
-  // OpenAI samples n_text_ctx/2 tokens at most, whisper.cpp 4 fewer
-  const int default_len = decoder_.n_text_ctx() / 2 - (options_.semantics == Semantics::WhisperCpp ? 4 : 0);
-  sample_len_ = options_.sample_len > 0 ? options_.sample_len : default_len;
+  sample_len_ = sample_len(options_, decoder_.n_text_ctx());
 }
 
-std::size_t WindowDecoder::prompt_limit() const {
+int WindowDecoder::sample_len(const DecodeOptions& options, int n_text_ctx) {
+  // OpenAI samples n_text_ctx/2 tokens at most, whisper.cpp 4 fewer
+  const int default_len = n_text_ctx / 2 - (options.semantics == Semantics::WhisperCpp ? 4 : 0);
+  return options.sample_len > 0 ? options.sample_len : default_len;
+}
+
+std::size_t WindowDecoder::prompt_limit(const DecodeOptions& options, int n_text_ctx) {
   // OpenAI keeps the last n_text_ctx/2 - 1 prompt tokens, whisper.cpp n_text_ctx/2
-  return static_cast<std::size_t>(decoder_.n_text_ctx() / 2 - (options_.semantics == Semantics::OpenAI ? 1 : 0));
+  return static_cast<std::size_t>(n_text_ctx / 2 - (options.semantics == Semantics::OpenAI ? 1 : 0));
+}
+
+std::int64_t WindowDecoder::max_positions(const DecodeOptions& options, int n_text_ctx) {
+  // <|startofprev|> prompt... <|startoftranscript|> <|lang|> <|task|> <|notimestamps|>
+  constexpr std::int64_t kStartTokens = 5;
+  const std::int64_t start = static_cast<std::int64_t>(prompt_limit(options, n_text_ctx)) + kStartTokens;
+  return std::min<std::int64_t>(n_text_ctx, start + sample_len(options, n_text_ctx));
 }
 
 std::vector<TokenId> WindowDecoder::initial_tokens(std::span<const TokenId> prompt) const {

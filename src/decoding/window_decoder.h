@@ -67,7 +67,14 @@ class WindowDecoder {
   // tokens (n_text_ctx/2 with whisper.cpp semantics).
   std::vector<TokenId> initial_tokens(std::span<const TokenId> prompt) const;
   // The most prompt tokens initial_tokens() keeps (its last ones).
-  std::size_t prompt_limit() const;
+  std::size_t prompt_limit() const { return prompt_limit(options_, decoder_.n_text_ctx()); }
+  static std::size_t prompt_limit(const DecodeOptions& options, int n_text_ctx);
+  // The tokens sampled at most per window with `options`.
+  static int sample_len(const DecodeOptions& options, int n_text_ctx);
+  // The most positions one sequence of a window holds with `options` (the start tokens
+  // with the longest prompt, then every sampled token), for a decoder of n_text_ctx: what
+  // admission reserves for each sequence a transcription decodes at once.
+  static std::int64_t max_positions(const DecodeOptions& options, int n_text_ctx);
 
   // Decodes one window: arg-max at temperature 0, else samples softmax(logits / T) with a
   // generator seeded by `seed`, so the same call gives the same tokens.

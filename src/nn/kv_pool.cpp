@@ -46,41 +46,128 @@ void KvPool::add_sequences(int n) {
   stats_.sequences += n;
 }
 
+std::int64_t KvPool::sequence_bytes(std::int64_t positions) const {
+  const std::int64_t held = std::clamp<std::int64_t>(positions, 0, max_positions_);
+  return (held + kBlockPositions - 1) / kBlockPositions * block_bytes();
+}
+
+AudioCharge KvPool::charge_audio(std::int64_t bytes) { return AudioCharge(shared_from_this(), bytes); }
+
+void KvPool::add_audio(std::int64_t bytes, int entries) {
+  std::lock_guard lock(mutex_);
+  stats_.audio_bytes += bytes;
+  stats_.audio_entries += entries;
+  note_peaks_locked();
+}
+
+AudioCharge::AudioCharge(std::shared_ptr<KvPool> pool, std::int64_t bytes) : pool_(std::move(pool)), bytes_(bytes) {
+  if (pool_) pool_->add_audio(bytes_, 1);
+}
+
+AudioCharge::AudioCharge(const AudioCharge& other) : AudioCharge(other.pool_, other.bytes_) {}
+
+AudioCharge& AudioCharge::operator=(const AudioCharge& other) {
+  if (this != &other) *this = AudioCharge(other);
+  return *this;
+}
+
+AudioCharge::AudioCharge(AudioCharge&& other) noexcept
+    : pool_(std::move(other.pool_)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+AudioCharge& AudioCharge::operator=(AudioCharge&& other) noexcept {
+  if (this != &other) {
+    drop();
+    pool_ = std::move(other.pool_);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+AudioCharge::~AudioCharge() { drop(); }
+
+void AudioCharge::drop() noexcept {
+  if (!pool_) return;
+  try {
+    pool_->add_audio(-bytes_, -1);
+  } catch (...) {  // a mutex that cannot lock: the count is lost, not the memory
+  }
+  pool_.reset();
+  bytes_ = 0;
+}
+
 KvPool::BlockRef KvPool::allocate() {
   std::lock_guard lock(mutex_);
   return allocate_locked();
 }
 
 KvPool::BlockRef KvPool::allocate_locked() {
-  if (free_.empty()) {
-    // uninitialised: a page costs memory only once a position in it is written
-    auto chunk = std::make_unique_for_overwrite<float[]>(static_cast<std::size_t>(blocks_per_chunk_ * block_floats_));
-    float* base = chunk.get();
-    chunks_.push_back(std::move(chunk));
-    const auto first = static_cast<BlockId>(blocks_.size());
-    blocks_.resize(blocks_.size() + static_cast<std::size_t>(blocks_per_chunk_));
-    // pushed last to first, so the chunk's first block is taken first
-    for (std::int64_t i = blocks_per_chunk_ - 1; i >= 0; --i)
-      free_.push_back({static_cast<BlockId>(first + i), base + i * block_floats_});
-    stats_.capacity_bytes += blocks_per_chunk_ * block_bytes();
-  }
+  if (free_.empty()) add_chunk_locked();
   const BlockRef block = free_.back();
   free_.pop_back();
+  auto& chunk = chunks_[chunk_of(block.id)];
+  if (chunk.free_blocks-- == blocks_per_chunk_) --spare_chunks_;
   blocks_[static_cast<std::size_t>(block.id)] = {1, 0};
   ++stats_.blocks_in_use;
   stats_.used_bytes += block_bytes();
-  stats_.peak_used_bytes = std::max(stats_.peak_used_bytes, stats_.used_bytes);
+  note_peaks_locked();
   return block;
+}
+
+void KvPool::add_chunk_locked() {
+  std::size_t index = chunks_.size();
+  if (!vacant_.empty()) {
+    index = vacant_.back();
+    vacant_.pop_back();
+  } else {
+    chunks_.emplace_back();
+    blocks_.resize(blocks_.size() + static_cast<std::size_t>(blocks_per_chunk_));
+  }
+  // uninitialised: a page costs memory only once a position in it is written
+  auto& chunk = chunks_[index];
+  chunk.data = std::make_unique_for_overwrite<float[]>(static_cast<std::size_t>(blocks_per_chunk_ * block_floats_));
+  chunk.free_blocks = blocks_per_chunk_;
+  ++spare_chunks_;
+  const auto first = static_cast<BlockId>(static_cast<std::int64_t>(index) * blocks_per_chunk_);
+  // pushed last to first, so the chunk's first block is taken first
+  for (std::int64_t i = blocks_per_chunk_ - 1; i >= 0; --i)
+    free_.push_back({static_cast<BlockId>(first + i), chunk.data.get() + i * block_floats_});
+  stats_.capacity_bytes += chunk_bytes();
+}
+
+void KvPool::return_chunk_locked(std::size_t index) {
+  const auto first = static_cast<BlockId>(static_cast<std::int64_t>(index) * blocks_per_chunk_);
+  const auto end = static_cast<BlockId>(first + blocks_per_chunk_);
+  std::erase_if(free_, [&](const BlockRef& b) { return b.id >= first && b.id < end; });
+  chunks_[index].data.reset();
+  chunks_[index].free_blocks = 0;
+  vacant_.push_back(index);
+  stats_.capacity_bytes -= chunk_bytes();
+  ++stats_.chunks_returned;
+}
+
+void KvPool::note_peaks_locked() {
+  stats_.peak_used_bytes = std::max(stats_.peak_used_bytes, stats_.used_bytes);
+  stats_.peak_audio_bytes = std::max(stats_.peak_audio_bytes, stats_.audio_bytes);
+  stats_.peak_total_bytes = std::max(stats_.peak_total_bytes, stats_.used_bytes + stats_.audio_bytes);
 }
 
 void KvPool::release_locked(BlockId id) {
   auto& state = blocks_.at(static_cast<std::size_t>(id));
   if (state.refs <= 0) throw InternalError("a KV block released more often than it was held");
   if (--state.refs > 0) return;
-  const std::size_t chunk = static_cast<std::size_t>(id / blocks_per_chunk_);
-  free_.push_back({id, chunks_[chunk].get() + (id % blocks_per_chunk_) * block_floats_});
+  const std::size_t index = chunk_of(id);
+  auto& chunk = chunks_[index];
+  free_.push_back({id, chunk.data.get() + (id % blocks_per_chunk_) * block_floats_});
   --stats_.blocks_in_use;
   stats_.used_bytes -= block_bytes();
+  if (++chunk.free_blocks < blocks_per_chunk_) return;
+  // Wholly free: kept as the spare (the next sequences start there without a page fault),
+  // or given back when a spare is already held.
+  if (spare_chunks_ >= 1) {
+    return_chunk_locked(index);
+  } else {
+    ++spare_chunks_;
+  }
 }
 
 void KvPool::release(std::span<const BlockRef> blocks) {

@@ -4,7 +4,12 @@
 // token sequence: a table of reference-counted blocks. fork() shares every block of the
 // table (no key or value is copied); a block is copied only when a sequence writes into a
 // partially filled block that another sequence holds and has already written past
-// (copy-on-write of a tail, counted apart). Destroying a sequence returns its blocks.
+// (copy-on-write of a tail, counted apart). Destroying a sequence returns its blocks; a
+// chunk whose blocks are all free goes back to the system, one such chunk kept as a spare,
+// so that a burst of long or many-beam decodes does not hold its memory for good. The
+// pool also counts the bytes of each window's cross-attention keys and values (an
+// AudioCharge held by the window's CrossAttentionCache, which every sequence decoding the
+// window reads), so that its stats are the decoder's whole per-transcription memory.
 //
 // Threads: sequences are made, forked and released on request threads while the compute
 // thread writes into others; the pool's bookkeeping is behind its mutex, and a block's
@@ -25,7 +30,7 @@ namespace amanuensis::nn {
 struct KvPoolStats {
   std::int64_t block_positions = 0;  // positions a block holds
   std::int64_t block_bytes = 0;      // bytes of one block (every layer's keys and values)
-  std::int64_t capacity_bytes = 0;   // reserved: every chunk allocated so far
+  std::int64_t capacity_bytes = 0;   // reserved: the chunks held now (used or free)
   std::int64_t used_bytes = 0;       // blocks held by at least one sequence
   std::int64_t peak_used_bytes = 0;  // the most used_bytes has been
   std::int64_t blocks_in_use = 0;
@@ -35,9 +40,15 @@ struct KvPoolStats {
   std::uint64_t positions_shared_at_fork = 0;  // positions those forks would have copied
   std::uint64_t blocks_copied = 0;      // every block copy: copy-on-write of a shared tail only
   std::uint64_t positions_copied = 0;   // the filled positions those copies held
+  std::uint64_t chunks_returned = 0;    // chunks given back to the system once wholly free
+  std::int64_t audio_bytes = 0;         // cross-attention keys and values of the windows held
+  std::int64_t audio_entries = 0;       // those windows
+  std::int64_t peak_audio_bytes = 0;
+  std::int64_t peak_total_bytes = 0;    // the most used_bytes + audio_bytes has been
 };
 
 class KvSequence;
+class AudioCharge;
 
 class KvPool : public std::enable_shared_from_this<KvPool> {
  public:
@@ -57,6 +68,10 @@ class KvPool : public std::enable_shared_from_this<KvPool> {
 
   // An empty sequence of this pool (no block until its first position is written).
   KvSequence new_sequence();
+  // Counts `bytes` of a window's cross-attention keys and values while the charge lives.
+  AudioCharge charge_audio(std::int64_t bytes);
+  // The blocks a sequence of `positions` positions holds at most, in bytes.
+  std::int64_t sequence_bytes(std::int64_t positions) const;
   KvPoolStats stats() const;
   int layers() const { return layers_; }
   std::int64_t d() const { return d_; }
@@ -65,6 +80,7 @@ class KvPool : public std::enable_shared_from_this<KvPool> {
 
  private:
   friend class KvSequence;
+  friend class AudioCharge;
   using BlockId = std::int32_t;
   // A block in a sequence's table: its id and where its storage is (read without the lock).
   struct BlockRef {
@@ -85,7 +101,19 @@ class KvPool : public std::enable_shared_from_this<KvPool> {
   // returns the block to write (itself, or a copy of its first `slot` slots).
   BlockRef writable(BlockRef block, std::int64_t slot);
   void add_sequences(int n);
+  void add_audio(std::int64_t bytes, int entries);
   void copy_slots(const BlockRef& from, const BlockRef& to, std::int64_t slots) const;
+  void add_chunk_locked();
+  void return_chunk_locked(std::size_t chunk);
+  std::size_t chunk_of(BlockId id) const { return static_cast<std::size_t>(id / blocks_per_chunk_); }
+  std::int64_t chunk_bytes() const { return blocks_per_chunk_ * block_bytes(); }
+  void note_peaks_locked();
+
+  // A chunk of blocks_per_chunk_ blocks; its storage is null once returned (vacant).
+  struct Chunk {
+    std::unique_ptr<float[]> data;
+    std::int64_t free_blocks = 0;
+  };
 
   const int layers_;
   const std::int64_t d_;
@@ -94,10 +122,33 @@ class KvPool : public std::enable_shared_from_this<KvPool> {
   const std::int64_t blocks_per_chunk_;  // chunks of a few MiB: few allocations, pages touched only when written
 
   mutable std::mutex mutex_;
-  std::vector<std::unique_ptr<float[]>> chunks_;
+  std::vector<Chunk> chunks_;
+  std::vector<std::size_t> vacant_;  // chunks whose storage went back, reused before new ones
+  std::int64_t spare_chunks_ = 0;    // chunks held with every block free
   std::vector<BlockState> blocks_;
   std::vector<BlockRef> free_;  // released blocks, the last released reused first (warm in cache)
   KvPoolStats stats_;
+};
+
+// Bytes counted in a pool's audio_bytes while the charge lives: a copy counts them again
+// (a copied CrossAttentionCache holds its own keys and values).
+class AudioCharge {
+ public:
+  AudioCharge() = default;
+  AudioCharge(const AudioCharge& other);
+  AudioCharge& operator=(const AudioCharge& other);
+  AudioCharge(AudioCharge&& other) noexcept;
+  AudioCharge& operator=(AudioCharge&& other) noexcept;
+  ~AudioCharge();
+  std::int64_t bytes() const { return bytes_; }
+
+ private:
+  friend class KvPool;
+  AudioCharge(std::shared_ptr<KvPool> pool, std::int64_t bytes);
+  void drop() noexcept;
+
+  std::shared_ptr<KvPool> pool_;
+  std::int64_t bytes_ = 0;
 };
 
 // One token sequence's keys and values: positions [0, length()) of every layer. Movable,

@@ -11,9 +11,10 @@ class DirectRunner final : public Runner {
 
 }  // namespace
 
-CrossAttentionCache Runner::encode(const Encoder& encoder, const Decoder& decoder, std::span<const float> mel) {
-  CrossAttentionCache cross;
-  run(Work::Encode, [&] { cross = decoder.cross_attention(encoder.encode(mel)); });
+std::shared_ptr<const CrossAttentionCache> Runner::encode(const Encoder& encoder, const Decoder& decoder,
+                                                          std::span<const float> mel) {
+  auto cross = std::make_shared<CrossAttentionCache>();
+  run(Work::Encode, [&] { *cross = decoder.cross_attention(encoder.encode(mel)); });
   return cross;
 }
 

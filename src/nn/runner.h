@@ -5,6 +5,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <span>
 
 #include "nn/whisper.h"
@@ -31,8 +32,10 @@ class Runner {
   // Encodes one window (`mel`: [n_mels][3000]) and computes its cross-attention keys and
   // values, as exclusive Work::Encode. The server stacks the windows of transcriptions
   // that wait together into one encoder pass (Encoder::encode_stacked); the states of a
-  // window are the same either way.
-  virtual CrossAttentionCache encode(const Encoder& encoder, const Decoder& decoder, std::span<const float> mel);
+  // window are the same either way. The entry is shared: every sequence that decodes the
+  // window reads it, and its bytes count in the decoder's pool while any holder keeps it.
+  virtual std::shared_ptr<const CrossAttentionCache> encode(const Encoder& encoder, const Decoder& decoder,
+                                                            std::span<const float> mel);
 };
 
 // Calls runner.idle() when a decode loop's scope ends, however it ends: a transcription

@@ -323,7 +323,13 @@ CrossAttentionCache Decoder::cross_attention(const AudioFeatures& audio) const {
     kernels::to_halves(k, k16);
     kernels::to_halves(v, v16);
   }
+  cache.charge = kv_pool_->charge_audio(cross_attention_bytes(audio.n_ctx));
   return cache;
+}
+
+std::int64_t Decoder::cross_attention_bytes(std::int64_t n_ctx) const {
+  const auto& hp = w_->hparams;
+  return std::int64_t{2} * hp.n_text_layer * n_ctx * hp.n_text_state * static_cast<std::int64_t>(sizeof(std::uint16_t));
 }
 
 Decoder::Decoder(std::shared_ptr<const WhisperWeights> weights)

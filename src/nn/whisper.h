@@ -83,9 +83,13 @@ struct AudioFeatures {
 // Cross-attention keys and values of every decoder layer for one window, computed once
 // and stored as IEEE half: every decoder step of every sequence on the window reads them
 // all, so their bytes bound the step (18 MB a window for tiny in float, 9 in half).
+// One window's entry of the decoder's memory: its bytes are counted in the KV pool's
+// audio_bytes while it lives (Runner::encode hands it out shared, every sequence decoding
+// the window reads the one entry).
 struct CrossAttentionCache {
   std::int64_t n_ctx = 0;
   std::vector<std::vector<std::uint16_t>> keys, values;  // per layer, n_ctx x d, IEEE half
+  AudioCharge charge;  // set by Decoder::cross_attention
 };
 
 // Raw cross-attention scores (q . k / sqrt(head_dim), before the softmax) of chosen
@@ -132,6 +136,11 @@ class Decoder {
   KvSequence new_sequence() const { return kv_pool_->new_sequence(); }
   // The pool every sequence of this decoder lives in: its capacity and use.
   const KvPool& kv_pool() const { return *kv_pool_; }
+  // The bytes of one window's CrossAttentionCache (n_ctx audio positions; the encoder's
+  // n_audio_ctx by default), and of the KV blocks of a sequence of `positions` tokens.
+  std::int64_t cross_attention_bytes(std::int64_t n_ctx) const;
+  std::int64_t cross_attention_bytes() const { return cross_attention_bytes(w_->hparams.n_audio_ctx); }
+  std::int64_t sequence_bytes(std::int64_t positions) const { return kv_pool_->sequence_bytes(positions); }
 
   // Appends `tokens` to `sequence` (positions length(), length()+1, ...) and returns
   // logits: tokens.size() x n_vocab rows when `all_rows`, else only the last row.

@@ -237,17 +237,18 @@ void BatchedCompute::Client::run(nn::Work kind, const std::function<void()>& wor
   (kind == nn::Work::Encode ? encoder_seconds_ : decoder_seconds_) += seconds;
 }
 
-nn::CrossAttentionCache BatchedCompute::Client::encode(const nn::Encoder& encoder, const nn::Decoder& decoder,
-                                                      std::span<const float> mel) {
+std::shared_ptr<const nn::CrossAttentionCache> BatchedCompute::Client::encode(const nn::Encoder& encoder,
+                                                                             const nn::Decoder& decoder,
+                                                                             std::span<const float> mel) {
   check_cancelled();
   const auto start = Clock::now();
-  nn::CrossAttentionCache cross;
+  auto cross = std::make_shared<nn::CrossAttentionCache>();
   Pending p;
   p.work = nn::Work::Encode;
   p.encoder = &encoder;
   p.decoder = &decoder;
   p.mel = mel;
-  p.cross = &cross;
+  p.cross = cross.get();
   compute_.submit(p, stepping_);
   encoder_seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
   return cross;

@@ -104,8 +104,8 @@ class BatchedCompute::Client final : public nn::Runner {
   void run(nn::Work kind, const std::function<void()>& work) override;
   void step(const nn::Decoder& decoder, std::span<const nn::SequenceStep> steps) override;
   void idle() override;
-  nn::CrossAttentionCache encode(const nn::Encoder& encoder, const nn::Decoder& decoder,
-                                 std::span<const float> mel) override;
+  std::shared_ptr<const nn::CrossAttentionCache> encode(const nn::Encoder& encoder, const nn::Decoder& decoder,
+                                                        std::span<const float> mel) override;
 
   double encoder_seconds() const { return encoder_seconds_; }
   double decoder_seconds() const { return decoder_seconds_; }

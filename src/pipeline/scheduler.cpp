@@ -24,10 +24,12 @@ bool poll(const std::function<bool()>& check) {
 }  // namespace
 
 BatchingScheduler::BatchingScheduler(std::shared_ptr<const Model> model, int slots, double max_queue_seconds,
-                                     BatchedComputeOptions compute, double max_admitted_seconds)
+                                     BatchedComputeOptions compute, double max_admitted_seconds,
+                                     std::int64_t max_decoder_bytes)
     : model_(std::move(model)),
       max_queue_seconds_(max_queue_seconds),
       max_admitted_seconds_(max_admitted_seconds),
+      max_decoder_bytes_(std::max<std::int64_t>(0, max_decoder_bytes)),
       n_slots_(std::max(1, slots)),
       compute_(compute) {
   slots_.reserve(static_cast<std::size_t>(n_slots_));
@@ -45,6 +47,7 @@ BatchingScheduler::~BatchingScheduler() { shutdown(); }
 
 std::future<JobResult> BatchingScheduler::submit(Job job) {
   const double seconds = job.audio ? static_cast<double>(job.n_samples) / 16000.0 : 0.0;
+  const std::int64_t decoder_bytes = decoder_bytes_of(job);
   std::future<JobResult> future;
   {
     std::lock_guard lock(mutex_);
@@ -53,6 +56,7 @@ std::future<JobResult> BatchingScheduler::submit(Job job) {
     Entry entry;
     entry.job = std::move(job);
     entry.seconds = seconds;
+    entry.decoder_bytes = decoder_bytes;
     entry.submitted = std::chrono::steady_clock::now();
     future = entry.promise.get_future();
     queue_.push_back(std::move(entry));
@@ -82,6 +86,36 @@ void BatchingScheduler::check_admission(double seconds) const {
   }
 }
 
+std::int64_t BatchingScheduler::decoder_bytes_of(const Job& job) const {
+  const auto& decoder = model_->decoder();
+  // language detection: the first window and one sequence of a few tokens
+  const std::int64_t bytes = job.detect_language_only ? decoder.cross_attention_bytes() + decoder.sequence_bytes(1)
+                                                      : decoder_memory_bytes(*model_, job.options);
+  if (max_decoder_bytes_ == 0 || bytes <= max_decoder_bytes_) return bytes;
+  auto mb = [](std::int64_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MB"; };
+  const auto& o = job.options;
+  const bool sampling = std::any_of(o.temperatures.begin(), o.temperatures.end(), [](float t) { return t > 0.0f; });
+  std::string field;
+  std::string asks = "one sequence";
+  if (o.beam && o.beam->beam_size > 1 && (!sampling || o.beam->beam_size >= o.best_of)) {
+    field = "beam_size";
+    asks = "beam_size " + std::to_string(o.beam->beam_size);
+  } else if (sampling && o.best_of > 1) {
+    field = "best_of";
+    asks = "best_of " + std::to_string(o.best_of);
+  }
+  throw JobTooLarge("this transcription needs up to " + mb(bytes) + " of decoder memory (" + asks +
+                        ", each sequence's keys and values at its longest, and a window's audio states), more than "
+                        "the server's bound of " + mb(max_decoder_bytes_) + " (--max-kv-mb)" +
+                        (field.empty() ? std::string() : ": ask for a smaller " + field),
+                    field);
+}
+
+bool BatchingScheduler::front_fits() const {
+  return !queue_.empty() &&
+         (max_decoder_bytes_ == 0 || running_decoder_bytes_ + queue_.front().decoder_bytes <= max_decoder_bytes_);
+}
+
 SchedulerStats BatchingScheduler::stats() const {
   SchedulerStats s;
   {
@@ -92,11 +126,15 @@ SchedulerStats BatchingScheduler::stats() const {
     s.running_audio_seconds = running_seconds_;
     s.slots = n_slots_;
     s.shutting_down = stopping_;
+    s.kv_limit_bytes = max_decoder_bytes_;
+    s.kv_admitted_bytes = running_decoder_bytes_;
+    s.jobs_waiting_for_memory = !queue_.empty() && !front_fits() && active_ < static_cast<std::size_t>(n_slots_);
   }
   s.batches = compute_.counts();
   const auto kv = model_->decoder().kv_pool().stats();
   s.kv_reserved_bytes = kv.capacity_bytes;
   s.kv_used_bytes = kv.used_bytes;
+  s.kv_audio_bytes = kv.audio_bytes;
   return s;
 }
 
@@ -147,13 +185,15 @@ void BatchingScheduler::slot_loop() {
     Entry entry;
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      // the first job waits for decoder memory when it does not fit beside the running ones
+      wake_.wait(lock, [&] { return (stopping_ && queue_.empty()) || front_fits(); });
       if (queue_.empty()) return;  // stopping, and every accepted job is done or running
       entry = std::move(queue_.front());
       queue_.pop_front();
       queued_seconds_ = queue_.empty() ? 0.0 : std::max(0.0, queued_seconds_ - entry.seconds);
       ++active_;
       running_seconds_ += entry.seconds;
+      running_decoder_bytes_ += entry.decoder_bytes;
     }
     try {
       entry.promise.set_value(run(entry));
@@ -164,7 +204,9 @@ void BatchingScheduler::slot_loop() {
       std::lock_guard lock(mutex_);
       --active_;
       running_seconds_ = active_ == 0 ? 0.0 : std::max(0.0, running_seconds_ - entry.seconds);
+      running_decoder_bytes_ -= entry.decoder_bytes;
     }
+    wake_.notify_all();  // its memory may let the queue's first job start
     if (entry.job.on_complete) {
       try {
         entry.job.on_complete();

@@ -63,6 +63,16 @@ class QueueFull : public std::runtime_error {
   double retry_after_seconds;
 };
 
+// Thrown by submit() for a job that alone needs more decoder memory than the scheduler's
+// bound: `field` names the request field that asks for it (beam_size, best_of), empty
+// when even one greedy sequence does not fit (the server's bound is too small for the
+// model). The server answers 400 naming the field, or 503.
+class JobTooLarge : public Error {
+ public:
+  JobTooLarge(const std::string& message, std::string field) : Error(message), field(std::move(field)) {}
+  std::string field;
+};
+
 // Thrown by submit() after shutdown() began; the server answers 503.
 class ShuttingDown : public std::runtime_error {
  public:
@@ -77,9 +87,15 @@ struct SchedulerStats {
   int slots = 0;
   bool shutting_down = false;  // shutdown() began: no new job is taken
   BatchCounts batches;
-  // the decoder's KV pool: bytes reserved (chunks allocated), bytes held by sequences
+  // the decoder's KV pool: bytes reserved (chunks allocated), bytes held by sequences,
+  // bytes of the windows' cross-attention entries
   std::int64_t kv_reserved_bytes = 0;
   std::int64_t kv_used_bytes = 0;
+  std::int64_t kv_audio_bytes = 0;
+  // admission by decoder memory: the bound (0: none) and what the running jobs may hold
+  std::int64_t kv_limit_bytes = 0;
+  std::int64_t kv_admitted_bytes = 0;
+  std::size_t jobs_waiting_for_memory = 0;  // the queue's first job waits for running ones to end
 };
 
 class TranscriptionScheduler {
@@ -103,8 +119,14 @@ class BatchingScheduler final : public TranscriptionScheduler {
   // a running job holds its upload until it is done: the queue bound
   // alone lets `slots` jobs of hours each run at once. A job is always accepted when no
   // other is waiting or running.
+  // max_decoder_bytes (0: no bound): decoder memory (decoder_memory_bytes() of each job:
+  // KV blocks and a window's cross-attention entry at their most) of the jobs running at
+  // once. A job starts when its share fits beside the running ones' (in queue order, so
+  // a large one is not passed over for ever); one that alone exceeds the bound is refused
+  // (JobTooLarge).
   BatchingScheduler(std::shared_ptr<const Model> model, int slots, double max_queue_seconds,
-                    BatchedComputeOptions compute = {}, double max_admitted_seconds = 0.0);
+                    BatchedComputeOptions compute = {}, double max_admitted_seconds = 0.0,
+                    std::int64_t max_decoder_bytes = 0);
   ~BatchingScheduler() override;
 
   std::future<JobResult> submit(Job job) override;
@@ -115,6 +137,7 @@ class BatchingScheduler final : public TranscriptionScheduler {
   struct Entry {
     Job job;
     double seconds = 0.0;
+    std::int64_t decoder_bytes = 0;  // decoder memory it may hold while it runs
     std::chrono::steady_clock::time_point submitted;
     std::promise<JobResult> promise;
   };
@@ -122,10 +145,13 @@ class BatchingScheduler final : public TranscriptionScheduler {
   JobResult run(Entry& entry);
 
   void check_admission(double seconds) const;  // under mutex_; throws QueueFull
+  std::int64_t decoder_bytes_of(const Job& job) const;  // throws JobTooLarge past the bound
+  bool front_fits() const;  // under mutex_: the queue's first job may start now
 
   std::shared_ptr<const Model> model_;
   const double max_queue_seconds_;
   const double max_admitted_seconds_;
+  const std::int64_t max_decoder_bytes_;
   const int n_slots_;
   BatchedCompute compute_;
   mutable std::mutex mutex_;
@@ -134,6 +160,7 @@ class BatchingScheduler final : public TranscriptionScheduler {
   double queued_seconds_ = 0.0;
   std::size_t active_ = 0;
   double running_seconds_ = 0.0;  // audio of the jobs running
+  std::int64_t running_decoder_bytes_ = 0;  // their decoder memory at most
   double recent_rtf_ = 0.0;  // run seconds per audio second, smoothed (for Retry-After)
   bool stopping_ = false;
   std::vector<std::thread> slots_;

@@ -257,7 +257,7 @@ std::span<const TokenId> with_hotwords(std::span<const TokenId> hotwords, std::s
 }
 
 // The window's audio states, kept as the decoder's cross-attention keys and values.
-nn::CrossAttentionCache encode_window(const Model& model, nn::Runner& runner, std::span<const float> mel_window) {
+std::shared_ptr<const nn::CrossAttentionCache> encode_window(const Model& model, nn::Runner& runner, std::span<const float> mel_window) {
   return runner.encode(model.encoder(), model.decoder(), mel_window);
 }
 
@@ -335,13 +335,22 @@ Transcript transcribe_speech_only(const Model& model, SampleSource& audio, const
 
 }  // namespace
 
+std::int64_t decoder_memory_bytes(const Model& model, const TranscribeOptions& options) {
+  int sequences = options.beam ? std::max(1, options.beam->beam_size) : 1;
+  const bool samples = std::any_of(options.temperatures.begin(), options.temperatures.end(), [](float t) { return t > 0.0f; });
+  if (samples) sequences = std::max(sequences, options.best_of);
+  const auto& decoder = model.decoder();
+  const auto positions = decoding::WindowDecoder::max_positions(options.decode, decoder.n_text_ctx());
+  return decoder.cross_attention_bytes() + sequences * decoder.sequence_bytes(positions);
+}
+
 decoding::LanguageGuess detect_language(const Model& model, SampleSource& audio, nn::Runner* runner) {
   if (!model.tokenizer().is_multilingual()) throw Error("language detection needs a multilingual model");
   nn::Runner& run = runner ? *runner : nn::direct_runner();
   mel::StreamingLogMel mel(audio, model.file().mel_filters(), model.hparams().n_mels, mel::kChunkSamples);
   const int content_frames = static_cast<int>(mel.n_samples() / mel::kHopLength);
   const auto first = encode_window(model, run, window_at(mel, 0, content_frames, Semantics::OpenAI));
-  return decoding::detect_language(model.decoder(), model.tokenizer(), first, run);
+  return decoding::detect_language(model.decoder(), model.tokenizer(), *first, run);
 }
 
 decoding::LanguageGuess detect_language(const Model& model, std::span<const float> samples, nn::Runner* runner) {
@@ -384,7 +393,7 @@ Transcript transcribe_all(const Model& model, SampleSource& audio, const Transcr
   } else if (decode_options.language.empty() || decode_options.language == "auto") {
     // OpenAI detects the language once, from the first 30 s
     const auto first = encode_window(model, runner, window_at(mel, 0, content_frames, semantics));
-    decode_options.language = decoding::detect_language(model.decoder(), tok, first, runner).code;
+    decode_options.language = decoding::detect_language(model.decoder(), tok, *first, runner).code;
   }
   out.language = decode_options.language;
   SegmentBuilder builder(tok, out);
@@ -403,7 +412,7 @@ Transcript transcribe_all(const Model& model, SampleSource& audio, const Transcr
     const auto cross = encode_window(model, runner, window_at(mel, seek, content_frames, semantics));
     const std::span<const TokenId> previous(all_tokens.data() + prompt_reset_since, all_tokens.size() - prompt_reset_since);
     const auto prompt = with_hotwords(hotwords, previous, decoder.prompt_limit(), window_prompt);
-    const auto decoded = decode_with_fallback(decoder, tok, cross, prompt, options, seek, content_frames - seek);
+    const auto decoded = decode_with_fallback(decoder, tok, *cross, prompt, options, seek, content_frames - seek);
     const auto& [result, quality, temperatures_tried] = decoded;
     out.window_seeks.push_back(seek);
     const bool silent = decoding::is_silent_window(quality, options.thresholds);
@@ -426,7 +435,7 @@ Transcript transcribe_all(const Model& model, SampleSource& audio, const Transcr
     }
     if (options.word_timestamps && semantics == Semantics::OpenAI) {
       const std::span<Segment> fresh(out.segments.data() + first_new, out.segments.size() - first_new);
-      WordTimingInput in{&model.decoder(), &tok, &cross, heads, decoder.initial_tokens({}), segment_size,
+      WordTimingInput in{&model.decoder(), &tok, cross.get(), heads, decoder.initial_tokens({}), segment_size,
                          frames_to_seconds(seek), true, &runner};
       if (!options.decode.timestamps) in.sot_sequence.pop_back();  // the alignment adds its own <|notimestamps|>
       in.space_delimited = decoding::is_space_delimited(out.language);

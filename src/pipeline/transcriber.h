@@ -128,4 +128,11 @@ decoding::LanguageGuess detect_language(const Model& model, std::span<const floa
 Transcript transcribe(const Model& model, SampleSource& audio, const TranscribeOptions& options);
 Transcript transcribe(const Model& model, std::span<const float> samples, const TranscribeOptions& options);
 
+// The most decoder memory one transcription with `options` holds at once: one window's
+// cross-attention entry and the KV blocks of the sequences it decodes together (its beams,
+// or its best_of candidates when a temperature above 0 may be tried), each at its longest
+// (decoding::WindowDecoder::max_positions). Windows are decoded one after the other, the
+// word alignment after a window's decode: neither adds to it. What admission counts.
+std::int64_t decoder_memory_bytes(const Model& model, const TranscribeOptions& options);
+
 }  // namespace amanuensis::pipeline

@@ -117,9 +117,18 @@ std::string Metrics::render(const pipeline::SchedulerStats& scheduler, std::size
          std::to_string(active_requests));
   sample(out, "amanuensis_loaded_models", "gauge", "Models loaded or loading.", std::to_string(loaded_models));
   header(out, "amanuensis_kv_pool_bytes", "gauge",
-         "Decoder KV pool bytes of the loaded models: reserved (blocks allocated), used (held by sequences).");
-  out += "amanuensis_kv_pool_bytes{state=\"reserved\"} " + std::to_string(scheduler.kv_reserved_bytes) + "\n";
-  out += "amanuensis_kv_pool_bytes{state=\"used\"} " + std::to_string(scheduler.kv_used_bytes) + "\n";
+         "Decoder memory of the loaded models: KV blocks reserved (chunks held) and used (held by sequences), "
+         "windows' cross-attention entries (audio), what the running transcriptions may hold at most (admitted) "
+         "and its bound (limit, --max-kv-mb; 0: none).");
+  const std::pair<const char*, std::int64_t> kv_states[] = {
+      {"reserved", scheduler.kv_reserved_bytes}, {"used", scheduler.kv_used_bytes},
+      {"audio", scheduler.kv_audio_bytes},       {"admitted", scheduler.kv_admitted_bytes},
+      {"limit", scheduler.kv_limit_bytes}};
+  for (const auto& [state, bytes] : kv_states)
+    out += std::string("amanuensis_kv_pool_bytes{state=\"") + state + "\"} " + std::to_string(bytes) + "\n";
+  sample(out, "amanuensis_jobs_waiting_for_memory", "gauge",
+         "Transcriptions whose turn has come but wait for running ones to free decoder memory (--max-kv-mb).",
+         std::to_string(scheduler.jobs_waiting_for_memory));
   sample(out, "amanuensis_open_connections", "gauge", "HTTP connections open (at most --max-connections).",
          std::to_string(connections.open.load()));
   sample(out, "amanuensis_connections_refused_total", "counter",

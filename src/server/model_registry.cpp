@@ -131,6 +131,10 @@ pipeline::SchedulerStats total_stats(const std::vector<ModelStatus>& models) {
     total.shutting_down = total.shutting_down || m.stats.shutting_down;
     total.kv_reserved_bytes += m.stats.kv_reserved_bytes;
     total.kv_used_bytes += m.stats.kv_used_bytes;
+    total.kv_audio_bytes += m.stats.kv_audio_bytes;
+    total.kv_limit_bytes += m.stats.kv_limit_bytes;
+    total.kv_admitted_bytes += m.stats.kv_admitted_bytes;
+    total.jobs_waiting_for_memory += m.stats.jobs_waiting_for_memory;
     for (const auto& [size, n] : m.stats.batches.encoder_windows) total.batches.encoder_windows[size] += n;
     for (const auto& [size, n] : m.stats.batches.decoder_sequences) total.batches.decoder_sequences[size] += n;
   }

@@ -223,7 +223,7 @@ LoadedModel Server::Impl::load_model(const ModelSpec& spec) const {
   loaded.model = spec.model ? spec.model : pipeline::Model::load(spec.path, opt.load_options);
   loaded.scheduler = std::make_shared<pipeline::BatchingScheduler>(loaded.model, opt.workers, opt.max_queue_seconds,
                                                                    pipeline::BatchedComputeOptions{},
-                                                                   opt.max_admitted_seconds);
+                                                                   opt.max_admitted_seconds, opt.max_kv_bytes);
   const auto& hp = loaded.model->hparams();
   loaded.info = {hp.n_vocab, loaded.model->encoder().backend()->name(), std::string(hp.size_name()),
                  hp.is_multilingual()};

@@ -33,6 +33,10 @@ struct ServerOptions {
   // Audio of the requests waiting and running together, at most (per model): a running
   // request holds its samples until done. 0: no bound.
   double max_admitted_seconds = 6 * 3600.0;
+  // Decoder memory (KV blocks, a window's cross-attention entry) of the requests running at
+  // once, at most (per model; pipeline::decoder_memory_bytes() of each): a request waits
+  // until its share fits, one that alone exceeds it is refused. 0: no bound.
+  std::int64_t max_kv_bytes = std::int64_t{8192} << 20;  // 8 large-v3 requests with fallback (980 MB each)
   // The longest audio one request may hold, checked while it is decoded (a small upload
   // can decode to hours); 0: no limit.
   double max_audio_seconds = 3 * 3600.0;

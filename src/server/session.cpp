@@ -447,7 +447,13 @@ class Session : public std::enable_shared_from_this<Session> {
               {"queue_depth", stats.queued_jobs},
               {"queued_audio_seconds", stats.queued_audio_seconds},
               {"running_audio_seconds", stats.running_audio_seconds},
-              {"kv_pool", {{"reserved_bytes", stats.kv_reserved_bytes}, {"used_bytes", stats.kv_used_bytes}}},
+              {"kv_pool",
+               {{"reserved_bytes", stats.kv_reserved_bytes},
+                {"used_bytes", stats.kv_used_bytes},
+                {"audio_bytes", stats.kv_audio_bytes},
+                {"admitted_bytes", stats.kv_admitted_bytes},
+                {"limit_bytes", stats.kv_limit_bytes}}},
+              {"jobs_waiting_for_memory", stats.jobs_waiting_for_memory},
               {"active_requests", server_.active_requests.load()},
               {"uptime_seconds", seconds_up()}};
     if (const auto& info = models.front().info) {  // the first model's, as with one model
@@ -465,7 +471,9 @@ class Session : public std::enable_shared_from_this<Session> {
                   {"active_transcriptions", m.stats.active_jobs},
                   {"queue_depth", m.stats.queued_jobs},
                   {"kv_pool_reserved_bytes", m.stats.kv_reserved_bytes},
-                  {"kv_pool_used_bytes", m.stats.kv_used_bytes}};
+                  {"kv_pool_used_bytes", m.stats.kv_used_bytes},
+                  {"kv_pool_audio_bytes", m.stats.kv_audio_bytes},
+                  {"kv_pool_admitted_bytes", m.stats.kv_admitted_bytes}};
       if (m.state == ModelState::Failed) one["error"] = m.error;
       j["models"].push_back(one);
     }
@@ -652,6 +660,9 @@ class Session : public std::enable_shared_from_this<Session> {
       ApiError err{429, e.what(), "rate_limit_exceeded", std::nullopt, std::string("queue_full")};
       err.retry_after = e.retry_after_seconds;
       throw err;
+    } catch (const pipeline::JobTooLarge& e) {
+      if (e.field.empty()) throw ApiError{503, e.what(), "server_error", std::nullopt, std::string("decoder_memory")};
+      throw ApiError{400, e.what(), "invalid_request_error", e.field, std::string("decoder_memory")};
     } catch (const ShuttingDown& e) {
       throw ApiError{503, e.what(), "server_error", std::nullopt, std::string("shutting_down")};
     }

@@ -153,6 +153,77 @@ TEST(KvPool, WritingPastTheContextOrWithoutAPoolIsAnInternalError) {
   EXPECT_EQ(none.fork().pool(), nullptr);
 }
 
+// A pool of one-block chunks (8 layers of 4096 features: 4 MiB a block): a chunk whose
+// blocks are all free goes back to the system, one kept as a spare; the next sequences
+// take the spare first, then chunks made again, and read what they wrote.
+TEST(KvPool, WhollyFreeChunksGoBackKeepingOneSpare) {
+  auto pool = KvPool::create(8, 4096, 448);
+  const std::int64_t chunk = pool->block_bytes();
+  {
+    std::vector<KvSequence> many;
+    for (int i = 0; i < 5; ++i) {
+      many.push_back(pool->new_sequence());
+      append(many.back(), 1);
+    }
+    EXPECT_EQ(pool->stats().capacity_bytes, 5 * chunk);
+  }
+  auto after = pool->stats();
+  EXPECT_EQ(after.used_bytes, 0);
+  EXPECT_EQ(after.capacity_bytes, chunk) << "one wholly free chunk is kept as the spare, the others go back";
+  EXPECT_EQ(after.chunks_returned, 4u);
+  {
+    std::vector<KvSequence> again;
+    for (int i = 0; i < 3; ++i) {
+      again.push_back(pool->new_sequence());
+      append(again.back(), 2, static_cast<float>(i));
+    }
+    EXPECT_EQ(pool->stats().capacity_bytes, 3 * chunk);
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(holds(again[static_cast<std::size_t>(i)], 2, 0, static_cast<float>(i)));
+  }
+  after = pool->stats();
+  EXPECT_EQ(after.capacity_bytes, chunk);
+  EXPECT_EQ(after.chunks_returned, 6u);
+  EXPECT_EQ(after.peak_used_bytes, 5 * chunk);
+}
+
+TEST(KvPool, SequenceBytesCountWholeBlocksUpToTheLongestSequence) {
+  auto pool = KvPool::create(2, 8, 448);
+  EXPECT_EQ(pool->sequence_bytes(0), 0);
+  EXPECT_EQ(pool->sequence_bytes(1), pool->block_bytes());
+  EXPECT_EQ(pool->sequence_bytes(B + 1), 2 * pool->block_bytes());
+  EXPECT_EQ(pool->sequence_bytes(10000), 28 * pool->block_bytes()) << "448 positions at most";
+  auto s = pool->new_sequence();
+  append(s, B + 1);
+  EXPECT_EQ(s.bytes(), pool->sequence_bytes(B + 1));
+}
+
+// A window's cross-attention entry is counted while any holder keeps it; a copy is a
+// second entry of the same bytes.
+TEST(KvPool, AudioChargesCountWhileHeld) {
+  auto pool = KvPool::create(2, 8, 448);
+  {
+    auto a = pool->charge_audio(1000);
+    EXPECT_EQ(pool->stats().audio_bytes, 1000);
+    EXPECT_EQ(pool->stats().audio_entries, 1);
+    {
+      const AudioCharge copy = a;
+      EXPECT_EQ(pool->stats().audio_bytes, 2000);
+      const AudioCharge moved = std::move(a);
+      EXPECT_EQ(pool->stats().audio_bytes, 2000) << "a move hands the charge over";
+      EXPECT_EQ(a.bytes(), 0);
+    }
+    EXPECT_EQ(pool->stats().audio_bytes, 0);
+    auto s = pool->new_sequence();
+    append(s, 1);
+    const auto b = pool->charge_audio(500);
+    EXPECT_EQ(pool->stats().peak_total_bytes, pool->block_bytes() + 500);
+  }
+  const auto after = pool->stats();
+  EXPECT_EQ(after.audio_bytes, 0);
+  EXPECT_EQ(after.audio_entries, 0);
+  EXPECT_EQ(after.peak_audio_bytes, 2000);
+}
+
 // ---- on a model ----------------------------------------------------------------------
 
 struct Micro {
@@ -222,6 +293,24 @@ TEST(KvSequenceOnModel, ForkedDecodesLikeUnforked) {
   const auto stats = dec.kv_pool().stats();
   EXPECT_GT(stats.blocks_shared_at_fork, 0u);
   EXPECT_GT(stats.blocks_copied, 0u) << "the forks wrote into shared partial tails: copy-on-write";
+}
+
+// Decoder::cross_attention charges the decoder's pool with exactly the entry's bytes.
+TEST(KvSequenceOnModel, ACrossAttentionEntryIsCountedInThePool) {
+  const auto& m = micro();
+  const Decoder dec(m.weights);  // a pool of its own
+  std::int64_t held = 0;
+  for (std::size_t layer = 0; layer < m.audio.keys.size(); ++layer)
+    held += static_cast<std::int64_t>((m.audio.keys[layer].size() + m.audio.values[layer].size()) * sizeof(std::uint16_t));
+  EXPECT_EQ(dec.cross_attention_bytes(), held);
+  {
+    AudioFeatures states{m.audio.n_ctx, m.weights->hparams.n_audio_state,
+                         std::vector<float>(static_cast<std::size_t>(m.audio.n_ctx * m.weights->hparams.n_audio_state), 0.1f)};
+    const auto entry = dec.cross_attention(states);
+    EXPECT_EQ(dec.kv_pool().stats().audio_bytes, held);
+    EXPECT_EQ(dec.kv_pool().stats().audio_entries, 1);
+  }
+  EXPECT_EQ(dec.kv_pool().stats().audio_bytes, 0);
 }
 
 TEST(KvSequenceOnModel, ReleasingEverySequenceEmptiesThePool) {

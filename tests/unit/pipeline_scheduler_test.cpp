@@ -143,6 +143,93 @@ TEST_F(SchedulerTest, OneJobLongerThanTheBoundIsAcceptedWhenTheQueueIsEmpty) {
   EXPECT_FALSE(s.submit(job()).get().dropped);
 }
 
+// Issue 10: admission by decoder memory. With room for two jobs' shares, a third waits in
+// the queue (a slot free) until one of the two ends, then runs.
+TEST_F(SchedulerTest, ADecoderMemoryBoundHoldsTheNextJobUntilOneEnds) {
+  const std::int64_t share = decoder_memory_bytes(*model_, job().options);
+  ASSERT_GT(share, 0);
+  BatchingScheduler s(model_, 3, 100.0, {}, 0.0, 2 * share + share / 2);
+  Gate first, second;
+  auto a = s.submit(job([&] { first.wait(); return false; }));
+  auto b = s.submit(job([&] { second.wait(); return false; }));
+  first.wait_entered();
+  second.wait_entered();
+  auto c = s.submit(job());
+  auto st = s.stats();
+  EXPECT_EQ(st.active_jobs, 2u);
+  EXPECT_EQ(st.queued_jobs, 1u) << "the third job's share does not fit beside the two running";
+  EXPECT_EQ(st.jobs_waiting_for_memory, 1u);
+  EXPECT_EQ(st.kv_admitted_bytes, 2 * share);
+  EXPECT_EQ(st.kv_limit_bytes, 2 * share + share / 2);
+  first.release();
+  EXPECT_FALSE(a.get().dropped);
+  EXPECT_FALSE(c.get().dropped) << "the third job ran once the first ended";
+  second.release();
+  EXPECT_FALSE(b.get().dropped);
+  EXPECT_TRUE(eventually_idle(s));
+  st = s.stats();
+  EXPECT_EQ(st.kv_admitted_bytes, 0);
+  EXPECT_EQ(st.jobs_waiting_for_memory, 0u);
+}
+
+// A job that alone needs more than the bound is refused, naming the field that asks for it.
+TEST_F(SchedulerTest, AJobOverTheDecoderMemoryBoundIsRefusedNamingItsField) {
+  auto greedy = job();
+  const std::int64_t one = decoder_memory_bytes(*model_, greedy.options);
+  BatchingScheduler s(model_, 1, 100.0, {}, 0.0, one);
+  auto beams = job();
+  beams.options.beam = decoding::BeamOptions{};
+  auto sampled = job();
+  sampled.options.temperatures = {0.0f, 0.4f};
+  sampled.options.best_of = 3;
+  const std::pair<Job*, std::string> cases[] = {{&beams, "beam_size"}, {&sampled, "best_of"}};
+  for (const auto& [j, field] : cases) {
+    try {
+      (void)s.submit(std::move(*j));
+      ADD_FAILURE() << field << ": taken over the bound";
+    } catch (const JobTooLarge& e) {
+      EXPECT_EQ(e.field, field);
+      EXPECT_NE(std::string(e.what()).find("--max-kv-mb"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_FALSE(s.submit(std::move(greedy)).get().dropped) << "one greedy sequence fits exactly";
+  BatchingScheduler tiny(model_, 1, 100.0, {}, 0.0, 1);
+  try {
+    (void)tiny.submit(job());
+    ADD_FAILURE() << "a greedy job taken over a 1-byte bound";
+  } catch (const JobTooLarge& e) {
+    EXPECT_TRUE(e.field.empty()) << "the server's bound, not the request, is too small";
+  }
+}
+
+// The share admission counts is an upper bound of what a transcription holds: beams, and
+// sampled candidates, each decoded as long as the window lets them (a model of its own, so
+// the pool's peak is this test's).
+TEST(SchedulerMemory, ATranscriptionHoldsNoMoreDecoderMemoryThanItsShare) {
+  const auto samples = load_audio("speech-5s.wav");
+  for (const bool beams : {true, false}) {
+    SCOPED_TRACE(beams ? "beam_size 5" : "best_of 5 at temperature 0.7");
+    const auto model = Model::load(testing::model_path("micro.en-f16"));
+    Job j;
+    j.set_samples(samples);
+    if (beams) {
+      j.options.beam = decoding::BeamOptions{};
+      j.options.temperatures = {0.0f};
+    } else {
+      j.options.temperatures = {0.7f};
+      j.options.best_of = 5;
+    }
+    const std::int64_t share = decoder_memory_bytes(*model, j.options);
+    BatchingScheduler s(model, 1, 100.0, {}, 0.0, share);
+    EXPECT_FALSE(s.submit(std::move(j)).get().dropped);
+    const auto pool = model->decoder().kv_pool().stats();
+    EXPECT_GT(pool.peak_used_bytes, model->decoder().sequence_bytes(1)) << "several sequences held blocks";
+    EXPECT_GT(pool.peak_audio_bytes, 0);
+    EXPECT_LE(pool.peak_total_bytes, share);
+    EXPECT_EQ(pool.used_bytes + pool.audio_bytes, 0) << "everything is back once the job is done";
+  }
+}
+
 TEST_F(SchedulerTest, CancelledJobsAreDroppedBeforeTheyStart) {
   BatchingScheduler s(model_, 1, 100.0);
   bool completed = false;
@@ -347,7 +434,7 @@ TEST(BatchedCompute, WindowsThatWaitTogetherAreEncodedAsOneStack) {
     });
   });
   holding.get_future().wait();
-  std::vector<std::future<nn::CrossAttentionCache>> encoded;
+  std::vector<std::future<std::shared_ptr<const nn::CrossAttentionCache>>> encoded;
   for (const auto& mel : mels)
     encoded.push_back(std::async(std::launch::async, [&] {
       BatchedCompute::Client client(compute);
@@ -355,7 +442,8 @@ TEST(BatchedCompute, WindowsThatWaitTogetherAreEncodedAsOneStack) {
     }));
   holder.get();
   for (std::size_t w = 0; w < mels.size(); ++w) {
-    const auto stacked = encoded[w].get();
+    const auto entry = encoded[w].get();
+    const auto& stacked = *entry;
     const auto alone = model->decoder().cross_attention(model->encoder().encode(mels[w]));
     EXPECT_EQ(stacked.keys, alone.keys) << "window " << w;
     EXPECT_EQ(stacked.values, alone.values) << "window " << w;

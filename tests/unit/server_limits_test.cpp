@@ -245,6 +245,34 @@ TEST(ServerLimits, AdmissionCountsTheAudioOfRunningRequests) {
   EXPECT_TRUE(eventually([&] { return upload(s, audio("jfk.wav")).status == 200; })) << s.log();
 }
 
+// Issue 10: admission by decoder memory. With --max-kv-mb 2, a greedy request (the test
+// server's --sample-len 8 --no-fallback on the micro model: one window's 0.77 MB and one
+// sequence of 240 positions, 1.0 MB) is taken; one with beam_size 8 (2.7 MB) alone exceeds
+// the bound and is refused naming beam_size; /health and /metrics report the bound.
+TEST(ServerLimits, ARequestOverTheDecoderMemoryBoundIs400NamingItsField) {
+  ServerProcess s({"--max-kv-mb", "2", "--max-beam-size", "8"});
+  ASSERT_TRUE(s.ready()) << s.log();
+  const auto taken = upload(s, audio("jfk.wav"));
+  EXPECT_EQ(taken.status, 200) << taken.text;
+  const auto refused = upload(s, audio("jfk.wav"), {"beam_size=8"});
+  EXPECT_EQ(refused.status, 400) << refused.text << s.log();
+  EXPECT_EQ(refused.error("param"), "beam_size") << refused.text;
+  EXPECT_EQ(refused.error("code"), "decoder_memory") << refused.text;
+  EXPECT_NE(refused.error("message").find("--max-kv-mb"), std::string::npos) << refused.text;
+  const auto health = curl(shell_quote(s.url("/health")));
+  EXPECT_EQ(health.body["kv_pool"]["limit_bytes"], 2 << 20) << health.text;
+  EXPECT_EQ(health.body["kv_pool"]["admitted_bytes"], 0) << health.text;
+  EXPECT_EQ(metric(s.port(), "amanuensis_kv_pool_bytes{state=\"limit\"}"), 2 << 20);
+  EXPECT_EQ(metric(s.port(), "amanuensis_jobs_waiting_for_memory"), 0.0);
+}
+
+TEST(ServerLimits, MaxKvMbIsValidated) {
+  const auto r = run_command(shell_quote(testing::cli_path().string()) + " serve --model " +
+                             shell_quote(testing::model_path("micro.en-f16").string()) + " --port 0 --max-kv-mb -1 2>&1");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("--max-kv-mb"), std::string::npos) << r.out;
+}
+
 // A 1 s 16 kHz float WAV (format 3) of a tone with `nans` NaN samples.
 fs::path float_wav_with_nans(int nans) {
   std::vector<float> values(16000);

@@ -145,10 +145,18 @@ TEST(Metrics, RendersPrometheusText) {
   stats.batches.decoder_sequences = {{1, 4}, {16, 2}};
   stats.kv_reserved_bytes = 4194304;
   stats.kv_used_bytes = 16384;
+  stats.kv_audio_bytes = 768000;
+  stats.kv_admitted_bytes = 3061760;
+  stats.kv_limit_bytes = 8388608;
+  stats.jobs_waiting_for_memory = 1;
   const auto text = m.render(stats, 2, 60.0, 1);
   EXPECT_NE(text.find("# TYPE amanuensis_kv_pool_bytes gauge\n"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_kv_pool_bytes{state=\"reserved\"} 4194304\n"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_kv_pool_bytes{state=\"used\"} 16384\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_kv_pool_bytes{state=\"audio\"} 768000\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_kv_pool_bytes{state=\"admitted\"} 3061760\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_kv_pool_bytes{state=\"limit\"} 8388608\n"), std::string::npos);
+  EXPECT_NE(text.find("amanuensis_jobs_waiting_for_memory 1\n"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_requests_total{endpoint=\"/v1/audio/transcriptions\",status=\"400\"} 1"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_audio_seconds_total 10"), std::string::npos);
   EXPECT_NE(text.find("amanuensis_request_duration_seconds_bucket{le=\"0.005\"} 1"), std::string::npos);
