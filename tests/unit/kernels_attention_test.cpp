@@ -77,6 +77,36 @@ TEST(FewQueryAttention, EachQueryIsIndependentOfTheOthers) {
   }
 }
 
+// Keys and values stored as halves (a window's cross-attention entry) give the bits of the
+// float kernel over the same values widened, for query counts 1-16, head sizes 64 (every
+// Whisper model's) and 16, key counts with and without a remainder to the half kernel's
+// groups of eight keys, causal or not.
+TEST(FewQueryAttention, HalfKeysAndValuesGiveTheBitsOfTheirWidenedFloats) {
+  if (!have_avx2_fma_f16c()) GTEST_SKIP() << "this CPU lacks AVX2/FMA/F16C: the half kernel widens and takes the float path";
+  for (const Shape s : {Shape{1, 1500, 6, 384, -1}, Shape{5, 1500, 6, 384, -1}, Shape{16, 1500, 8, 512, -1},
+                        Shape{1, 37, 4, 256, -1}, Shape{3, 45, 4, 256, 37}, Shape{2, 9, 2, 128, -1},
+                        Shape{4, 7, 2, 32, 2}}) {
+    SCOPED_TRACE(::testing::Message() << "n_q " << s.n_q << " n_kv " << s.n_kv << " d " << s.d);
+    const auto q = random_values(static_cast<std::size_t>(s.n_q * s.d), 7);
+    const auto k32 = random_values(static_cast<std::size_t>(s.n_kv * s.d), 8);
+    const auto v32 = random_values(static_cast<std::size_t>(s.n_kv * s.d), 9);
+    std::vector<std::uint16_t> k16(k32.size()), v16(v32.size());
+    floats_to_halves(k32.data(), k16.data(), static_cast<std::int64_t>(k16.size()));
+    floats_to_halves(v32.data(), v16.data(), static_cast<std::int64_t>(v16.size()));
+    std::vector<float> k(k16.size()), v(v16.size());
+    halves_to_floats(k16.data(), k.data(), static_cast<std::int64_t>(k.size()));
+    halves_to_floats(v16.data(), v.data(), static_cast<std::int64_t>(v.size()));
+    const auto expected = few_query_attention(q, s.n_q, k, v, s.n_kv, s.n_head, s.d, s.causal_offset);
+    std::vector<float> got(expected.size());
+    const std::int64_t hd = s.d / s.n_head;
+    for (int h = 0; h < s.n_head; ++h)
+      attention_head_few_queries_f16(q.data() + h * hd, s.n_q, k16.data() + h * hd, v16.data() + h * hd, s.n_kv, s.d,
+                                     hd, s.causal_offset, got.data() + h * hd);
+    for (std::size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(std::memcmp(&got[i], &expected[i], sizeof(float)), 0) << "at " << i << ": " << got[i] << " vs " << expected[i];
+  }
+}
+
 // k and v cut into blocks of `block` rows (the last one shorter), as a KV pool holds them.
 std::vector<KvBlockView> blocks_of(const std::vector<float>& k, const std::vector<float>& v, std::int64_t n_kv,
                                    std::int64_t d, std::int64_t block) {

@@ -526,39 +526,131 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 load_half8(const std::uin
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-// head_scores_avx2 with half keys (hd a multiple of 8).
+// One query's dot product with one half key (hd a multiple of 8), as head_scores_avx2:
+// lane l sums q[i] k[i] for i = l mod 8 in order of i, then ((a0+a4)+(a2+a6))+((a1+a5)+(a3+a7)).
+__attribute__((target("avx2,fma,f16c"))) inline float dot_f16(const float* qr, const std::uint16_t* kj, std::int64_t hd) {
+  __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(qr), load_half8(kj));
+  for (std::int64_t i = 8; i < hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), load_half8(kj + i), acc);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+// Lanes 0+2 and 1+3 of each 128-bit quarter of a and b: [a0+a2, a1+a3, b0+b2, b1+b3] per half.
+__attribute__((target("avx2,fma,f16c"))) inline __m256 pair_sums(__m256 a, __m256 b) {
+  return _mm256_add_ps(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// The eight accumulators' sums reduced with dot_f16's pairing, for the eight at once (a
+// transpose whose adds pair the lanes as dot_f16 does): one horizontal reduction serves
+// eight keys, and eight independent accumulators keep the FMA units busy where one dot
+// product waits on its own chain.
+__attribute__((target("avx2,fma,f16c"))) inline __m256 reduce_dots8(const __m256 (&acc)[8]) {
+  // a_l + a_{l+4}: [key 2t: 4 sums | key 2t+1: 4 sums]
+  __m256 half[4];
+  for (int t = 0; t < 4; ++t)
+    half[t] = _mm256_add_ps(_mm256_permute2f128_ps(acc[2 * t], acc[2 * t + 1], 0x20),
+                            _mm256_permute2f128_ps(acc[2 * t], acc[2 * t + 1], 0x31));
+  // (s0 + s2), (s1 + s3) per key: [k0 k0 k2 k2 | k1 k1 k3 k3] and the same for keys 4-7
+  const __m256 low = pair_sums(half[0], half[1]);
+  const __m256 high = pair_sums(half[2], half[3]);
+  // the last add: [k0 k2 k4 k6 | k1 k3 k5 k7], then in key order
+  const __m256 sums = _mm256_add_ps(_mm256_shuffle_ps(low, high, _MM_SHUFFLE(2, 0, 2, 0)),
+                                    _mm256_shuffle_ps(low, high, _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm256_permutevar8x32_ps(sums, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// The dot products of one query with eight consecutive half keys, to the bit those of
+// dot_f16: the same lanes in the same order, reduced by reduce_dots8.
+__attribute__((target("avx2,fma,f16c")))
+inline __m256 dots8_f16(const float* qr, const std::uint16_t* k, std::int64_t stride, std::int64_t hd) {
+  __m256 acc[8];
+  const __m256 q0 = _mm256_loadu_ps(qr);
+  for (int t = 0; t < 8; ++t) acc[t] = _mm256_mul_ps(q0, load_half8(k + t * stride));
+  for (std::int64_t i = 8; i < hd; i += 8) {
+    const __m256 qi = _mm256_loadu_ps(qr + i);
+    for (int t = 0; t < 8; ++t) acc[t] = _mm256_fmadd_ps(qi, load_half8(k + t * stride + i), acc[t]);
+  }
+  return reduce_dots8(acc);
+}
+
+// head_scores_avx2 with half keys (hd a multiple of 8): the same bits, eight keys at a time.
 __attribute__((target("avx2,fma,f16c")))
 void head_scores_f16_avx2(const float* q, std::int64_t n_q, const std::uint16_t* k, std::int64_t stride,
                           std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores) {
-  for (std::int64_t j = 0; j < n_kv; ++j) {
+  const __m256 scale8 = _mm256_set1_ps(scale);
+  std::int64_t j = 0;
+  for (; j + 8 <= n_kv; j += 8) {
     const std::uint16_t* kj = k + j * stride;
     for (std::int64_t r = 0; r < n_q; ++r) {
-      if (j >= visible[r]) continue;
       const float* qr = q + r * stride;
-      __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(qr), load_half8(kj));
-      for (std::int64_t i = 8; i < hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), load_half8(kj + i), acc);
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      scores[r * n_kv + j] = _mm_cvtss_f32(h) * scale;
+      float* out = scores + r * n_kv + j;
+      if (j + 8 <= visible[r]) {
+        _mm256_storeu_ps(out, _mm256_mul_ps(dots8_f16(qr, kj, stride, hd), scale8));
+      } else {
+        for (std::int64_t t = 0; j + t < visible[r]; ++t) out[t] = dot_f16(qr, kj + t * stride, hd) * scale;
+      }
     }
   }
+  for (; j < n_kv; ++j)
+    for (std::int64_t r = 0; r < n_q; ++r)
+      if (j < visible[r]) scores[r * n_kv + j] = dot_f16(q + r * stride, k + j * stride, hd) * scale;
 }
 
-// head_values with half values (hd a multiple of 8), keys outermost, in key order.
+// out = sum_j p_j v_j over keys [0, n) in key order, one FMA per element and key from zero
+// (what zeroing out and adding key by key gives), for eight lanes of features at `v`.
+__attribute__((target("avx2,fma,f16c")))
+inline __m256 weighted_sum8_f16(const float* p, const std::uint16_t* v, std::int64_t stride, std::int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  for (std::int64_t j = 0; j < n; ++j) acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load_half8(v + j * stride), acc);
+  return acc;
+}
+
+// head_values with half values (hd a multiple of 8): per query, its output row in
+// registers over all keys, in key order (the bits of keys outermost, row in memory), 64
+// features at a time so that eight independent FMA chains run side by side.
 __attribute__((target("avx2,fma,f16c")))
 void head_values_f16_avx2(const float* p, std::int64_t n_q, const std::uint16_t* v, std::int64_t stride,
                           std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float* out) {
-  for (std::int64_t r = 0; r < n_q; ++r)
-    for (std::int64_t i = 0; i < hd; ++i) out[r * stride + i] = 0.0f;
-  for (std::int64_t j = 0; j < n_kv; ++j) {
-    const std::uint16_t* vj = v + j * stride;
-    for (std::int64_t r = 0; r < n_q; ++r) {
-      if (j >= visible[r]) continue;
-      const __m256 pr = _mm256_set1_ps(p[r * n_kv + j]);
-      float* o = out + r * stride;
-      for (std::int64_t i = 0; i < hd; i += 8)
-        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pr, load_half8(vj + i), _mm256_loadu_ps(o + i)));
+  for (std::int64_t r = 0; r < n_q; ++r) {
+    const float* pr = p + r * n_kv;
+    const std::int64_t n = std::min(visible[r], n_kv);
+    float* o = out + r * stride;
+    std::int64_t i = 0;
+    for (; i + 64 <= hd; i += 64) {
+      __m256 acc[8];
+      for (int g = 0; g < 8; ++g) acc[g] = _mm256_setzero_ps();
+      for (std::int64_t j = 0; j < n; ++j) {
+        const __m256 pj = _mm256_set1_ps(pr[j]);
+        const std::uint16_t* vj = v + j * stride + i;
+        for (int g = 0; g < 8; ++g) acc[g] = _mm256_fmadd_ps(pj, load_half8(vj + 8 * g), acc[g]);
+      }
+      for (int g = 0; g < 8; ++g) _mm256_storeu_ps(o + i + 8 * g, acc[g]);
+    }
+    for (; i < hd; i += 8) _mm256_storeu_ps(o + i, weighted_sum8_f16(pr, v + i, stride, n));
+  }
+}
+
+// head_values_f16_avx2 sixteen lanes at a time (hd a multiple of 64): each feature is the
+// same chain of FMAs in key order, so the bits are those of the eight-lane version.
+__attribute__((target("avx512f")))
+void head_values_f16_avx512(const float* p, std::int64_t n_q, const std::uint16_t* v, std::int64_t stride,
+                            std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float* out) {
+  for (std::int64_t r = 0; r < n_q; ++r) {
+    const float* pr = p + r * n_kv;
+    const std::int64_t n = std::min(visible[r], n_kv);
+    for (std::int64_t i = 0; i < hd; i += 64) {
+      __m512 acc[4];
+      for (int g = 0; g < 4; ++g) acc[g] = _mm512_setzero_ps();
+      for (std::int64_t j = 0; j < n; ++j) {
+        const __m512 pj = _mm512_set1_ps(pr[j]);
+        const std::uint16_t* vj = v + j * stride + i;
+        for (int g = 0; g < 4; ++g)
+          acc[g] = _mm512_fmadd_ps(
+              pj, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vj + 16 * g))), acc[g]);
+      }
+      for (int g = 0; g < 4; ++g) _mm512_storeu_ps(out + r * stride + i + 16 * g, acc[g]);
     }
   }
 }
@@ -608,7 +700,12 @@ void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std:
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     head_scores_f16_avx2(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
     for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
-    head_values_f16_avx2(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
+    static const bool avx512 = __builtin_cpu_supports("avx512f");
+    if (avx512 && hd % 64 == 0) {
+      head_values_f16_avx512(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
+    } else {
+      head_values_f16_avx2(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
+    }
     return;
   }
 #endif
