@@ -82,10 +82,9 @@ struct AudioFeatures {
 
 // Cross-attention keys and values of every decoder layer for one window, computed once
 // and stored as IEEE half: every decoder step of every sequence on the window reads them
-// all, so their bytes bound the step (18 MB a window for tiny in float, 9 in half).
-// One window's entry of the decoder's memory: its bytes are counted in the KV pool's
-// audio_bytes while it lives (Runner::encode hands it out shared, every sequence decoding
-// the window reads the one entry).
+// all, so their bytes bound the step (18 MB a window for tiny in float, 9 in half). It is
+// one entry of the decoder's memory, counted in the KV pool's audio_bytes while it lives:
+// Runner::encode hands it out shared, and every sequence decoding the window reads it.
 struct CrossAttentionCache {
   std::int64_t n_ctx = 0;
   std::vector<std::vector<std::uint16_t>> keys, values;  // per layer, n_ctx x d, IEEE half

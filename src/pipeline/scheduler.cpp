@@ -94,7 +94,7 @@ std::int64_t BatchingScheduler::decoder_bytes_of(const Job& job) const {
   if (max_decoder_bytes_ == 0 || bytes <= max_decoder_bytes_) return bytes;
   auto mb = [](std::int64_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MB"; };
   const auto& o = job.options;
-  const bool sampling = std::any_of(o.temperatures.begin(), o.temperatures.end(), [](float t) { return t > 0.0f; });
+  const bool sampling = may_sample(o);
   std::string field;
   std::string asks = "one sequence";
   if (o.beam && o.beam->beam_size > 1 && (!sampling || o.beam->beam_size >= o.best_of)) {

@@ -257,7 +257,8 @@ std::span<const TokenId> with_hotwords(std::span<const TokenId> hotwords, std::s
 }
 
 // The window's audio states, kept as the decoder's cross-attention keys and values.
-std::shared_ptr<const nn::CrossAttentionCache> encode_window(const Model& model, nn::Runner& runner, std::span<const float> mel_window) {
+std::shared_ptr<const nn::CrossAttentionCache> encode_window(const Model& model, nn::Runner& runner,
+                                                             std::span<const float> mel_window) {
   return runner.encode(model.encoder(), model.decoder(), mel_window);
 }
 
@@ -335,10 +336,13 @@ Transcript transcribe_speech_only(const Model& model, SampleSource& audio, const
 
 }  // namespace
 
+bool may_sample(const TranscribeOptions& options) {
+  return std::any_of(options.temperatures.begin(), options.temperatures.end(), [](float t) { return t > 0.0f; });
+}
+
 std::int64_t decoder_memory_bytes(const Model& model, const TranscribeOptions& options) {
   int sequences = options.beam ? std::max(1, options.beam->beam_size) : 1;
-  const bool samples = std::any_of(options.temperatures.begin(), options.temperatures.end(), [](float t) { return t > 0.0f; });
-  if (samples) sequences = std::max(sequences, options.best_of);
+  if (may_sample(options)) sequences = std::max(sequences, options.best_of);
   const auto& decoder = model.decoder();
   const auto positions = decoding::WindowDecoder::max_positions(options.decode, decoder.n_text_ctx());
   return decoder.cross_attention_bytes() + sequences * decoder.sequence_bytes(positions);

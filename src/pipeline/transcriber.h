@@ -128,6 +128,10 @@ decoding::LanguageGuess detect_language(const Model& model, std::span<const floa
 Transcript transcribe(const Model& model, SampleSource& audio, const TranscribeOptions& options);
 Transcript transcribe(const Model& model, std::span<const float> samples, const TranscribeOptions& options);
 
+// Whether a window may be decoded by sampling (a temperature above 0 is in the schedule),
+// with options.best_of candidates.
+bool may_sample(const TranscribeOptions& options);
+
 // The most decoder memory one transcription with `options` holds at once: one window's
 // cross-attention entry and the KV blocks of the sequences it decodes together (its beams,
 // or its best_of candidates when a temperature above 0 may be tried), each at its longest
