@@ -321,9 +321,10 @@ int run_bench(const std::vector<std::string>& argv) {
   // batched steps included). A window's cross-attention keys and values are halves,
   // shared by all the window's sequences.
   const auto& hp = model->hparams();
-  const double kv_per_token = 2.0 * hp.n_text_layer * hp.n_text_state * sizeof(float);
   const auto& dec = model->decoder();
   const auto pool = dec.kv_pool().stats();
+  // a block holds block_positions positions of every layer's keys and values
+  const double kv_per_token = static_cast<double>(pool.block_bytes) / static_cast<double>(pool.block_positions);
   // what the server's admission (--max-kv-mb) counts for one greedy request with fallback
   const auto admitted_greedy = pipeline::decoder_memory_bytes(*model, pipeline::TranscribeOptions{});
   nlohmann::json kv = {{"bytes_per_token", kv_per_token},
