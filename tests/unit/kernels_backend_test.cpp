@@ -142,14 +142,17 @@ TEST(KernelsBackend, Int8EngineProductsAreTheReferenceBits) {
 TEST(KernelsBackend, AttentionMatchesDefinition) {
   for (const auto& backend : all_backends()) {
     SCOPED_TRACE(backend->name());
-    const int n_head = 3;
-    const std::int64_t d = 48, hd = d / n_head;
     struct Case {
-      std::int64_t n_q, n_kv, causal_offset;
+      int n_head;
+      std::int64_t d, n_q, n_kv, causal_offset;
     };
-    for (const Case c : {Case{150, 150, -1}, Case{1, 200, -1}, Case{7, 12, 5}, Case{70, 70, 0}}) {
-      SCOPED_TRACE("n_q " + std::to_string(c.n_q) + " n_kv " + std::to_string(c.n_kv) + " causal " +
-                   std::to_string(c.causal_offset));
+    // head size 16, and Whisper's 64 (the AMX tiles' size)
+    for (const Case c : {Case{3, 48, 150, 150, -1}, Case{3, 48, 1, 200, -1}, Case{3, 48, 7, 12, 5}, Case{3, 48, 70, 70, 0},
+                         Case{2, 128, 150, 150, -1}, Case{2, 128, 40, 75, 0}}) {
+      const int n_head = c.n_head;
+      const std::int64_t d = c.d, hd = d / n_head;
+      SCOPED_TRACE("hd " + std::to_string(hd) + " n_q " + std::to_string(c.n_q) + " n_kv " + std::to_string(c.n_kv) +
+                   " causal " + std::to_string(c.causal_offset));
       const auto q = random_values(c.n_q * d, 5, 1.0f), k = random_values(c.n_kv * d, 6, 1.0f),
                  v = random_values(c.n_kv * d, 7, 1.0f);
       std::vector<float> out(c.n_q * d, -1.0f);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "kernels/cpu/amx_bf16.h"
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/int8.h"
 #include "kernels/cpu/panel_matrix.h"
@@ -70,6 +71,8 @@ class OnednnMatrix final : public PackedMatrix {
   std::vector<float> bias;
   // Many in int8
   std::optional<Int8Weights> int8;
+  // Many in bf16 on AMX tiles (with `bias`)
+  std::optional<cpu::amx::Bf16Panels> tiles;
 };
 
 // The product of m rows against a slice, writing into rows of the full output (stride n).
@@ -151,6 +154,11 @@ class OnednnBackend final : public Backend {
       w->int8.emplace(values, weights.shape, std::move(bias));
       return w;
     }
+    if (precision_ == Precision::Bf16 && cpu::amx::available()) {
+      w->tiles.emplace(values, rows, cols);
+      w->bias = std::move(bias);
+      return w;
+    }
     single_threaded_onednn();
     w->src_type = precision_ == Precision::Bf16 ? dt::bf16 : dt::f32;
     w->has_bias = !bias.empty();
@@ -200,6 +208,10 @@ class OnednnBackend final : public Backend {
       w.int8->linear(x.data(), m, y.data(), epilogue);
       return;
     }
+    if (w.tiles) {
+      tile_linear(x, m, w, y, epilogue);
+      return;
+    }
     const void* src = x.data();
     std::size_t src_row_bytes = w.cols() * sizeof(float);
     thread_local std::vector<std::uint16_t> x_bf16;
@@ -247,6 +259,14 @@ class OnednnBackend final : public Backend {
     // and int8 keys doubled the logit error of int8 linear layers and flipped greedy
     // tokens of clear margin in the conformance suite). Causal prompt passes, whose key
     // count changes with every prompt, stay on sgemm.
+    if (causal_offset < 0 && precision_ == Precision::Bf16 && hd == cpu::amx::kHeadSize && cpu::amx::available()) {
+      maybe_parallel(n_head, 4.0 * n_q * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t h = begin; h < end; ++h)
+          cpu::amx::attention_head(q.data() + h * hd, n_q, k.data() + h * hd, v.data() + h * hd, n_kv, d,
+                                   out.data() + h * hd);
+      });
+      return;
+    }
     if (causal_offset < 0) {
       const auto element = precision_ == Precision::Bf16 ? TileElement::Bf16 : TileElement::F32;
       attention_in_tiles(element, q.data(), n_q, k.data(), v.data(), n_kv, n_head, d, causal_offset, out.data());
@@ -321,7 +341,7 @@ class OnednnBackend final : public Backend {
       const std::uint16_t* normed = normalised_bf16(x.data() + r0 * ln.gamma.size(), n, ln);
       for (std::size_t i = 0; i < weights.size(); ++i) {
         const auto& w = static_cast<const OnednnMatrix&>(*weights[i]);
-        run(w, *w.slices.front(), normed, n, outs[i].data() + r0 * w.rows(), Epilogue::Store);
+        run_bf16_rows(w, normed, n, outs[i].data() + r0 * w.rows(), Epilogue::Store);
       }
     });
   }
@@ -335,11 +355,17 @@ class OnednnBackend final : public Backend {
     in_row_blocks(rows, 4.0 * rows * d * width, [&](std::int64_t r0, std::int64_t n) {
       thread_local std::vector<float> hidden;
       thread_local std::vector<std::uint16_t> hidden_bf16;
-      hidden.resize(static_cast<std::size_t>(n * width));
-      hidden_bf16.resize(hidden.size());
-      run(up, *up.slices.front(), normalised_bf16(x.data() + r0 * d, n, ln), n, hidden.data(), Epilogue::Gelu);
-      convert_to_bf16(hidden.data(), hidden_bf16.data(), n * width);
-      run(down, *down.slices.front(), hidden_bf16.data(), n, x.data() + r0 * d, Epilogue::Accumulate);
+      hidden_bf16.resize(static_cast<std::size_t>(n * width));
+      const std::uint16_t* normed = normalised_bf16(x.data() + r0 * d, n, ln);
+      if (up.tiles) {  // GELU and the rounding to bf16 as the tiles' results are written
+        cpu::amx::product(normed, n, d, *up.tiles, up.bias, cpu::amx::Finish::Gelu,
+                          {.bf16 = hidden_bf16.data(), .ld = width});
+      } else {
+        hidden.resize(hidden_bf16.size());
+        run(up, *up.slices.front(), normed, n, hidden.data(), Epilogue::Gelu);
+        convert_to_bf16(hidden.data(), hidden_bf16.data(), n * width);
+      }
+      run_bf16_rows(down, hidden_bf16.data(), n, x.data() + r0 * d, Epilogue::Accumulate);
     });
   }
 
@@ -366,7 +392,42 @@ class OnednnBackend final : public Backend {
   // Window products in bf16 on one oneDNN slice: what norm_linear() and feed_forward()
   // run block by block (other matrices take the default, operation by operation).
   static bool runs_in_bf16_blocks(const OnednnMatrix& w) {
-    return !w.plain && !w.int8 && w.src_type == dt::bf16 && w.slices.size() == 1;
+    return w.tiles || (!w.plain && !w.int8 && w.src_type == dt::bf16 && w.slices.size() == 1);
+  }
+
+  static cpu::amx::Finish tile_finish(Epilogue e) {
+    switch (e) {
+      case Epilogue::Gelu: return cpu::amx::Finish::Gelu;
+      case Epilogue::Accumulate: return cpu::amx::Finish::Accumulate;
+      case Epilogue::Store: break;
+    }
+    return cpu::amx::Finish::Store;
+  }
+
+  // rows [0, n) of bf16 input (w.cols() each) against a matrix runs_in_bf16_blocks() takes.
+  static void run_bf16_rows(const OnednnMatrix& w, const std::uint16_t* src, std::int64_t n, float* dst, Epilogue e) {
+    if (w.tiles) {
+      cpu::amx::product(src, n, w.cols(), *w.tiles, w.bias, tile_finish(e), {.f32 = dst, .ld = w.rows()});
+      return;
+    }
+    run(w, *w.slices.front(), src, n, dst, e);
+  }
+
+  // A window product on AMX tiles: the input rounded to bf16 once, blocks of 32 rows
+  // shared out over the pool's threads.
+  static void tile_linear(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
+                          Epilogue epilogue) {
+    const std::int64_t k = w.cols(), n = w.rows();
+    thread_local std::vector<std::uint16_t> x_bf16;
+    x_bf16.resize(static_cast<std::size_t>(m * k));
+    convert_to_bf16(x.data(), x_bf16.data(), m * k);
+    const std::uint16_t* src = x_bf16.data();  // the pool's threads read this thread's copy
+    const std::int64_t blocks = (m + cpu::amx::kBlock - 1) / cpu::amx::kBlock;
+    maybe_parallel(blocks, 2.0 * m * n * k, [&](std::int64_t begin, std::int64_t end) {
+      const std::int64_t r0 = begin * cpu::amx::kBlock, r1 = std::min(m, end * cpu::amx::kBlock);
+      cpu::amx::product(src + r0 * k, r1 - r0, k, *w.tiles, w.bias, tile_finish(epilogue),
+                        {.f32 = y.data() + r0 * n, .ld = n});
+    });
   }
 
   // fn(first row, rows) for blocks of kBlockRows, shared out over the pool's threads.
@@ -484,8 +545,10 @@ bool self_test(const OnednnBackend& backend) {
   const auto packed = backend.pack(stored_floats(w, {n, k}), b, RowsHint::Many, WeightRole::Linear);
   {
     const auto& w = static_cast<const OnednnMatrix&>(*packed);
-    if (w.int8 ? !w.int8->optimised()
-               : is_reference_impl(matmul_pd(w, *w.slices[0], 256, w.slices[0]->weights_md, make_attr(Epilogue::Store))))
+    // AMX tiles: kernels of our own, checked by the product below
+    if (!w.tiles && (w.int8 ? !w.int8->optimised()
+                            : is_reference_impl(matmul_pd(w, *w.slices[0], 256, w.slices[0]->weights_md,
+                                                          make_attr(Epilogue::Store)))))
       return false;
   }
   backend.linear(x, m, *packed, y, Epilogue::Store);

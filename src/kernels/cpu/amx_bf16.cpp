@@ -1,0 +1,361 @@
+#include "kernels/cpu/amx_bf16.h"
+
+#if defined(__x86_64__) && defined(__linux__)
+#define AMANUENSIS_AMX 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include <algorithm>
+#include <bit>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "common/error.h"
+#include "kernels/cpu/fast_math.h"
+
+namespace amanuensis::kernels::cpu::amx {
+namespace {
+
+std::uint16_t to_bf16(float x) {
+  auto u = std::bit_cast<std::uint32_t>(x);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<std::uint16_t>(u >> 16);
+}
+
+std::int64_t round_up(std::int64_t n, std::int64_t to) { return (n + to - 1) / to * to; }
+
+// Tile elements: 16 rows of 32 bf16 (64 bytes).
+constexpr std::int64_t kTileRows = 16;
+constexpr std::int64_t kTileElements = kTileRows * 32;
+
+#if AMANUENSIS_AMX
+#define AMANUENSIS_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// The tile registers are an extended state Linux hands out on request only.
+bool os_grants_tiles() {
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+// Palette 1 with all eight tiles 16 rows of 64 bytes: every kernel here uses that shape.
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t bytes_per_row[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+const TileConfig& tile_config() {
+  static const TileConfig config = [] {
+    TileConfig c;
+    for (int t = 0; t < 8; ++t) {
+      c.bytes_per_row[t] = 64;
+      c.rows[t] = kTileRows;
+    }
+    return c;
+  }();
+  return config;
+}
+
+// The tile shape, loaded on this thread for one kernel call: oneDNN's AMX kernels load
+// their own shapes on the same threads, so none is assumed to survive between calls;
+// released after, so a thread between calls carries no tile state through switches.
+class TileScope {
+ public:
+  AMANUENSIS_AMX_TARGET TileScope() { _tile_loadconfig(&tile_config()); }
+  AMANUENSIS_AMX_TARGET ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+// y[i] = bf16(x[i] * scale), nearest even.
+AMANUENSIS_AMX_TARGET void to_bf16_row(const float* x, std::uint16_t* y, std::int64_t n, float scale) {
+  const __m512 s = _mm512_set1_ps(scale);
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const __mmask16 lanes = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 values = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x + i), s);
+    _mm256_mask_storeu_epi16(y + i, lanes, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(values)));
+  }
+}
+
+// Bias and finish on rows [0, rows) of raw products (acc: rows of `ld` floats) into
+// output rows starting at row0.
+AMANUENSIS_AMX_TARGET void finish_rows(float* acc, std::int64_t ld, std::int64_t rows, std::int64_t n,
+                                       std::int64_t row0, std::span<const float> bias, Finish finish,
+                                       const ProductOut& out) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    float* v = acc + r * ld;
+    if (!bias.empty())
+      for (std::int64_t c = 0; c < n; ++c) v[c] += bias[c];
+    if (finish == Finish::Gelu) gelu_fast(v, n);
+    if (out.bf16 != nullptr) {
+      to_bf16_row(v, out.bf16 + (row0 + r) * out.ld, n, 1.0f);
+    } else if (finish == Finish::Accumulate) {
+      float* y = out.f32 + (row0 + r) * out.ld;
+      for (std::int64_t c = 0; c < n; ++c) y[c] += v[c];
+    } else {
+      std::memcpy(out.f32 + (row0 + r) * out.ld, v, static_cast<std::size_t>(n) * sizeof(float));
+    }
+  }
+}
+
+// One block of 32 input rows (`block`, rows ld elements apart, whole steps of inputs)
+// against every panel: raw products into acc (32 rows of panels * 32 floats).
+AMANUENSIS_AMX_TARGET void block_products(const std::uint16_t* block, std::int64_t ld, const Bf16Panels& w,
+                                          float* acc) {
+  const std::int64_t steps = w.steps(), row_bytes = ld * 2, acc_ld = w.panels() * kBlock;
+  const std::int64_t acc_bytes = acc_ld * static_cast<std::int64_t>(sizeof(float));
+  for (std::int64_t p = 0; p < w.panels(); ++p) {
+    const std::uint16_t* b = w.panel(p);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (std::int64_t s = 0; s < steps; ++s) {
+      _tile_loadd(4, block + s * kBlock, row_bytes);
+      _tile_loadd(5, block + kTileRows * ld + s * kBlock, row_bytes);
+      _tile_loadd(6, b + s * kPanelStep, 64);
+      _tile_loadd(7, b + s * kPanelStep + kTileElements, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    float* c = acc + p * kBlock;
+    _tile_stored(0, c, acc_bytes);
+    _tile_stored(1, c + 16, acc_bytes);
+    _tile_stored(2, c + kTileRows * acc_ld, acc_bytes);
+    _tile_stored(3, c + kTileRows * acc_ld + 16, acc_bytes);
+  }
+}
+
+AMANUENSIS_AMX_TARGET void product_tiles(const std::uint16_t* a, std::int64_t m, std::int64_t lda,
+                                         const Bf16Panels& w, std::span<const float> bias, Finish finish,
+                                         const ProductOut& out) {
+  const TileScope tiles;
+  const std::int64_t k = w.cols(), padded_k = w.steps() * kBlock, acc_ld = w.panels() * kBlock;
+  thread_local std::vector<float> acc;
+  thread_local std::vector<std::uint16_t> padded;
+  acc.resize(static_cast<std::size_t>(kBlock * acc_ld));
+  for (std::int64_t m0 = 0; m0 < m; m0 += kBlock) {
+    const std::int64_t rows = std::min(kBlock, m - m0);
+    const std::uint16_t* block = a + m0 * lda;
+    std::int64_t ld = lda;
+    if (rows < kBlock || k != padded_k) {
+      // a last block of fewer rows, or inputs short of a whole step: a zero-padded copy,
+      // so that no tile reads past the caller's rows
+      padded.assign(static_cast<std::size_t>(kBlock * padded_k), 0);
+      for (std::int64_t r = 0; r < rows; ++r)
+        std::memcpy(padded.data() + r * padded_k, a + (m0 + r) * lda, static_cast<std::size_t>(k) * 2);
+      block = padded.data();
+      ld = padded_k;
+    }
+    asm volatile("" ::: "memory");  // the tile loads are asm the compiler cannot see read
+    block_products(block, ld, w, acc.data());
+    finish_rows(acc.data(), acc_ld, rows, w.rows(), m0, bias, finish, out);
+  }
+}
+
+// One head's keys in the scores' second-operand layout: per 16 keys, the two steps of 32
+// features (16 x 32 elements each); and values in the second product's: per step of 32
+// keys, four tiles of 16 features. Zero beyond n_kv.
+AMANUENSIS_AMX_TARGET void pack_head(const float* k, const float* v, std::int64_t n_kv, std::int64_t n_pad,
+                                     std::int64_t stride, std::uint16_t* keys, std::uint16_t* values) {
+  std::memset(keys, 0, static_cast<std::size_t>(n_pad * kHeadSize) * 2);
+  std::memset(values, 0, static_cast<std::size_t>(n_pad * kHeadSize) * 2);
+  alignas(64) std::uint16_t row[kHeadSize];
+  for (std::int64_t j = 0; j < n_kv; ++j) {
+    to_bf16_row(k + j * stride, row, kHeadSize, 1.0f);
+    std::uint32_t pairs[kHeadSize / 2];
+    std::memcpy(pairs, row, sizeof(row));
+    // feature pair f of key j: tile (j / 16, f / 16), row f % 16, column j % 16
+    auto* key_tiles = reinterpret_cast<std::uint32_t*>(keys) + (j / 16) * 2 * (kTileElements / 2) + j % 16;
+    for (std::int64_t f = 0; f < kHeadSize / 2; ++f) key_tiles[(f / 16) * (kTileElements / 2) + (f % 16) * 16] = pairs[f];
+    to_bf16_row(v + j * stride, row, kHeadSize, 1.0f);
+    // key j of its step's pair (j % 32) / 2, half j % 2, for each feature's column
+    std::uint16_t* value_tiles = values + (j / 32) * 4 * kTileElements + ((j % 32) / 2) * 32 + j % 2;
+    for (std::int64_t f = 0; f < kHeadSize; ++f) value_tiles[(f / 16) * kTileElements + (f % 16) * 2] = row[f];
+  }
+}
+
+// Scores of 32 queries (q: 32 rows of kHeadSize bf16) against every key: 32 x n_pad
+// floats. Sixteen queries at a time against four tiles of 16 keys: the four sums in
+// flight hide the tile products' latency (a store waiting on each pair of products ran
+// at a third of the engine's rate).
+AMANUENSIS_AMX_TARGET void tile_scores(const std::uint16_t* q, const std::uint16_t* keys, std::int64_t n_pad,
+                                       float* scores) {
+  const std::int64_t row_bytes = kHeadSize * 2, score_bytes = n_pad * static_cast<std::int64_t>(sizeof(float));
+  const std::int64_t key_tiles = n_pad / 16;  // even: n_pad is a multiple of 32
+  for (std::int64_t half = 0; half < 2; ++half) {
+    const std::uint16_t* queries = q + half * kTileRows * kHeadSize;
+    float* rows = scores + half * kTileRows * n_pad;
+    _tile_loadd(6, queries, row_bytes);
+    _tile_loadd(7, queries + kBlock, row_bytes);
+    std::int64_t t = 0;
+    for (; t + 4 <= key_tiles; t += 4) {
+      const std::uint16_t* b = keys + t * 2 * kTileElements;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      _tile_loadd(4, b, 64);
+      _tile_loadd(5, b + kTileElements, 64);
+      _tile_dpbf16ps(0, 6, 4);
+      _tile_dpbf16ps(0, 7, 5);
+      _tile_loadd(4, b + 2 * kTileElements, 64);
+      _tile_loadd(5, b + 3 * kTileElements, 64);
+      _tile_dpbf16ps(1, 6, 4);
+      _tile_dpbf16ps(1, 7, 5);
+      _tile_loadd(4, b + 4 * kTileElements, 64);
+      _tile_loadd(5, b + 5 * kTileElements, 64);
+      _tile_dpbf16ps(2, 6, 4);
+      _tile_dpbf16ps(2, 7, 5);
+      _tile_loadd(4, b + 6 * kTileElements, 64);
+      _tile_loadd(5, b + 7 * kTileElements, 64);
+      _tile_dpbf16ps(3, 6, 4);
+      _tile_dpbf16ps(3, 7, 5);
+      _tile_stored(0, rows + t * 16, score_bytes);
+      _tile_stored(1, rows + (t + 1) * 16, score_bytes);
+      _tile_stored(2, rows + (t + 2) * 16, score_bytes);
+      _tile_stored(3, rows + (t + 3) * 16, score_bytes);
+    }
+    for (; t < key_tiles; ++t) {
+      const std::uint16_t* b = keys + t * 2 * kTileElements;
+      _tile_zero(0);
+      _tile_loadd(4, b, 64);
+      _tile_loadd(5, b + kTileElements, 64);
+      _tile_dpbf16ps(0, 6, 4);
+      _tile_dpbf16ps(0, 7, 5);
+      _tile_stored(0, rows + t * 16, score_bytes);
+    }
+  }
+}
+
+// The weighted values of 32 rows of bf16 probabilities (n_pad each): 32 x kHeadSize floats.
+AMANUENSIS_AMX_TARGET void tile_values(const std::uint16_t* probs, const std::uint16_t* values, std::int64_t n_pad,
+                                       float* out) {
+  const std::int64_t prob_bytes = n_pad * 2, out_bytes = kHeadSize * static_cast<std::int64_t>(sizeof(float));
+  for (std::int64_t half = 0; half < 2; ++half) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (std::int64_t s = 0; s < n_pad / kBlock; ++s) {
+      const std::uint16_t* b = values + (s * 4 + 2 * half) * kTileElements;
+      _tile_loadd(4, probs + s * kBlock, prob_bytes);
+      _tile_loadd(5, probs + kTileRows * n_pad + s * kBlock, prob_bytes);
+      _tile_loadd(6, b, 64);
+      _tile_loadd(7, b + kTileElements, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    float* o = out + half * kBlock;
+    _tile_stored(0, o, out_bytes);
+    _tile_stored(1, o + 16, out_bytes);
+    _tile_stored(2, o + kTileRows * kHeadSize, out_bytes);
+    _tile_stored(3, o + kTileRows * kHeadSize + 16, out_bytes);
+  }
+}
+
+AMANUENSIS_AMX_TARGET void attention_tiles(const float* q, std::int64_t n_q, const float* k, const float* v,
+                                           std::int64_t n_kv, std::int64_t stride, float* out) {
+  const TileScope tiles;
+  const std::int64_t n_pad = round_up(n_kv, kBlock);
+  thread_local std::vector<std::uint16_t> keys, values, probs, queries;
+  thread_local std::vector<float> scores, weighted;
+  keys.resize(static_cast<std::size_t>(n_pad * kHeadSize));
+  values.resize(keys.size());
+  probs.resize(static_cast<std::size_t>(kBlock * n_pad));
+  scores.resize(probs.size());
+  queries.resize(static_cast<std::size_t>(kBlock * kHeadSize));
+  weighted.resize(queries.size());
+  pack_head(k, v, n_kv, n_pad, stride, keys.data(), values.data());
+  float sums[kBlock];
+  for (std::int64_t q0 = 0; q0 < n_q; q0 += kBlock) {
+    const std::int64_t rows = std::min(kBlock, n_q - q0);
+    std::fill(queries.begin(), queries.end(), std::uint16_t{0});
+    for (std::int64_t r = 0; r < rows; ++r)
+      to_bf16_row(q + (q0 + r) * stride, queries.data() + r * kHeadSize, kHeadSize, 0.125f);  // 1/sqrt(64), exact
+    asm volatile("" ::: "memory");
+    tile_scores(queries.data(), keys.data(), n_pad, scores.data());
+    for (std::int64_t r = 0; r < rows; ++r)
+      sums[r] = softmax_numerators_bf16(scores.data() + r * n_pad, n_kv, n_pad, probs.data() + r * n_pad);
+    std::fill(probs.begin() + rows * n_pad, probs.end(), std::uint16_t{0});
+    asm volatile("" ::: "memory");
+    tile_values(probs.data(), values.data(), n_pad, weighted.data());
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const float factor = 1.0f / sums[r];
+      float* o = out + (q0 + r) * stride;
+      for (std::int64_t f = 0; f < kHeadSize; ++f) o[f] = weighted[r * kHeadSize + f] * factor;
+    }
+  }
+}
+#endif
+
+void require_tiles() {
+  if (!available()) throw InternalError("AMX-BF16 kernel called on a CPU or system without AMX-BF16 tiles");
+}
+
+}  // namespace
+
+bool available() {
+#if AMANUENSIS_AMX
+  static const bool usable = __builtin_cpu_supports("amx-bf16") && __builtin_cpu_supports("amx-tile") &&
+                             __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") && os_grants_tiles();
+  return usable;
+#else
+  return false;
+#endif
+}
+
+void Bf16Panels::Free::operator()(std::uint16_t* p) const { std::free(p); }
+
+Bf16Panels::Bf16Panels(std::span<const float> values, std::int64_t rows, std::int64_t cols)
+    : rows_(rows), cols_(cols), steps_((cols + kBlock - 1) / kBlock), panels_((rows + kBlock - 1) / kBlock) {
+  if (static_cast<std::int64_t>(values.size()) != rows * cols) throw InternalError("Bf16Panels: size mismatch");
+  const auto elements = static_cast<std::size_t>(panels_ * steps_ * kPanelStep);
+  data_.reset(static_cast<std::uint16_t*>(std::aligned_alloc(64, round_up(static_cast<std::int64_t>(elements) * 2, 64))));
+  if (!data_) throw std::bad_alloc();
+  std::memset(data_.get(), 0, elements * 2);
+  for (std::int64_t f = 0; f < rows; ++f) {
+    // feature f: panel f / 32, tile (f % 32) / 16, column f % 16 of each tile row
+    std::uint16_t* to = data_.get() + (f / kBlock) * steps_ * kPanelStep + ((f % kBlock) / 16) * kTileElements + (f % 16) * 2;
+    for (std::int64_t i = 0; i < cols; ++i)
+      to[(i / kBlock) * kPanelStep + ((i % kBlock) / 2) * 32 + i % 2] = to_bf16(values[f * cols + i]);
+  }
+}
+
+void product(const std::uint16_t* a, std::int64_t m, std::int64_t lda, const Bf16Panels& w,
+             std::span<const float> bias, Finish finish, const ProductOut& out) {
+  require_tiles();
+  if ((out.f32 == nullptr) == (out.bf16 == nullptr) || (out.bf16 != nullptr && finish == Finish::Accumulate) ||
+      (!bias.empty() && static_cast<std::int64_t>(bias.size()) != w.rows()))
+    throw InternalError("amx::product: bad output or bias");
+#if AMANUENSIS_AMX
+  if (m > 0) product_tiles(a, m, lda, w, bias, finish, out);
+#endif
+}
+
+void round_to_bf16(const float* x, std::uint16_t* y, std::int64_t n, float scale) {
+  require_tiles();
+#if AMANUENSIS_AMX
+  to_bf16_row(x, y, n, scale);
+#endif
+}
+
+void attention_head(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
+                    std::int64_t stride, float* out) {
+  require_tiles();
+#if AMANUENSIS_AMX
+  if (n_q > 0 && n_kv > 0) attention_tiles(q, n_q, k, v, n_kv, stride, out);
+#endif
+}
+
+}  // namespace amanuensis::kernels::cpu::amx
