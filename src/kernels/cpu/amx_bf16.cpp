@@ -2,13 +2,14 @@
 
 #if defined(__x86_64__) && defined(__linux__)
 #define AMANUENSIS_AMX 1
-#include <immintrin.h>
+#include "kernels/cpu/intrinsics.h"
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -16,6 +17,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/vector_exp.h"
 
 namespace amanuensis::kernels::cpu::amx {
 namespace {
@@ -160,9 +162,12 @@ AMANUENSIS_AMX_TARGET void product_tiles(const std::uint16_t* a, std::int64_t m,
   }
 }
 
+// Keys per step of the online softmax: eight tiles of keys, four steps of the values.
+constexpr std::int64_t kChunk = 128;
+
 // One head's keys in the scores' second-operand layout: per 16 keys, the two steps of 32
 // features (16 x 32 elements each); and values in the second product's: per step of 32
-// keys, four tiles of 16 features. Zero beyond n_kv.
+// keys, four tiles of 16 features. Zero from n_kv to n_pad.
 AMANUENSIS_AMX_TARGET void pack_head(const float* k, const float* v, std::int64_t n_kv, std::int64_t n_pad,
                                      std::int64_t stride, std::uint16_t* keys, std::uint16_t* values) {
   std::memset(keys, 0, static_cast<std::size_t>(n_pad * kHeadSize) * 2);
@@ -182,22 +187,18 @@ AMANUENSIS_AMX_TARGET void pack_head(const float* k, const float* v, std::int64_
   }
 }
 
-// Scores of 32 queries (q: 32 rows of kHeadSize bf16) against every key: 32 x n_pad
-// floats. Sixteen queries at a time against four tiles of 16 keys: the four sums in
-// flight hide the tile products' latency (a store waiting on each pair of products ran
-// at a third of the engine's rate).
-AMANUENSIS_AMX_TARGET void tile_scores(const std::uint16_t* q, const std::uint16_t* keys, std::int64_t n_pad,
-                                       float* scores) {
-  const std::int64_t row_bytes = kHeadSize * 2, score_bytes = n_pad * static_cast<std::int64_t>(sizeof(float));
-  const std::int64_t key_tiles = n_pad / 16;  // even: n_pad is a multiple of 32
+// Scores of 32 queries (q: 32 rows of kHeadSize bf16) against one chunk of keys (its
+// key tiles): 32 x kChunk floats. Sixteen queries at a time against four key tiles: four
+// sums in flight hide the tile products' latency.
+AMANUENSIS_AMX_TARGET void chunk_scores(const std::uint16_t* q, const std::uint16_t* keys, float* scores) {
+  constexpr std::int64_t row_bytes = kHeadSize * 2, score_bytes = kChunk * sizeof(float);
   for (std::int64_t half = 0; half < 2; ++half) {
     const std::uint16_t* queries = q + half * kTileRows * kHeadSize;
-    float* rows = scores + half * kTileRows * n_pad;
     _tile_loadd(6, queries, row_bytes);
     _tile_loadd(7, queries + kBlock, row_bytes);
-    std::int64_t t = 0;
-    for (; t + 4 <= key_tiles; t += 4) {
+    for (std::int64_t t = 0; t < kChunk / 16; t += 4) {
       const std::uint16_t* b = keys + t * 2 * kTileElements;
+      float* rows = scores + half * kTileRows * kChunk + t * 16;
       _tile_zero(0);
       _tile_zero(1);
       _tile_zero(2);
@@ -218,36 +219,27 @@ AMANUENSIS_AMX_TARGET void tile_scores(const std::uint16_t* q, const std::uint16
       _tile_loadd(5, b + 7 * kTileElements, 64);
       _tile_dpbf16ps(3, 6, 4);
       _tile_dpbf16ps(3, 7, 5);
-      _tile_stored(0, rows + t * 16, score_bytes);
-      _tile_stored(1, rows + (t + 1) * 16, score_bytes);
-      _tile_stored(2, rows + (t + 2) * 16, score_bytes);
-      _tile_stored(3, rows + (t + 3) * 16, score_bytes);
-    }
-    for (; t < key_tiles; ++t) {
-      const std::uint16_t* b = keys + t * 2 * kTileElements;
-      _tile_zero(0);
-      _tile_loadd(4, b, 64);
-      _tile_loadd(5, b + kTileElements, 64);
-      _tile_dpbf16ps(0, 6, 4);
-      _tile_dpbf16ps(0, 7, 5);
-      _tile_stored(0, rows + t * 16, score_bytes);
+      _tile_stored(0, rows, score_bytes);
+      _tile_stored(1, rows + 16, score_bytes);
+      _tile_stored(2, rows + 32, score_bytes);
+      _tile_stored(3, rows + 48, score_bytes);
     }
   }
 }
 
-// The weighted values of 32 rows of bf16 probabilities (n_pad each): 32 x kHeadSize floats.
-AMANUENSIS_AMX_TARGET void tile_values(const std::uint16_t* probs, const std::uint16_t* values, std::int64_t n_pad,
-                                       float* out) {
-  const std::int64_t prob_bytes = n_pad * 2, out_bytes = kHeadSize * static_cast<std::int64_t>(sizeof(float));
+// The weighted values of one chunk: 32 rows of kChunk bf16 probabilities against the
+// chunk's values (two steps of 32 keys), 32 x kHeadSize floats.
+AMANUENSIS_AMX_TARGET void chunk_values(const std::uint16_t* probs, const std::uint16_t* values, float* out) {
+  constexpr std::int64_t prob_bytes = kChunk * 2, out_bytes = kHeadSize * sizeof(float);
   for (std::int64_t half = 0; half < 2; ++half) {
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    for (std::int64_t s = 0; s < n_pad / kBlock; ++s) {
+    for (std::int64_t s = 0; s < kChunk / kBlock; ++s) {
       const std::uint16_t* b = values + (s * 4 + 2 * half) * kTileElements;
       _tile_loadd(4, probs + s * kBlock, prob_bytes);
-      _tile_loadd(5, probs + kTileRows * n_pad + s * kBlock, prob_bytes);
+      _tile_loadd(5, probs + kTileRows * kChunk + s * kBlock, prob_bytes);
       _tile_loadd(6, b, 64);
       _tile_loadd(7, b + kTileElements, 64);
       _tile_dpbf16ps(0, 4, 6);
@@ -263,38 +255,107 @@ AMANUENSIS_AMX_TARGET void tile_values(const std::uint16_t* probs, const std::ui
   }
 }
 
+// A block of 32 queries' running softmax: each row's largest score so far, the float
+// sum of its numerators, and its weighted values (relative to that largest score).
+struct RunningSoftmax {
+  float max[kBlock];
+  float sum[kBlock];
+  alignas(64) float weighted[kBlock * kHeadSize];
+
+  void reset() {
+    std::fill_n(max, kBlock, -INFINITY);
+    std::fill_n(sum, kBlock, 0.0f);
+    std::fill_n(weighted, kBlock * kHeadSize, 0.0f);
+  }
+};
+
+// Rows [0, rows) of a chunk's scores (`valid` real keys) into bf16 numerators relative to
+// each row's new largest score; returns through `rescale` what the row's earlier sums
+// must be multiplied by (1 when the largest did not change).
+AMANUENSIS_AMX_TARGET void chunk_softmax(const float* scores, std::int64_t rows, std::int64_t valid,
+                                         RunningSoftmax& running, std::uint16_t* probs, float* rescale) {
+  const __mmask16 full = 0xffff;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* row = scores + r * kChunk;
+    __mmask16 lanes[kChunk / 16];
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    for (std::int64_t t = 0; t < kChunk / 16; ++t) {
+      const std::int64_t left = valid - t * 16;
+      lanes[t] = left >= 16 ? full : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+      m = _mm512_mask_max_ps(m, lanes[t], m, _mm512_loadu_ps(row + t * 16));
+    }
+    const float largest = std::max(running.max[r], _mm512_reduce_max_ps(m));
+    rescale[r] = largest == running.max[r] ? 1.0f : std::exp(running.max[r] - largest);
+    running.max[r] = largest;
+    const __m512 shift = _mm512_set1_ps(largest);
+    __m512 sum = _mm512_setzero_ps();
+    for (std::int64_t t = 0; t < kChunk / 16; ++t) {
+      const __m512 e = _mm512_maskz_mov_ps(lanes[t], exp_nonpositive16(_mm512_sub_ps(_mm512_loadu_ps(row + t * 16), shift)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(probs + r * kChunk + t * 16), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(e)));
+      sum = _mm512_add_ps(sum, e);
+    }
+    running.sum[r] = running.sum[r] * rescale[r] + _mm512_reduce_add_ps(sum);
+  }
+}
+
+// weighted = weighted * rescale + chunk, row by row.
+AMANUENSIS_AMX_TARGET void accumulate_chunk(RunningSoftmax& running, const float* chunk, const float* rescale,
+                                            std::int64_t rows) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const __m512 factor = _mm512_set1_ps(rescale[r]);
+    float* w = running.weighted + r * kHeadSize;
+    for (std::int64_t f = 0; f < kHeadSize; f += 16)
+      _mm512_storeu_ps(w + f, _mm512_fmadd_ps(_mm512_loadu_ps(w + f), factor, _mm512_loadu_ps(chunk + r * kHeadSize + f)));
+  }
+}
+
+// Queries [q0, q0 + rows) of one head (rows <= 32) over the packed keys and values, chunk
+// by chunk with a running softmax: a chunk's scores, numerators and weighted values stay
+// in L1, and the keys and values are read once per block. The tiles and the vector units
+// work on neighbouring chunks at once: the next chunk's scores are issued before this
+// chunk's softmax, and the last chunk's weighted values are added while this one's are
+// multiplied (double buffers for both).
+AMANUENSIS_AMX_TARGET void attend_block(const float* q, std::int64_t rows, std::int64_t stride,
+                                        const std::uint16_t* keys, const std::uint16_t* values, std::int64_t n_kv,
+                                        float* out) {
+  alignas(64) std::uint16_t queries[kBlock * kHeadSize] = {};
+  alignas(64) float scores[2][kBlock * kChunk];
+  alignas(64) std::uint16_t probs[kBlock * kChunk] = {};  // rows past `rows` stay zero
+  alignas(64) float weighted[2][kBlock * kHeadSize];
+  float rescale[2][kBlock];
+  RunningSoftmax running;
+  running.reset();
+  for (std::int64_t r = 0; r < rows; ++r)
+    to_bf16_row(q + r * stride, queries + r * kHeadSize, kHeadSize, 0.125f);  // 1/sqrt(64), exact
+  asm volatile("" ::: "memory");  // the tile loads are asm the compiler cannot see read
+  chunk_scores(queries, keys, scores[0]);
+  const std::int64_t chunks = (n_kv + kChunk - 1) / kChunk;
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::int64_t c0 = c * kChunk;
+    if (c + 1 < chunks) chunk_scores(queries, keys + (c0 + kChunk) * kHeadSize, scores[(c + 1) % 2]);
+    chunk_softmax(scores[c % 2], rows, std::min(kChunk, n_kv - c0), running, probs, rescale[c % 2]);
+    asm volatile("" ::: "memory");
+    chunk_values(probs, values + c0 * kHeadSize, weighted[c % 2]);
+    if (c > 0) accumulate_chunk(running, weighted[(c - 1) % 2], rescale[(c - 1) % 2], rows);
+  }
+  accumulate_chunk(running, weighted[(chunks - 1) % 2], rescale[(chunks - 1) % 2], rows);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float factor = 1.0f / running.sum[r];
+    for (std::int64_t f = 0; f < kHeadSize; ++f) out[r * stride + f] = running.weighted[r * kHeadSize + f] * factor;
+  }
+}
+
 AMANUENSIS_AMX_TARGET void attention_tiles(const float* q, std::int64_t n_q, const float* k, const float* v,
                                            std::int64_t n_kv, std::int64_t stride, float* out) {
   const TileScope tiles;
-  const std::int64_t n_pad = round_up(n_kv, kBlock);
-  thread_local std::vector<std::uint16_t> keys, values, probs, queries;
-  thread_local std::vector<float> scores, weighted;
+  const std::int64_t n_pad = round_up(n_kv, kChunk);
+  thread_local std::vector<std::uint16_t> keys, values;
   keys.resize(static_cast<std::size_t>(n_pad * kHeadSize));
   values.resize(keys.size());
-  probs.resize(static_cast<std::size_t>(kBlock * n_pad));
-  scores.resize(probs.size());
-  queries.resize(static_cast<std::size_t>(kBlock * kHeadSize));
-  weighted.resize(queries.size());
   pack_head(k, v, n_kv, n_pad, stride, keys.data(), values.data());
-  float sums[kBlock];
-  for (std::int64_t q0 = 0; q0 < n_q; q0 += kBlock) {
-    const std::int64_t rows = std::min(kBlock, n_q - q0);
-    std::fill(queries.begin(), queries.end(), std::uint16_t{0});
-    for (std::int64_t r = 0; r < rows; ++r)
-      to_bf16_row(q + (q0 + r) * stride, queries.data() + r * kHeadSize, kHeadSize, 0.125f);  // 1/sqrt(64), exact
-    asm volatile("" ::: "memory");
-    tile_scores(queries.data(), keys.data(), n_pad, scores.data());
-    for (std::int64_t r = 0; r < rows; ++r)
-      sums[r] = softmax_numerators_bf16(scores.data() + r * n_pad, n_kv, n_pad, probs.data() + r * n_pad);
-    std::fill(probs.begin() + rows * n_pad, probs.end(), std::uint16_t{0});
-    asm volatile("" ::: "memory");
-    tile_values(probs.data(), values.data(), n_pad, weighted.data());
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const float factor = 1.0f / sums[r];
-      float* o = out + (q0 + r) * stride;
-      for (std::int64_t f = 0; f < kHeadSize; ++f) o[f] = weighted[r * kHeadSize + f] * factor;
-    }
-  }
+  for (std::int64_t q0 = 0; q0 < n_q; q0 += kBlock)
+    attend_block(q + q0 * stride, std::min(kBlock, n_q - q0), stride, keys.data(), values.data(), n_kv,
+                 out + q0 * stride);
 }
 #endif
 

@@ -9,6 +9,7 @@
 #include "common/fp16.h"
 
 #include "kernels/cpu/intrinsics.h"
+#include "kernels/cpu/vector_exp.h"
 
 #define AMANUENSIS_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 
@@ -323,21 +324,6 @@ __attribute__((target("avx512f"))) void gelu_avx512(float* x, std::int64_t n) {
     _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_mul_ps(half, v), phi2));
   }
   for (; i < n; ++i) x[i] = gelu_one(x[i]);
-}
-
-// exp(x) for x <= 0 to the precision bf16 keeps: 2^n exp(r), |r| <= ln2/2, exp(r) by a
-// degree-4 polynomial (relative error below 4e-6, against bf16's 4e-3), 2^n by vscalefps
-// (which also flushes very negative inputs to zero).
-__attribute__((target("avx512f"))) inline __m512 exp_nonpositive16(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945309f), x);
-  __m512 p = _mm512_set1_ps(1.0f / 24.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) float softmax_numerators_avx512(
