@@ -17,7 +17,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/fast_math.h"
-#include "kernels/cpu/vector_exp.h"
+#include "kernels/cpu/vector_math.h"
 
 namespace amanuensis::kernels::cpu::amx {
 namespace {
@@ -84,65 +84,75 @@ AMANUENSIS_AMX_TARGET void to_bf16_row(const float* x, std::uint16_t* y, std::in
   }
 }
 
-// Bias and finish on rows [0, rows) of raw products (acc: rows of `ld` floats) into
-// output rows starting at row0.
-AMANUENSIS_AMX_TARGET void finish_rows(float* acc, std::int64_t ld, std::int64_t rows, std::int64_t n,
-                                       std::int64_t row0, std::span<const float> bias, Finish finish,
-                                       const ProductOut& out) {
+// Raw products of one block of 32 input rows (`block`, rows ld elements apart, whole
+// steps of inputs) against one panel: acc, 32 rows of 32 floats.
+AMANUENSIS_AMX_TARGET void block_panel_products(const std::uint16_t* block, std::int64_t ld, const std::uint16_t* panel,
+                                                std::int64_t steps, float* acc) {
+  const std::int64_t row_bytes = ld * 2;
+  constexpr std::int64_t acc_bytes = kBlock * sizeof(float);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (std::int64_t s = 0; s < steps; ++s) {
+    _tile_loadd(4, block + s * kBlock, row_bytes);
+    _tile_loadd(5, block + kTileRows * ld + s * kBlock, row_bytes);
+    _tile_loadd(6, panel + s * kPanelStep, 64);
+    _tile_loadd(7, panel + s * kPanelStep + kTileElements, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, acc, acc_bytes);
+  _tile_stored(1, acc + 16, acc_bytes);
+  _tile_stored(2, acc + kTileRows * kBlock, acc_bytes);
+  _tile_stored(3, acc + kTileRows * kBlock + 16, acc_bytes);
+}
+
+// Bias and finish on one panel's raw products (acc: `rows` rows of 32 floats) into the
+// output's columns [col0, col0 + cols) (cols <= 32) of rows [row0, row0 + rows).
+AMANUENSIS_AMX_TARGET void finish_panel(const float* acc, std::int64_t rows, std::int64_t row0, std::int64_t col0,
+                                        std::int64_t cols, std::span<const float> bias, Finish finish,
+                                        const ProductOut& out) {
+  const auto lanes = [](std::int64_t n) {
+    return n >= 16 ? __mmask16{0xffff} : n <= 0 ? __mmask16{0} : static_cast<__mmask16>((1u << n) - 1);
+  };
+  const __mmask16 low = lanes(cols), high = lanes(cols - 16);
+  const __m512 bias_low = bias.empty() ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(low, bias.data() + col0);
+  const __m512 bias_high = bias.empty() ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(high, bias.data() + col0 + 16);
   for (std::int64_t r = 0; r < rows; ++r) {
-    float* v = acc + r * ld;
-    if (!bias.empty())
-      for (std::int64_t c = 0; c < n; ++c) v[c] += bias[c];
-    if (finish == Finish::Gelu) gelu_fast(v, n);
+    __m512 v0 = _mm512_add_ps(_mm512_load_ps(acc + r * kBlock), bias_low);
+    __m512 v1 = _mm512_add_ps(_mm512_load_ps(acc + r * kBlock + 16), bias_high);
+    if (finish == Finish::Gelu) {
+      v0 = gelu16(v0);
+      v1 = gelu16(v1);
+    }
+    const std::int64_t at = (row0 + r) * out.ld + col0;
     if (out.bf16 != nullptr) {
-      to_bf16_row(v, out.bf16 + (row0 + r) * out.ld, n, 1.0f);
-    } else if (finish == Finish::Accumulate) {
-      float* y = out.f32 + (row0 + r) * out.ld;
-      for (std::int64_t c = 0; c < n; ++c) y[c] += v[c];
-    } else {
-      std::memcpy(out.f32 + (row0 + r) * out.ld, v, static_cast<std::size_t>(n) * sizeof(float));
+      const __mmask32 both = static_cast<__mmask32>(low) | (static_cast<__mmask32>(high) << 16);
+      _mm512_mask_storeu_epi16(out.bf16 + at, both, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0)));
+      continue;
     }
+    float* y = out.f32 + at;
+    if (finish == Finish::Accumulate) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(low, y));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(high, y + 16));
+    }
+    _mm512_mask_storeu_ps(y, low, v0);
+    _mm512_mask_storeu_ps(y + 16, high, v1);
   }
 }
 
-// One block of 32 input rows (`block`, rows ld elements apart, whole steps of inputs)
-// against every panel: raw products into acc (32 rows of panels * 32 floats).
-AMANUENSIS_AMX_TARGET void block_products(const std::uint16_t* block, std::int64_t ld, const Bf16Panels& w,
-                                          float* acc) {
-  const std::int64_t steps = w.steps(), row_bytes = ld * 2, acc_ld = w.panels() * kBlock;
-  const std::int64_t acc_bytes = acc_ld * static_cast<std::int64_t>(sizeof(float));
-  for (std::int64_t p = 0; p < w.panels(); ++p) {
-    const std::uint16_t* b = w.panel(p);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    for (std::int64_t s = 0; s < steps; ++s) {
-      _tile_loadd(4, block + s * kBlock, row_bytes);
-      _tile_loadd(5, block + kTileRows * ld + s * kBlock, row_bytes);
-      _tile_loadd(6, b + s * kPanelStep, 64);
-      _tile_loadd(7, b + s * kPanelStep + kTileElements, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-    }
-    float* c = acc + p * kBlock;
-    _tile_stored(0, c, acc_bytes);
-    _tile_stored(1, c + 16, acc_bytes);
-    _tile_stored(2, c + kTileRows * acc_ld, acc_bytes);
-    _tile_stored(3, c + kTileRows * acc_ld + 16, acc_bytes);
-  }
-}
-
+// Block by block of 32 input rows, each block (in L1) against every panel of weights in
+// turn (streamed from L2 in whole kilobytes), each panel's results finished at once.
 AMANUENSIS_AMX_TARGET void product_tiles(const std::uint16_t* a, std::int64_t m, std::int64_t lda,
                                          const Bf16Panels& w, std::span<const float> bias, Finish finish,
                                          const ProductOut& out) {
   const TileScope tiles;
-  const std::int64_t k = w.cols(), padded_k = w.steps() * kBlock, acc_ld = w.panels() * kBlock;
-  thread_local std::vector<float> acc;
+  const std::int64_t k = w.cols(), padded_k = w.steps() * kBlock;
+  alignas(64) float acc[kBlock * kBlock];
   thread_local std::vector<std::uint16_t> padded;
-  acc.resize(static_cast<std::size_t>(kBlock * acc_ld));
   for (std::int64_t m0 = 0; m0 < m; m0 += kBlock) {
     const std::int64_t rows = std::min(kBlock, m - m0);
     const std::uint16_t* block = a + m0 * lda;
@@ -152,13 +162,16 @@ AMANUENSIS_AMX_TARGET void product_tiles(const std::uint16_t* a, std::int64_t m,
       // so that no tile reads past the caller's rows
       padded.assign(static_cast<std::size_t>(kBlock * padded_k), 0);
       for (std::int64_t r = 0; r < rows; ++r)
-        std::memcpy(padded.data() + r * padded_k, a + (m0 + r) * lda, static_cast<std::size_t>(k) * 2);
+        std::memcpy(padded.data() + r * padded_k, block + r * lda, static_cast<std::size_t>(k) * 2);
       block = padded.data();
       ld = padded_k;
     }
-    asm volatile("" ::: "memory");  // the tile loads are asm the compiler cannot see read
-    block_products(block, ld, w, acc.data());
-    finish_rows(acc.data(), acc_ld, rows, w.rows(), m0, bias, finish, out);
+    for (std::int64_t p = 0; p < w.panels(); ++p) {
+      asm volatile("" ::: "memory");  // the tile loads are asm the compiler cannot see read
+      block_panel_products(block, ld, w.panel(p), w.steps(), acc);
+      asm volatile("" ::: "memory");
+      finish_panel(acc, rows, m0, p * kBlock, std::min(kBlock, w.rows() - p * kBlock), bias, finish, out);
+    }
   }
 }
 

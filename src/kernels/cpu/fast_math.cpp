@@ -9,7 +9,7 @@
 #include "common/fp16.h"
 
 #include "kernels/cpu/intrinsics.h"
-#include "kernels/cpu/vector_exp.h"
+#include "kernels/cpu/vector_math.h"
 
 #define AMANUENSIS_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 

@@ -134,7 +134,10 @@ class OnednnBackend final : public Backend {
  public:
   explicit OnednnBackend(Precision p) : precision_(p) {}
 
-  std::string name() const override { return "onednn-" + std::string(precision_name(precision_)); }
+  // "onednn-bf16+amx" where the window work runs on our AMX tiles (cpu/amx_bf16.h)
+  std::string name() const override {
+    return "onednn-" + std::string(precision_name(precision_)) + (uses_tiles() ? "+amx" : "");
+  }
   Precision precision() const override { return precision_; }
 
   std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias, RowsHint hint,
@@ -154,7 +157,7 @@ class OnednnBackend final : public Backend {
       w->int8.emplace(values, weights.shape, std::move(bias));
       return w;
     }
-    if (precision_ == Precision::Bf16 && cpu::amx::available()) {
+    if (uses_tiles()) {
       w->tiles.emplace(values, rows, cols);
       w->bias = std::move(bias);
       return w;
@@ -259,7 +262,7 @@ class OnednnBackend final : public Backend {
     // and int8 keys doubled the logit error of int8 linear layers and flipped greedy
     // tokens of clear margin in the conformance suite). Causal prompt passes, whose key
     // count changes with every prompt, stay on sgemm.
-    if (causal_offset < 0 && precision_ == Precision::Bf16 && hd == cpu::amx::kHeadSize && cpu::amx::available()) {
+    if (causal_offset < 0 && hd == cpu::amx::kHeadSize && uses_tiles()) {
       maybe_parallel(n_head, 4.0 * n_q * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
         for (std::int64_t h = begin; h < end; ++h)
           cpu::amx::attention_head(q.data() + h * hd, n_q, k.data() + h * hd, v.data() + h * hd, n_kv, d,
@@ -391,6 +394,8 @@ class OnednnBackend final : public Backend {
 
   // Window products in bf16 on one oneDNN slice: what norm_linear() and feed_forward()
   // run block by block (other matrices take the default, operation by operation).
+  bool uses_tiles() const { return precision_ == Precision::Bf16 && cpu::amx::available(); }
+
   static bool runs_in_bf16_blocks(const OnednnMatrix& w) {
     return w.tiles || (!w.plain && !w.int8 && w.src_type == dt::bf16 && w.slices.size() == 1);
   }
@@ -413,19 +418,18 @@ class OnednnBackend final : public Backend {
     run(w, *w.slices.front(), src, n, dst, e);
   }
 
-  // A window product on AMX tiles: the input rounded to bf16 once, blocks of 32 rows
-  // shared out over the pool's threads.
+  // A window product on AMX tiles: blocks of 32 rows shared out over the pool's threads,
+  // each thread rounding its own rows of the input to bf16 first.
   static void tile_linear(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
                           Epilogue epilogue) {
     const std::int64_t k = w.cols(), n = w.rows();
-    thread_local std::vector<std::uint16_t> x_bf16;
-    x_bf16.resize(static_cast<std::size_t>(m * k));
-    convert_to_bf16(x.data(), x_bf16.data(), m * k);
-    const std::uint16_t* src = x_bf16.data();  // the pool's threads read this thread's copy
     const std::int64_t blocks = (m + cpu::amx::kBlock - 1) / cpu::amx::kBlock;
     maybe_parallel(blocks, 2.0 * m * n * k, [&](std::int64_t begin, std::int64_t end) {
       const std::int64_t r0 = begin * cpu::amx::kBlock, r1 = std::min(m, end * cpu::amx::kBlock);
-      cpu::amx::product(src + r0 * k, r1 - r0, k, *w.tiles, w.bias, tile_finish(epilogue),
+      thread_local std::vector<std::uint16_t> x_bf16;
+      x_bf16.resize(static_cast<std::size_t>((r1 - r0) * k));
+      convert_to_bf16(x.data() + r0 * k, x_bf16.data(), (r1 - r0) * k);
+      cpu::amx::product(x_bf16.data(), r1 - r0, k, *w.tiles, w.bias, tile_finish(epilogue),
                         {.f32 = y.data() + r0 * n, .ld = n});
     });
   }
