@@ -34,6 +34,9 @@ std::int64_t round_up(std::int64_t n, std::int64_t to) { return (n + to - 1) / t
 constexpr std::int64_t kTileRows = 16;
 constexpr std::int64_t kTileElements = kTileRows * 32;
 
+// Keys per step of the attention's online softmax: eight tiles of keys, four steps of the values.
+constexpr std::int64_t kChunk = 128;
+
 #if AMANUENSIS_AMX
 #define AMANUENSIS_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
 
@@ -175,13 +178,10 @@ AMANUENSIS_AMX_TARGET void product_tiles(const std::uint16_t* a, std::int64_t m,
   }
 }
 
-// Keys per step of the online softmax: eight tiles of keys, four steps of the values.
-constexpr std::int64_t kChunk = 128;
-
 // One head's keys in the scores' second-operand layout: per 16 keys, the two steps of 32
 // features (16 x 32 elements each); and values in the second product's: per step of 32
 // keys, four tiles of 16 features. Zero from n_kv to n_pad.
-AMANUENSIS_AMX_TARGET void pack_head(const float* k, const float* v, std::int64_t n_kv, std::int64_t n_pad,
+AMANUENSIS_AMX_TARGET void pack_head_tiles(const float* k, const float* v, std::int64_t n_kv, std::int64_t n_pad,
                                      std::int64_t stride, std::uint16_t* keys, std::uint16_t* values) {
   std::memset(keys, 0, static_cast<std::size_t>(n_pad * kHeadSize) * 2);
   std::memset(values, 0, static_cast<std::size_t>(n_pad * kHeadSize) * 2);
@@ -358,17 +358,12 @@ AMANUENSIS_AMX_TARGET void attend_block(const float* q, std::int64_t rows, std::
   }
 }
 
-AMANUENSIS_AMX_TARGET void attention_tiles(const float* q, std::int64_t n_q, const float* k, const float* v,
-                                           std::int64_t n_kv, std::int64_t stride, float* out) {
+AMANUENSIS_AMX_TARGET void attend_tiles(const float* q, std::int64_t n_q, std::int64_t stride,
+                                        const std::uint16_t* keys, const std::uint16_t* values, std::int64_t n_kv,
+                                        float* out) {
   const TileScope tiles;
-  const std::int64_t n_pad = round_up(n_kv, kChunk);
-  thread_local std::vector<std::uint16_t> keys, values;
-  keys.resize(static_cast<std::size_t>(n_pad * kHeadSize));
-  values.resize(keys.size());
-  pack_head(k, v, n_kv, n_pad, stride, keys.data(), values.data());
   for (std::int64_t q0 = 0; q0 < n_q; q0 += kBlock)
-    attend_block(q + q0 * stride, std::min(kBlock, n_q - q0), stride, keys.data(), values.data(), n_kv,
-                 out + q0 * stride);
+    attend_block(q + q0 * stride, std::min(kBlock, n_q - q0), stride, keys, values, n_kv, out + q0 * stride);
 }
 #endif
 
@@ -424,12 +419,31 @@ void round_to_bf16(const float* x, std::uint16_t* y, std::int64_t n, float scale
 #endif
 }
 
-void attention_head(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
-                    std::int64_t stride, float* out) {
+std::int64_t packed_head_elements(std::int64_t n_kv) { return round_up(n_kv, kChunk) * kHeadSize; }
+
+void pack_head(const float* k, const float* v, std::int64_t n_kv, std::int64_t stride, std::uint16_t* keys,
+               std::uint16_t* values) {
   require_tiles();
 #if AMANUENSIS_AMX
-  if (n_q > 0 && n_kv > 0) attention_tiles(q, n_q, k, v, n_kv, stride, out);
+  pack_head_tiles(k, v, n_kv, round_up(n_kv, kChunk), stride, keys, values);
 #endif
+}
+
+void attend(const float* q, std::int64_t n_q, std::int64_t stride, const std::uint16_t* keys,
+            const std::uint16_t* values, std::int64_t n_kv, float* out) {
+  require_tiles();
+#if AMANUENSIS_AMX
+  if (n_q > 0 && n_kv > 0) attend_tiles(q, n_q, stride, keys, values, n_kv, out);
+#endif
+}
+
+void attention_head(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
+                    std::int64_t stride, float* out) {
+  thread_local std::vector<std::uint16_t> keys, values;
+  keys.resize(static_cast<std::size_t>(packed_head_elements(n_kv)));
+  values.resize(keys.size());
+  pack_head(k, v, n_kv, stride, keys.data(), values.data());
+  attend(q, n_q, stride, keys.data(), values.data(), n_kv, out);
 }
 
 }  // namespace amanuensis::kernels::cpu::amx

@@ -66,15 +66,28 @@ struct ProductOut {
 void product(const std::uint16_t* a, std::int64_t m, std::int64_t lda, const Bf16Panels& w,
              std::span<const float> bias, Finish finish, const ProductOut& out);
 
-// Head sizes attention_head() takes (every Whisper model's).
+// Head sizes the attention below takes (every Whisper model's).
 inline constexpr std::int64_t kHeadSize = 64;
 
-// Scaled dot-product attention of one head over all its keys (no mask): q, k, v and out
-// rows are `stride` floats apart with the head's kHeadSize values at the start of each.
-// Queries are scaled by 1/8 and rounded to bf16, keys and values rounded to bf16; scores
-// in float32, softmax numerators rounded to bf16 (cpu::softmax_numerators_bf16), their
-// weighted values summed in float32 and divided by the numerators' float sum. Scores are
-// taken 32 queries at a time (32 x n_kv floats, in L2), never the whole matrix. One thread.
+// Elements of one head's keys, and as many of its values, as pack_head() lays them out.
+std::int64_t packed_head_elements(std::int64_t n_kv);
+
+// One head's keys and values (n_kv rows `stride` floats apart, kHeadSize values at the
+// start of each) rounded to bf16 into the layouts attend() reads (packed_head_elements()
+// each): done once per head, then shared by every thread attending with it.
+void pack_head(const float* k, const float* v, std::int64_t n_kv, std::int64_t stride, std::uint16_t* keys,
+               std::uint16_t* values);
+
+// Scaled dot-product attention of queries [0, n_q) of one head over all n_kv packed keys
+// (no mask): q and out rows are `stride` floats apart with the head's kHeadSize values at
+// the start of each. Queries are scaled by 1/8 and rounded to bf16; scores in float32,
+// softmax numerators rounded to bf16 against each row's running largest score, their
+// weighted values summed in float32 and divided by the numerators' float sum. Keys are
+// taken 128 at a time, 32 queries at a time (never the whole matrix). One thread.
+void attend(const float* q, std::int64_t n_q, std::int64_t stride, const std::uint16_t* keys,
+            const std::uint16_t* values, std::int64_t n_kv, float* out);
+
+// pack_head() and attend() of one head on this thread.
 void attention_head(const float* q, std::int64_t n_q, const float* k, const float* v, std::int64_t n_kv,
                     std::int64_t stride, float* out);
 

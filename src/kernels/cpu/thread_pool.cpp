@@ -150,4 +150,18 @@ void parallel_for(std::int64_t n, std::int64_t min_parallel, const std::function
   thread_pool().parallel_for(n, fn);
 }
 
+void parallel_for_each(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
+  ThreadPool& pool = thread_pool();
+  if (n <= 1 || pool.size() == 1) {
+    for (std::int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::atomic<std::int64_t> next{0};
+  pool.parallel_for(std::min<std::int64_t>(n, pool.size()), [&](std::int64_t, std::int64_t) {
+    for (std::int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(1, std::memory_order_relaxed))
+      fn(i);
+  });
+}
+
 }  // namespace amanuensis::kernels::cpu

@@ -57,4 +57,10 @@ int thread_count();
 // Runs fn over [0, n) on the shared pool, serially when n is below `min_parallel`.
 void parallel_for(std::int64_t n, std::int64_t min_parallel, const std::function<void(std::int64_t, std::int64_t)>& fn);
 
+// fn(i) for every i in [0, n), each thread of the shared pool taking the next i as it
+// finishes one: for items whose result does not depend on which thread runs them, where
+// the cores may run at different speeds (a virtual machine's core shared with another
+// guest ran the matrix engine at a third of its sibling's rate).
+void parallel_for_each(std::int64_t n, const std::function<void(std::int64_t)>& fn);
+
 }  // namespace amanuensis::kernels::cpu

@@ -263,11 +263,7 @@ class OnednnBackend final : public Backend {
     // tokens of clear margin in the conformance suite). Causal prompt passes, whose key
     // count changes with every prompt, stay on sgemm.
     if (causal_offset < 0 && hd == cpu::amx::kHeadSize && uses_tiles()) {
-      maybe_parallel(n_head, 4.0 * n_q * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
-        for (std::int64_t h = begin; h < end; ++h)
-          cpu::amx::attention_head(q.data() + h * hd, n_q, k.data() + h * hd, v.data() + h * hd, n_kv, d,
-                                   out.data() + h * hd);
-      });
+      tile_attention(q, n_q, k, v, n_kv, n_head, d, out);
       return;
     }
     if (causal_offset < 0) {
@@ -418,29 +414,67 @@ class OnednnBackend final : public Backend {
     run(w, *w.slices.front(), src, n, dst, e);
   }
 
-  // A window product on AMX tiles: blocks of 32 rows shared out over the pool's threads,
-  // each thread rounding its own rows of the input to bf16 first.
+  // Queries per work item of tile_attention(): a head's keys and values stay in L2 for
+  // eight blocks of 32 queries.
+  static constexpr std::int64_t kQueryGroup = 256;
+
+  // Attention over a window on AMX tiles: every head's keys and values packed once, then
+  // items of (head, group of queries) taken by whichever thread is free.
+  static void tile_attention(std::span<const float> q, std::int64_t n_q, std::span<const float> k,
+                             std::span<const float> v, std::int64_t n_kv, int n_head, std::int64_t d,
+                             std::span<float> out) {
+    const std::int64_t hd = d / n_head, elements = cpu::amx::packed_head_elements(n_kv);
+    thread_local std::vector<std::uint16_t> storage;
+    storage.resize(static_cast<std::size_t>(2 * n_head * elements));
+    std::uint16_t* packed = storage.data();  // the pool's threads use this thread's buffer
+    cpu::parallel_for_each(n_head, [&](std::int64_t h) {
+      cpu::amx::pack_head(k.data() + h * hd, v.data() + h * hd, n_kv, d, packed + 2 * h * elements,
+                          packed + (2 * h + 1) * elements);
+    });
+    const std::int64_t groups = (n_q + kQueryGroup - 1) / kQueryGroup;
+    cpu::parallel_for_each(n_head * groups, [&](std::int64_t item) {
+      const std::int64_t h = item / groups, q0 = (item % groups) * kQueryGroup;
+      cpu::amx::attend(q.data() + q0 * d + h * hd, std::min(kQueryGroup, n_q - q0), d, packed + 2 * h * elements,
+                       packed + (2 * h + 1) * elements, n_kv, out.data() + q0 * d + h * hd);
+    });
+  }
+
+  // Rows per work item of tile_linear(): two blocks of the tiles.
+  static constexpr std::int64_t kTileItemRows = 2 * cpu::amx::kBlock;
+
+  // A window product on AMX tiles: items of rows taken by whichever thread is free, each
+  // rounding its own rows of the input to bf16 first.
   static void tile_linear(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
                           Epilogue epilogue) {
     const std::int64_t k = w.cols(), n = w.rows();
-    const std::int64_t blocks = (m + cpu::amx::kBlock - 1) / cpu::amx::kBlock;
-    maybe_parallel(blocks, 2.0 * m * n * k, [&](std::int64_t begin, std::int64_t end) {
-      const std::int64_t r0 = begin * cpu::amx::kBlock, r1 = std::min(m, end * cpu::amx::kBlock);
+    const std::int64_t items = (m + kTileItemRows - 1) / kTileItemRows;
+    const auto item = [&](std::int64_t i) {
+      const std::int64_t r0 = i * kTileItemRows, r1 = std::min(m, r0 + kTileItemRows);
       thread_local std::vector<std::uint16_t> x_bf16;
       x_bf16.resize(static_cast<std::size_t>((r1 - r0) * k));
       convert_to_bf16(x.data() + r0 * k, x_bf16.data(), (r1 - r0) * k);
       cpu::amx::product(x_bf16.data(), r1 - r0, k, *w.tiles, w.bias, tile_finish(epilogue),
                         {.f32 = y.data() + r0 * n, .ld = n});
-    });
+    };
+    if (2.0 * m * n * k < 2e6) {
+      for (std::int64_t i = 0; i < items; ++i) item(i);
+    } else {
+      cpu::parallel_for_each(items, item);
+    }
   }
 
   // fn(first row, rows) for blocks of kBlockRows, shared out over the pool's threads.
   static void in_row_blocks(std::int64_t rows, double flops, const std::function<void(std::int64_t, std::int64_t)>& fn) {
     const std::int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
-    maybe_parallel(blocks, flops, [&](std::int64_t begin, std::int64_t end) {
+    const auto block = [&](std::int64_t b) {
       single_threaded_onednn();
-      for (std::int64_t b = begin; b < end; ++b) fn(b * kBlockRows, std::min(kBlockRows, rows - b * kBlockRows));
-    });
+      fn(b * kBlockRows, std::min(kBlockRows, rows - b * kBlockRows));
+    };
+    if (flops < 2e6) {
+      for (std::int64_t b = 0; b < blocks; ++b) block(b);
+    } else {
+      cpu::parallel_for_each(blocks, block);  // a block's result is the same on any thread
+    }
   }
 
   // Rows [0, n) of x layer-normalised and rounded to bf16, in a buffer of this thread.
