@@ -87,32 +87,6 @@ AMANUENSIS_AMX_TARGET void to_bf16_row(const float* x, std::uint16_t* y, std::in
   }
 }
 
-// Raw products of one block of 32 input rows (`block`, rows ld elements apart, whole
-// steps of inputs) against one panel: acc, 32 rows of 32 floats.
-AMANUENSIS_AMX_TARGET void block_panel_products(const std::uint16_t* block, std::int64_t ld, const std::uint16_t* panel,
-                                                std::int64_t steps, float* acc) {
-  const std::int64_t row_bytes = ld * 2;
-  constexpr std::int64_t acc_bytes = kBlock * sizeof(float);
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  for (std::int64_t s = 0; s < steps; ++s) {
-    _tile_loadd(4, block + s * kBlock, row_bytes);
-    _tile_loadd(5, block + kTileRows * ld + s * kBlock, row_bytes);
-    _tile_loadd(6, panel + s * kPanelStep, 64);
-    _tile_loadd(7, panel + s * kPanelStep + kTileElements, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
-  _tile_stored(0, acc, acc_bytes);
-  _tile_stored(1, acc + 16, acc_bytes);
-  _tile_stored(2, acc + kTileRows * kBlock, acc_bytes);
-  _tile_stored(3, acc + kTileRows * kBlock + 16, acc_bytes);
-}
-
 // Bias and finish on one panel's raw products (acc: `rows` rows of 32 floats) into the
 // output's columns [col0, col0 + cols) (cols <= 32) of rows [row0, row0 + rows).
 AMANUENSIS_AMX_TARGET void finish_panel(const float* acc, std::int64_t rows, std::int64_t row0, std::int64_t col0,
@@ -147,15 +121,64 @@ AMANUENSIS_AMX_TARGET void finish_panel(const float* acc, std::int64_t rows, std
   }
 }
 
+// A panel's raw products waiting for their finish, which is done a few rows at a time
+// between the next panel's tile products: the vector units work (GELU costs about as
+// much as the products) while the tiles do.
+struct PendingFinish {
+  const float* acc = nullptr;  // null: none pending
+  std::int64_t rows = 0, row0 = 0, col0 = 0, cols = 0, done = 0;
+
+  AMANUENSIS_AMX_TARGET void advance(std::int64_t upto, std::span<const float> bias, Finish finish,
+                                     const ProductOut& out) {
+    if (acc == nullptr || upto <= done) return;
+    upto = std::min(upto, rows);
+    finish_panel(acc + done * kBlock, upto - done, row0 + done, col0, cols, bias, finish, out);
+    done = upto;
+  }
+};
+
+// Raw products of one block of 32 input rows (`block`, rows ld elements apart, whole
+// steps of inputs) against one panel into acc (32 rows of 32 floats), finishing the
+// pending panel's rows along the way.
+AMANUENSIS_AMX_TARGET void block_panel_products(const std::uint16_t* block, std::int64_t ld, const std::uint16_t* panel,
+                                                std::int64_t steps, float* acc, PendingFinish& pending,
+                                                std::span<const float> bias, Finish finish, const ProductOut& out) {
+  const std::int64_t row_bytes = ld * 2;
+  constexpr std::int64_t acc_bytes = kBlock * sizeof(float);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (std::int64_t s = 0; s < steps; ++s) {
+    _tile_loadd(4, block + s * kBlock, row_bytes);
+    _tile_loadd(5, block + kTileRows * ld + s * kBlock, row_bytes);
+    _tile_loadd(6, panel + s * kPanelStep, 64);
+    _tile_loadd(7, panel + s * kPanelStep + kTileElements, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+    pending.advance((s + 1) * pending.rows / steps, bias, finish, out);
+  }
+  pending.advance(pending.rows, bias, finish, out);
+  asm volatile("" ::: "memory");  // the tile stores below must not pass the finish's reads
+  _tile_stored(0, acc, acc_bytes);
+  _tile_stored(1, acc + 16, acc_bytes);
+  _tile_stored(2, acc + kTileRows * kBlock, acc_bytes);
+  _tile_stored(3, acc + kTileRows * kBlock + 16, acc_bytes);
+}
+
 // Block by block of 32 input rows, each block (in L1) against every panel of weights in
-// turn (streamed from L2 in whole kilobytes), each panel's results finished at once.
+// turn (streamed from L2 in whole kilobytes), each panel's results finished during the
+// next panel's products.
 AMANUENSIS_AMX_TARGET void product_tiles(const std::uint16_t* a, std::int64_t m, std::int64_t lda,
                                          const Bf16Panels& w, std::span<const float> bias, Finish finish,
                                          const ProductOut& out) {
   const TileScope tiles;
   const std::int64_t k = w.cols(), padded_k = w.steps() * kBlock;
-  alignas(64) float acc[kBlock * kBlock];
+  alignas(64) float acc[2][kBlock * kBlock];  // the panel being multiplied, the one being finished
   thread_local std::vector<std::uint16_t> padded;
+  PendingFinish pending;
   for (std::int64_t m0 = 0; m0 < m; m0 += kBlock) {
     const std::int64_t rows = std::min(kBlock, m - m0);
     const std::uint16_t* block = a + m0 * lda;
@@ -171,11 +194,13 @@ AMANUENSIS_AMX_TARGET void product_tiles(const std::uint16_t* a, std::int64_t m,
     }
     for (std::int64_t p = 0; p < w.panels(); ++p) {
       asm volatile("" ::: "memory");  // the tile loads are asm the compiler cannot see read
-      block_panel_products(block, ld, w.panel(p), w.steps(), acc);
+      float* results = acc[p % 2];
+      block_panel_products(block, ld, w.panel(p), w.steps(), results, pending, bias, finish, out);
       asm volatile("" ::: "memory");
-      finish_panel(acc, rows, m0, p * kBlock, std::min(kBlock, w.rows() - p * kBlock), bias, finish, out);
+      pending = {results, rows, m0, p * kBlock, std::min(kBlock, w.rows() - p * kBlock), 0};
     }
   }
+  pending.advance(pending.rows, bias, finish, out);
 }
 
 // One head's keys in the scores' second-operand layout: per 16 keys, the two steps of 32
