@@ -213,11 +213,10 @@ AMANUENSIS_AMX_TARGET void pack_head_tiles(const float* k, const float* v, std::
   alignas(64) std::uint16_t row[kHeadSize];
   for (std::int64_t j = 0; j < n_kv; ++j) {
     to_bf16_row(k + j * stride, row, kHeadSize, 1.0f);
-    std::uint32_t pairs[kHeadSize / 2];
-    std::memcpy(pairs, row, sizeof(row));
     // feature pair f of key j: tile (j / 16, f / 16), row f % 16, column j % 16
-    auto* key_tiles = reinterpret_cast<std::uint32_t*>(keys) + (j / 16) * 2 * (kTileElements / 2) + j % 16;
-    for (std::int64_t f = 0; f < kHeadSize / 2; ++f) key_tiles[(f / 16) * (kTileElements / 2) + (f % 16) * 16] = pairs[f];
+    std::uint16_t* key_tiles = keys + (j / 16) * 2 * kTileElements + (j % 16) * 2;
+    for (std::int64_t f = 0; f < kHeadSize / 2; ++f)
+      std::memcpy(key_tiles + (f / 16) * kTileElements + (f % 16) * 32, row + 2 * f, 2 * sizeof(std::uint16_t));
     to_bf16_row(v + j * stride, row, kHeadSize, 1.0f);
     // key j of its step's pair (j % 32) / 2, half j % 2, for each feature's column
     std::uint16_t* value_tiles = values + (j / 32) * 4 * kTileElements + ((j % 32) / 2) * 32 + j % 2;
