@@ -377,11 +377,15 @@ class OnednnBackend final : public Backend {
   }
 
  private:
-  // Work items: kItemFeatures output features (whole panels at every panel width). Rows
-  // go through in chunks whose products fit a small buffer; an item's weights stay in
-  // cache for all the chunks.
-  static constexpr std::int64_t kItemFeatures = 4 * cpu::PanelMatrix::kMaxPanelWidth;
+  // Work items: output features (whole panels at every panel width), taken by whichever
+  // thread is free (an element's chain of products is the same on any thread and in any
+  // item width). One row: eight panels, so that each input's weights feed eight chains
+  // of fused multiply-adds at once; more rows hold more accumulators per panel, four.
+  // Rows go through in chunks whose products fit a small buffer; an item's weights stay
+  // in cache for all the chunks.
+  static constexpr std::int64_t kItemFeatures = 8 * cpu::PanelMatrix::kMaxPanelWidth;
   static constexpr std::int64_t kChunkRows = 64;
+  static std::int64_t item_features(std::int64_t m) { return m == 1 ? kItemFeatures : kItemFeatures / 2; }
 
   // Rows per block of norm_linear() and feed_forward(): a block's normalised input, its
   // products and the hidden activations (128 x 1536 floats for tiny) stay in a core's L2
@@ -491,23 +495,25 @@ class OnednnBackend final : public Backend {
 
   static void plain_linear(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
                            Epilogue epilogue) {
-    const std::int64_t items = (w.rows() + kItemFeatures - 1) / kItemFeatures;
-    maybe_parallel(items, 2.0 * m * w.rows() * w.cols(),
-                   [&](std::int64_t begin, std::int64_t end) { plain_items(x, m, w, y, epilogue, begin, end); });
+    const std::int64_t width = item_features(m), items = (w.rows() + width - 1) / width;
+    const auto item = [&](std::int64_t i) { plain_item(x, m, w, y, epilogue, i * width, width); };
+    if (items == 1 || 2.0 * m * w.rows() * w.cols() < 2e6) {
+      for (std::int64_t i = 0; i < items; ++i) item(i);
+    } else {
+      cpu::parallel_for_each(items, item);
+    }
   }
 
-  static void plain_items(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
-                          Epilogue epilogue, std::int64_t begin, std::int64_t end) {
-    const std::int64_t n = w.rows(), k = w.cols();
+  // Output features [c0, c0 + width) of every row.
+  static void plain_item(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
+                         Epilogue epilogue, std::int64_t c0, std::int64_t width) {
+    const std::int64_t n = w.rows(), k = w.cols(), c1 = std::min(n, c0 + width);
     thread_local std::vector<float> acc;
-    acc.resize(static_cast<std::size_t>(kChunkRows * kItemFeatures));
-    for (std::int64_t item = begin; item < end; ++item) {
-      const std::int64_t c0 = item * kItemFeatures, c1 = std::min(n, c0 + kItemFeatures);
-      for (std::int64_t r0 = 0; r0 < m; r0 += kChunkRows) {
-        const std::int64_t rows = std::min(kChunkRows, m - r0);
-        w.plain->product(x.data() + r0 * k, rows, c0, c1, acc.data(), kItemFeatures);
-        finish_rows(acc.data(), kItemFeatures, rows, w, c0, c1, y.data() + r0 * n, epilogue);
-      }
+    acc.resize(static_cast<std::size_t>(kChunkRows * width));
+    for (std::int64_t r0 = 0; r0 < m; r0 += kChunkRows) {
+      const std::int64_t rows = std::min(kChunkRows, m - r0);
+      w.plain->product(x.data() + r0 * k, rows, c0, c1, acc.data(), width);
+      finish_rows(acc.data(), width, rows, w, c0, c1, y.data() + r0 * n, epilogue);
     }
   }
 
