@@ -240,22 +240,18 @@ AMANUENSIS_AMX_TARGET void chunk_scores(const std::uint16_t* q, const std::uint1
       _tile_zero(1);
       _tile_zero(2);
       _tile_zero(3);
-      _tile_loadd(4, b, 64);
-      _tile_loadd(5, b + kTileElements, 64);
-      _tile_dpbf16ps(0, 6, 4);
-      _tile_dpbf16ps(0, 7, 5);
-      _tile_loadd(4, b + 2 * kTileElements, 64);
-      _tile_loadd(5, b + 3 * kTileElements, 64);
-      _tile_dpbf16ps(1, 6, 4);
-      _tile_dpbf16ps(1, 7, 5);
-      _tile_loadd(4, b + 4 * kTileElements, 64);
-      _tile_loadd(5, b + 5 * kTileElements, 64);
-      _tile_dpbf16ps(2, 6, 4);
-      _tile_dpbf16ps(2, 7, 5);
-      _tile_loadd(4, b + 6 * kTileElements, 64);
-      _tile_loadd(5, b + 7 * kTileElements, 64);
-      _tile_dpbf16ps(3, 6, 4);
-      _tile_dpbf16ps(3, 7, 5);
+      // key tile j's two steps of features into tiles 4 and 5, its scores into tile `sum`
+      // (tile numbers are immediates of the instructions: no loop variable can name one)
+#define AMANUENSIS_KEY_TILE_SCORES(sum, j)                    \
+  _tile_loadd(4, b + 2 * (j) * kTileElements, 64);            \
+  _tile_loadd(5, b + (2 * (j) + 1) * kTileElements, 64);      \
+  _tile_dpbf16ps(sum, 6, 4);                                  \
+  _tile_dpbf16ps(sum, 7, 5)
+      AMANUENSIS_KEY_TILE_SCORES(0, 0);
+      AMANUENSIS_KEY_TILE_SCORES(1, 1);
+      AMANUENSIS_KEY_TILE_SCORES(2, 2);
+      AMANUENSIS_KEY_TILE_SCORES(3, 3);
+#undef AMANUENSIS_KEY_TILE_SCORES
       _tile_stored(0, rows, score_bytes);
       _tile_stored(1, rows + 16, score_bytes);
       _tile_stored(2, rows + 32, score_bytes);

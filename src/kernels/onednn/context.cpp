@@ -46,6 +46,14 @@ void maybe_parallel(std::int64_t n, double flops, const std::function<void(std::
   }
 }
 
+void maybe_parallel_each(std::int64_t n, double flops, const std::function<void(std::int64_t)>& fn) {
+  if (n > 1 && flops >= 2e6 && cpu::thread_count() > 1) {
+    cpu::parallel_for_each(n, fn);
+  } else {
+    for (std::int64_t i = 0; i < n; ++i) fn(i);
+  }
+}
+
 void Matmul::execute(const dnnl::memory& src, const dnnl::memory& weights, const dnnl::memory& dst,
                      const dnnl::memory* bias) const {
   thread_local std::vector<std::uint8_t> scratchpad;

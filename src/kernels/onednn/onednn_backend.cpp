@@ -262,6 +262,7 @@ class OnednnBackend final : public Backend {
     // and int8 keys doubled the logit error of int8 linear layers and flipped greedy
     // tokens of clear margin in the conformance suite). Causal prompt passes, whose key
     // count changes with every prompt, stay on sgemm.
+    // On AMX, our tile kernels (oneDNN's ran at a third of the engine's rate here).
     if (causal_offset < 0 && hd == cpu::amx::kHeadSize && uses_tiles()) {
       tile_attention(q, n_q, k, v, n_kv, n_head, d, out);
       return;
@@ -392,10 +393,11 @@ class OnednnBackend final : public Backend {
   // between the steps instead of streaming whole windows through memory at each.
   static constexpr std::int64_t kBlockRows = 128;
 
-  // Window products in bf16 on one oneDNN slice: what norm_linear() and feed_forward()
-  // run block by block (other matrices take the default, operation by operation).
+  // Whether bf16 window work runs on our AMX kernels (cpu/amx_bf16.h) rather than oneDNN's.
   bool uses_tiles() const { return precision_ == Precision::Bf16 && cpu::amx::available(); }
 
+  // Window products in bf16 on AMX tiles or one oneDNN slice: what norm_linear() and
+  // feed_forward() run block by block (other matrices take the default, op by op).
   static bool runs_in_bf16_blocks(const OnednnMatrix& w) {
     return w.tiles || (!w.plain && !w.int8 && w.src_type == dt::bf16 && w.slices.size() == 1);
   }
@@ -431,12 +433,12 @@ class OnednnBackend final : public Backend {
     thread_local std::vector<std::uint16_t> storage;
     storage.resize(static_cast<std::size_t>(2 * n_head * elements));
     std::uint16_t* packed = storage.data();  // the pool's threads use this thread's buffer
-    cpu::parallel_for_each(n_head, [&](std::int64_t h) {
+    maybe_parallel_each(n_head, 4.0 * n_kv * d, [&](std::int64_t h) {
       cpu::amx::pack_head(k.data() + h * hd, v.data() + h * hd, n_kv, d, packed + 2 * h * elements,
                           packed + (2 * h + 1) * elements);
     });
     const std::int64_t groups = (n_q + kQueryGroup - 1) / kQueryGroup;
-    cpu::parallel_for_each(n_head * groups, [&](std::int64_t item) {
+    maybe_parallel_each(n_head * groups, 4.0 * n_q * n_kv * d, [&](std::int64_t item) {
       const std::int64_t h = item / groups, q0 = (item % groups) * kQueryGroup;
       cpu::amx::attend(q.data() + q0 * d + h * hd, std::min(kQueryGroup, n_q - q0), d, packed + 2 * h * elements,
                        packed + (2 * h + 1) * elements, n_kv, out.data() + q0 * d + h * hd);
@@ -460,11 +462,7 @@ class OnednnBackend final : public Backend {
       cpu::amx::product(x_bf16.data(), r1 - r0, k, *w.tiles, w.bias, tile_finish(epilogue),
                         {.f32 = y.data() + r0 * n, .ld = n});
     };
-    if (2.0 * m * n * k < 2e6) {
-      for (std::int64_t i = 0; i < items; ++i) item(i);
-    } else {
-      cpu::parallel_for_each(items, item);
-    }
+    maybe_parallel_each(items, 2.0 * m * n * k, item);
   }
 
   // fn(first row, rows) for blocks of kBlockRows, shared out over the pool's threads.
@@ -474,11 +472,7 @@ class OnednnBackend final : public Backend {
       single_threaded_onednn();
       fn(b * kBlockRows, std::min(kBlockRows, rows - b * kBlockRows));
     };
-    if (flops < 2e6) {
-      for (std::int64_t b = 0; b < blocks; ++b) block(b);
-    } else {
-      cpu::parallel_for_each(blocks, block);  // a block's result is the same on any thread
-    }
+    maybe_parallel_each(blocks, flops, block);  // a block's result is the same on any thread
   }
 
   // Rows [0, n) of x layer-normalised and rounded to bf16, in a buffer of this thread.
@@ -497,11 +491,7 @@ class OnednnBackend final : public Backend {
                            Epilogue epilogue) {
     const std::int64_t width = item_features(m), items = (w.rows() + width - 1) / width;
     const auto item = [&](std::int64_t i) { plain_item(x, m, w, y, epilogue, i * width, width); };
-    if (items == 1 || 2.0 * m * w.rows() * w.cols() < 2e6) {
-      for (std::int64_t i = 0; i < items; ++i) item(i);
-    } else {
-      cpu::parallel_for_each(items, item);
-    }
+    maybe_parallel_each(items, 2.0 * m * w.rows() * w.cols(), item);
   }
 
   // Output features [c0, c0 + width) of every row.
