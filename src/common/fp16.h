@@ -1,5 +1,6 @@
 // common: IEEE half-precision conversion, the 16-bit float of f16 tensors and of the scales
-// in quantized blocks. Inline: the kernels convert weights with it in their inner loops.
+// in quantized blocks, and rounding to bfloat16. Inline: the kernels convert weights with
+// them in their inner loops.
 #pragma once
 
 #include <bit>
@@ -45,6 +46,14 @@ inline std::uint16_t float_to_half(float f) {
   // normal: round mantissa to 10 bits, nearest even
   std::uint32_t rounded = abs + 0xfff + ((abs >> 13) & 1);
   return static_cast<std::uint16_t>(sign | ((rounded - 0x38000000) >> 13));
+}
+
+// The bfloat16 bits of a finite float, rounded to nearest even (what the bf16 kernels
+// and the engines' conversions compute).
+inline std::uint16_t float_to_bf16_bits(float f) {
+  auto u = std::bit_cast<std::uint32_t>(f);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<std::uint16_t>(u >> 16);
 }
 
 }  // namespace amanuensis

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cpu/amx_bf16.h"
+#include "random_values.h"
 
 namespace amanuensis::kernels::cpu::amx {
 namespace {
@@ -20,14 +21,6 @@ namespace {
   if (!available())                                                                                                 \
   GTEST_SKIP() << "no AMX-BF16 tiles on this CPU (or the system refused them): the oneDNN backend runs bf16 on " \
                   "oneDNN's own kernels here"
-
-std::vector<float> random_values(std::size_t n, unsigned seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
 
 std::uint16_t bf16_bits(float x) {
   auto u = std::bit_cast<std::uint32_t>(x);

@@ -20,6 +20,7 @@
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
+#include "random_values.h"
 
 namespace amanuensis::kernels {
 namespace {
@@ -32,14 +33,6 @@ const bool pool_sized = [] {
   cpu::set_thread_count(env != nullptr ? std::atoi(env) : 2);
   return true;
 }();
-
-std::vector<float> random_values(std::size_t n, unsigned seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
 
 double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
 

@@ -8,7 +8,6 @@
 #endif
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -16,19 +15,21 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/fp16.h"
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/vector_math.h"
 
 namespace amanuensis::kernels::cpu::amx {
 namespace {
 
-std::uint16_t to_bf16(float x) {
-  auto u = std::bit_cast<std::uint32_t>(x);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<std::uint16_t>(u >> 16);
-}
-
 std::int64_t round_up(std::int64_t n, std::int64_t to) { return (n + to - 1) / to * to; }
+
+#if AMANUENSIS_AMX
+// The lanes of a 16-float vector that hold the first n of the values left (all for n >= 16).
+__mmask16 first_lanes(std::int64_t n) {
+  return n >= 16 ? __mmask16{0xffff} : n <= 0 ? __mmask16{0} : static_cast<__mmask16>((1u << n) - 1);
+}
+#endif
 
 // Tile elements: 16 rows of 32 bf16 (64 bytes).
 constexpr std::int64_t kTileRows = 16;
@@ -81,7 +82,7 @@ class TileScope {
 AMANUENSIS_AMX_TARGET void to_bf16_row(const float* x, std::uint16_t* y, std::int64_t n, float scale) {
   const __m512 s = _mm512_set1_ps(scale);
   for (std::int64_t i = 0; i < n; i += 16) {
-    const __mmask16 lanes = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 lanes = first_lanes(n - i);
     const __m512 values = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x + i), s);
     _mm256_mask_storeu_epi16(y + i, lanes, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(values)));
   }
@@ -92,10 +93,7 @@ AMANUENSIS_AMX_TARGET void to_bf16_row(const float* x, std::uint16_t* y, std::in
 AMANUENSIS_AMX_TARGET void finish_panel(const float* acc, std::int64_t rows, std::int64_t row0, std::int64_t col0,
                                         std::int64_t cols, std::span<const float> bias, Finish finish,
                                         const ProductOut& out) {
-  const auto lanes = [](std::int64_t n) {
-    return n >= 16 ? __mmask16{0xffff} : n <= 0 ? __mmask16{0} : static_cast<__mmask16>((1u << n) - 1);
-  };
-  const __mmask16 low = lanes(cols), high = lanes(cols - 16);
+  const __mmask16 low = first_lanes(cols), high = first_lanes(cols - 16);
   const __m512 bias_low = bias.empty() ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(low, bias.data() + col0);
   const __m512 bias_high = bias.empty() ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(high, bias.data() + col0 + 16);
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -307,14 +305,12 @@ struct RunningSoftmax {
 // must be multiplied by (1 when the largest did not change).
 AMANUENSIS_AMX_TARGET void chunk_softmax(const float* scores, std::int64_t rows, std::int64_t valid,
                                          RunningSoftmax& running, std::uint16_t* probs, float* rescale) {
-  const __mmask16 full = 0xffff;
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* row = scores + r * kChunk;
     __mmask16 lanes[kChunk / 16];
     __m512 m = _mm512_set1_ps(-INFINITY);
     for (std::int64_t t = 0; t < kChunk / 16; ++t) {
-      const std::int64_t left = valid - t * 16;
-      lanes[t] = left >= 16 ? full : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+      lanes[t] = first_lanes(valid - t * 16);
       m = _mm512_mask_max_ps(m, lanes[t], m, _mm512_loadu_ps(row + t * 16));
     }
     const float largest = std::max(running.max[r], _mm512_reduce_max_ps(m));
@@ -417,7 +413,7 @@ Bf16Panels::Bf16Panels(std::span<const float> values, std::int64_t rows, std::in
     // feature f: panel f / 32, tile (f % 32) / 16, column f % 16 of each tile row
     std::uint16_t* to = data_.get() + (f / kBlock) * steps_ * kPanelStep + ((f % kBlock) / 16) * kTileElements + (f % 16) * 2;
     for (std::int64_t i = 0; i < cols; ++i)
-      to[(i / kBlock) * kPanelStep + ((i % kBlock) / 2) * 32 + i % 2] = to_bf16(values[f * cols + i]);
+      to[(i / kBlock) * kPanelStep + ((i % kBlock) / 2) * 32 + i % 2] = float_to_bf16_bits(values[f * cols + i]);
   }
 }
 

@@ -352,9 +352,7 @@ float softmax_numerators_portable(const float* row, std::int64_t n, std::int64_t
   float sum = 0.0f;
   for (std::int64_t i = 0; i < n; ++i) {
     const float e = exp_poly(row[i] - max);
-    auto u = std::bit_cast<std::uint32_t>(e);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    probs[i] = static_cast<std::uint16_t>(u >> 16);
+    probs[i] = float_to_bf16_bits(e);
     sum += e;
   }
   for (std::int64_t i = n; i < n_zero; ++i) probs[i] = 0;

@@ -5,6 +5,7 @@
 #include <bit>
 #include <unordered_map>
 
+#include "common/fp16.h"
 #include "kernels/cpu/amx_bf16.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -31,11 +32,7 @@ void single_threaded_onednn() {
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void convert_to_bf16(const float* x, std::uint16_t* y, std::int64_t n, float scale) {
   if (cpu::amx::available()) return cpu::amx::round_to_bf16(x, y, n, scale);  // the same bits, vectorised
-  for (std::int64_t i = 0; i < n; ++i) {
-    auto u = std::bit_cast<std::uint32_t>(x[i] * scale);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    y[i] = static_cast<std::uint16_t>(u >> 16);
-  }
+  for (std::int64_t i = 0; i < n; ++i) y[i] = float_to_bf16_bits(x[i] * scale);
 }
 
 void maybe_parallel(std::int64_t n, double flops, const std::function<void(std::int64_t, std::int64_t)>& fn) {
