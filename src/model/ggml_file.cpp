@@ -349,13 +349,15 @@ ModelFile ModelFile::parse(std::span<const std::byte> bytes, std::string source)
     }
     auto name_bytes = in.take(name_len, "a tensor name");
     t.name.assign(reinterpret_cast<const char*>(name_bytes.data()), name_bytes.size());
-    // Checked one extent at a time so that the product cannot overflow; no Whisper tensor
-    // comes near 2^40 values.
+    // Each extent is checked against what the limit leaves before it multiplies, so that the
+    // product cannot overflow; no Whisper tensor comes near 2^40 values.
     constexpr std::int64_t kMaxElements = std::int64_t{1} << 40;
     std::int64_t elements = 1;
     for (int i = 0; i < t.n_dims; ++i) {
+      if (t.extents[i] > kMaxElements / elements) {
+        throw Error(source + ": tensor " + t.name + " claims an impossible size (corrupt file)");
+      }
       elements *= t.extents[i];
-      if (elements > kMaxElements) throw Error(source + ": tensor " + t.name + " claims an impossible size (corrupt file)");
     }
     if (!known_type(type_code)) {
       throw Error(source + ": tensor " + t.name + " has unknown type code " + std::to_string(type_code));

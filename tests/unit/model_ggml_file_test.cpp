@@ -10,6 +10,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -614,16 +615,24 @@ TEST(ModelFileDamaged, HugeExtentsEndInAnErrorNotAnOverflowCrash) {
 // Extents 2^30 x 2^30 x 16 multiply to 2^64, which would wrap to 0 in an unchecked int64
 // product and be accepted with no data at all; appended after a complete model as an
 // extra tensor, nothing else would catch it.
+// The fuzzer's case: 2^20 x 2^20 is exactly the largest count allowed, and a third extent
+// of 2^31 - 1 overflowed the product before the limit was checked (2^71 - 2^40 wraps to
+// -2^40, under the limit).
 TEST(ModelFileDamaged, ExtentsWhoseProductOverflowsAreRejected) {
-  Bytes b = micro_bytes();
   const std::string name = "extra.overflowing";
-  for (std::int32_t v : {3, static_cast<std::int32_t>(name.size()), 0, 1 << 30, 1 << 30, 16}) {
-    const auto at = b.size();
-    b.resize(at + 4);
-    put_i32(b, at, v);
+  for (const std::array<std::int32_t, 3>& extents :
+       {std::array<std::int32_t, 3>{1 << 30, 1 << 30, 16}, std::array<std::int32_t, 3>{1 << 20, 1 << 20, 0x7fffffff},
+        std::array<std::int32_t, 3>{0x7fffffff, 1 << 9, 0x7fffffff}}) {
+    SCOPED_TRACE(::testing::PrintToString(extents));
+    Bytes b = micro_bytes();
+    for (std::int32_t v : {3, static_cast<std::int32_t>(name.size()), 0, extents[0], extents[1], extents[2]}) {
+      const auto at = b.size();
+      b.resize(at + 4);
+      put_i32(b, at, v);
+    }
+    for (char c : name) b.push_back(static_cast<std::byte>(c));
+    expect_error_mentions(b, {"extra.overflowing", "impossible size"});
   }
-  for (char c : name) b.push_back(static_cast<std::byte>(c));
-  expect_error_mentions(b, {"extra.overflowing"});
 }
 
 TEST(ModelFileDamaged, UnknownFtype) {
