@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/int8.h"
 
 #ifdef AMANUENSIS_HAVE_ONEDNN
 #include "kernels/onednn/onednn_backend.h"
@@ -124,8 +125,8 @@ void Backend::attention_f16kv(std::span<const float> q, std::int64_t n_q, std::s
   thread_local std::vector<float> k32, v32;
   k32.resize(static_cast<std::size_t>(n_kv * d));
   v32.resize(static_cast<std::size_t>(n_kv * d));
-  cpu::halves_to_floats(k.data(), k32.data(), n_kv * d);
-  cpu::halves_to_floats(v.data(), v32.data(), n_kv * d);
+  from_halves_by_head(k.first(static_cast<std::size_t>(n_kv * d)), n_kv, n_head, k32);
+  from_halves_by_head(v.first(static_cast<std::size_t>(n_kv * d)), n_kv, n_head, v32);
   attention(q, n_q, k32, v32, n_kv, n_head, d, causal_offset, out);
 }
 
@@ -146,6 +147,11 @@ void Backend::feed_forward(std::span<float> x, std::int64_t rows, const NormPara
   hidden.resize(static_cast<std::size_t>(rows * up.rows()));
   linear(normed, rows, up, hidden, Epilogue::Gelu);
   linear(hidden, rows, down, x, Epilogue::Accumulate);
+}
+
+bool steps_in_int8(const StoredMatrix& weights, WeightRole role) {
+  if (!cpu::fits_int8_blocks(weights.shape)) return false;
+  return role == WeightRole::Linear || (role == WeightRole::Embedding && is_block_quantized(weights.dtype));
 }
 
 Precision resolve(Precision p, WeightFormat weights) {

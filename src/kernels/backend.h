@@ -26,9 +26,11 @@ namespace amanuensis::kernels {
 // rounds weights and activations to bfloat16 before multiplying (what AVX512_BF16 / AMX
 // do). Int8 multiplies int8 codes with int32 sums in a window's products (RowsHint::Many,
 // but for the convolution stem: WeightRole): weights get one scale per output feature,
-// input rows one scale per row, found as each product runs. The decoder's weights
-// (RowsHint::Few) stay as stored in every precision: its steps are bound by reading
-// them, and quantizing them as well as the encoder cost tokens in the conformance suite.
+// input rows one scale per row, found as each product runs. Decoder steps (RowsHint::Few)
+// in Int8 take q8_0's arithmetic instead (cpu/int8.h: a scale per block of 32 on both
+// sides, finer than one per row, which cost tokens in the conformance suite), for the
+// matrices steps_in_int8 names; the others, and every Few matrix in Fp32 and Bf16, stay
+// as stored: the steps are bound by reading them.
 enum class Precision { Auto, Fp32, Bf16, Int8 };
 
 // "auto", "fp32", "bf16", "int8"; anything else throws amanuensis::Error.
@@ -113,7 +115,15 @@ enum class RowsHint { Many, Few };
 // Whisper's convolutions in float: quantizing the input that everything else depends on
 // cost more accuracy than every other layer together in the conformance suite, for
 // about 5% of the encoder's arithmetic.
-enum class WeightRole { Linear, Stem };
+// Int8 also keeps a float file's token embedding (Embedding: the decoder's output
+// projection, read back row by row) as stored: see steps_in_int8.
+enum class WeightRole { Linear, Stem, Embedding };
+
+// Whether Int8 multiplies this decoder-step matrix as int8 blocks: its rows are whole
+// blocks, and it is a linear layer or the embedding of a quantized file (its own codes).
+// q8_0 codes for a float file's embedding raised the largest teacher-forced logit error
+// of the conformance suite from 1.15 to 1.7 and flipped a greedy token of margin 1.02.
+bool steps_in_int8(const StoredMatrix& weights, WeightRole role);
 
 // Keys and values of consecutive positions, one block of a paged KV cache: rows x d
 // floats each, row-major like attention()'s k and v (head h in columns [h*hd, (h+1)*hd)).
@@ -167,7 +177,9 @@ class Backend {
                                std::span<float> out) const;
 
   // attention() with k and v stored as IEEE half (a window's cross-attention keys and
-  // values: half the bytes each decoder step reads). By default widened to float and
+  // values: half the bytes each decoder step reads), head by head (to_halves_by_head,
+  // kernels/tensor.h): each head's rows lie together, so a step streams them in order
+  // instead of reading a head's slice of every row. By default widened to float rows and
   // passed to attention(); a backend may read the halves directly.
   virtual void attention_f16kv(std::span<const float> q, std::int64_t n_q, std::span<const std::uint16_t> k,
                                std::span<const std::uint16_t> v, std::int64_t n_kv, int n_head, std::int64_t d,

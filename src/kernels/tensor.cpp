@@ -56,4 +56,28 @@ void from_halves(std::span<const std::uint16_t> in, std::span<float> out) {
   cpu::halves_to_floats(in.data(), out.data(), static_cast<std::int64_t>(in.size()));
 }
 
+namespace {
+// hd of a head-by-head layout of n_rows rows, or InternalError when the sizes disagree.
+std::int64_t head_size(std::size_t rows_size, std::size_t heads_size, std::int64_t n_rows, int n_head) {
+  const auto elements = static_cast<std::int64_t>(rows_size);
+  if (n_rows <= 0 || n_head <= 0 || elements % (n_rows * n_head) != 0 || heads_size < rows_size)
+    throw InternalError("head-by-head conversion: sizes do not match the rows and heads");
+  return elements / (n_rows * n_head);
+}
+}  // namespace
+
+void to_halves_by_head(std::span<const float> rows, std::int64_t n_rows, int n_head, std::span<std::uint16_t> out) {
+  const std::int64_t hd = head_size(rows.size(), out.size(), n_rows, n_head), d = hd * n_head;
+  for (int h = 0; h < n_head; ++h)
+    for (std::int64_t r = 0; r < n_rows; ++r)
+      cpu::floats_to_halves(rows.data() + r * d + h * hd, out.data() + (h * n_rows + r) * hd, hd);
+}
+
+void from_halves_by_head(std::span<const std::uint16_t> heads, std::int64_t n_rows, int n_head, std::span<float> out) {
+  const std::int64_t hd = head_size(out.size(), heads.size(), n_rows, n_head), d = hd * n_head;
+  for (int h = 0; h < n_head; ++h)
+    for (std::int64_t r = 0; r < n_rows; ++r)
+      cpu::halves_to_floats(heads.data() + (h * n_rows + r) * hd, out.data() + r * d + h * hd, hd);
+}
+
 }  // namespace amanuensis::kernels

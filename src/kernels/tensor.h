@@ -51,4 +51,10 @@ void to_floats(DType t, std::span<const std::byte> in, std::span<float> out);
 void to_halves(std::span<const float> in, std::span<std::uint16_t> out);
 void from_halves(std::span<const std::uint16_t> in, std::span<float> out);
 
+// n_rows rows of n_head heads (n_rows x d floats, head h in columns [h hd, (h + 1) hd)) as
+// halves head by head: head h's n_rows x hd values at [h n_rows hd, (h + 1) n_rows hd),
+// the layout of Backend::attention_f16kv's keys and values; and back to rows of floats.
+void to_halves_by_head(std::span<const float> rows, std::int64_t n_rows, int n_head, std::span<std::uint16_t> out);
+void from_halves_by_head(std::span<const std::uint16_t> heads, std::int64_t n_rows, int n_head, std::span<float> out);
+
 }  // namespace amanuensis::kernels

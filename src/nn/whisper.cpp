@@ -193,7 +193,7 @@ void capture_scores(AttentionCapture& capture, int layer, std::span<const float>
     const std::uint16_t* keys = cross.keys[cache_layer].data();
     std::vector<float> key(static_cast<std::size_t>(hd));
     for (std::int64_t a = 0; a < cross.n_ctx; ++a) {
-      kernels::from_halves({keys + a * d + head * hd, static_cast<std::size_t>(hd)}, key);
+      kernels::from_halves({keys + (head * cross.n_ctx + a) * hd, static_cast<std::size_t>(hd)}, key);
       for (std::int64_t t = 0; t < n; ++t) {
         float dot = 0.0f;
         for (std::int64_t j = 0; j < hd; ++j) dot += q[t * d + head * hd + j] * key[j];
@@ -229,7 +229,7 @@ std::shared_ptr<const WhisperWeights> load_weights(const TensorSource& src, cons
     // the output projection, which is also the token embedding (Decoder::embed)
     const std::string name = "decoder.token_embedding.weight";
     w->embedding_dim = src[name].cols();
-    w->logits = {be.pack(stored(src[name]), {}, RowsHint::Few)};
+    w->logits = {be.pack(stored(src[name]), {}, RowsHint::Few, kernels::WeightRole::Embedding)};
     src.done(name);
   }
   w->decoder_positions = src.floats("decoder.positional_embedding");
@@ -320,8 +320,8 @@ CrossAttentionCache Decoder::cross_attention(const AudioFeatures& audio) const {
     be.linear(audio.states, audio.n_ctx, *block.cross_attn.value.packed, v);
     auto& k16 = cache.keys.emplace_back(static_cast<std::size_t>(size));
     auto& v16 = cache.values.emplace_back(static_cast<std::size_t>(size));
-    kernels::to_halves(k, k16);
-    kernels::to_halves(v, v16);
+    kernels::to_halves_by_head(k, audio.n_ctx, w_->hparams.n_text_head, k16);
+    kernels::to_halves_by_head(v, audio.n_ctx, w_->hparams.n_text_head, v16);
   }
   cache.charge = kv_pool_->charge_audio(cross_attention_bytes(audio.n_ctx));
   return cache;

@@ -87,7 +87,8 @@ struct AudioFeatures {
 // Runner::encode hands it out shared, and every sequence decoding the window reads it.
 struct CrossAttentionCache {
   std::int64_t n_ctx = 0;
-  std::vector<std::vector<std::uint16_t>> keys, values;  // per layer, n_ctx x d, IEEE half
+  // per layer, n_ctx x d IEEE halves head by head (kernels::to_halves_by_head)
+  std::vector<std::vector<std::uint16_t>> keys, values;
   AudioCharge charge;  // set by Decoder::cross_attention
 };
 

@@ -99,11 +99,26 @@ TEST(FewQueryAttention, HalfKeysAndValuesGiveTheBitsOfTheirWidenedFloats) {
     const auto expected = few_query_attention(q, s.n_q, k, v, s.n_kv, s.n_head, s.d, s.causal_offset);
     std::vector<float> got(expected.size());
     const std::int64_t hd = s.d / s.n_head;
+    // the halves in rows (a head's slice of each row) and head by head (a head's rows
+    // together, as a window's cross-attention entry holds them): the same bits
+    std::vector<std::uint16_t> k_heads(k16.size()), v_heads(v16.size());
     for (int h = 0; h < s.n_head; ++h)
-      attention_head_few_queries_f16(q.data() + h * hd, s.n_q, k16.data() + h * hd, v16.data() + h * hd, s.n_kv, s.d,
-                                     hd, s.causal_offset, got.data() + h * hd);
-    for (std::size_t i = 0; i < got.size(); ++i)
-      ASSERT_EQ(std::memcmp(&got[i], &expected[i], sizeof(float)), 0) << "at " << i << ": " << got[i] << " vs " << expected[i];
+      for (std::int64_t j = 0; j < s.n_kv; ++j)
+        for (std::int64_t i = 0; i < hd; ++i) {
+          k_heads[(h * s.n_kv + j) * hd + i] = k16[j * s.d + h * hd + i];
+          v_heads[(h * s.n_kv + j) * hd + i] = v16[j * s.d + h * hd + i];
+        }
+    for (bool by_head : {false, true}) {
+      for (int h = 0; h < s.n_head; ++h) {
+        const std::int64_t at = by_head ? h * s.n_kv * hd : h * hd;
+        attention_head_few_queries_f16(q.data() + h * hd, s.n_q, s.d, (by_head ? k_heads : k16).data() + at,
+                                       (by_head ? v_heads : v16).data() + at, s.n_kv, by_head ? hd : s.d, hd,
+                                       s.causal_offset, got.data() + h * hd);
+      }
+      for (std::size_t i = 0; i < got.size(); ++i)
+        ASSERT_EQ(std::memcmp(&got[i], &expected[i], sizeof(float)), 0)
+            << (by_head ? "head by head" : "rows") << " at " << i << ": " << got[i] << " vs " << expected[i];
+    }
   }
 }
 

@@ -76,10 +76,13 @@ TEST(KernelsBackend, PrecisionNames) {
 TEST(KernelsBackend, LinearMatchesDefinition) {
   for (const auto& backend : all_backends()) {
     SCOPED_TRACE(backend->name());
+    // k = 72: not a multiple of 16 (nor of int8's blocks of 32: such Few matrices stay as
+    // stored); 96: whole blocks. n spans several slices
+    for (const std::int64_t k : {72, 96})
     for (std::int64_t m : {1, 3, 5, 70}) {
       for (bool few : {false, true}) {
         for (bool with_bias : {false, true}) {
-          const std::int64_t k = 72, n = 300;  // k not a multiple of 16, n spans several slices
+          const std::int64_t n = 300;
           auto w = random_values(n * k, 1, 0.2f);
           if (few)
             for (auto& v : w) v = cpu::half_to_float(cpu::float_to_half(v));
@@ -102,7 +105,7 @@ TEST(KernelsBackend, LinearMatchesDefinition) {
                 const double expect = e == Epilogue::Gelu ? gelu(s) : e == Epilogue::Accumulate ? residual[r * n + c] + s : s;
                 worst = std::max(worst, std::abs(expect - y[r * n + c]));
               }
-            EXPECT_LE(worst, tolerance(*backend, 4.0));
+            EXPECT_LE(worst, tolerance(*backend, 4.0)) << "k " << k;
           }
         }
       }
@@ -129,6 +132,59 @@ TEST(KernelsBackend, Int8EngineProductsAreTheReferenceBits) {
     std::int64_t differ = 0;
     for (std::size_t i = 0; i < ya.size(); ++i) differ += ya[i] != yb[i];
     EXPECT_EQ(differ, 0) << "epilogue " << static_cast<int>(e);
+  }
+}
+
+// Decoder steps in int8 (Few matrices of whole blocks): the engine's products are the
+// reference's bits on every CPU (AVX2 or VNNI: the int32 sums are exact), and so is the
+// embedding read back from them.
+TEST(KernelsBackend, Int8StepProductsAreTheReferenceBits) {
+  const auto engine = make_backend({.precision = Precision::Int8});
+  const auto reference = make_reference_backend(Precision::Int8);
+  ASSERT_NE(engine->name(), reference->name());
+  const std::int64_t k = 384, n = 1000;
+  const auto w = random_values(n * k, 21, 0.1f), bias = random_values(n, 22, 0.5f);
+  const auto a = engine->pack(kernels::stored_floats(w, {n, k}), bias, RowsHint::Few);
+  const auto b = reference->pack(kernels::stored_floats(w, {n, k}), bias, RowsHint::Few);
+  for (std::int64_t m : {1, 4, 17}) {
+    const auto x = random_values(m * k, 23 + static_cast<unsigned>(m), 1.0f);
+    for (auto e : {Epilogue::Store, Epilogue::Gelu, Epilogue::Accumulate}) {
+      std::vector<float> ya(m * n, 0.25f), yb(m * n, 0.25f);
+      engine->linear(x, m, *a, ya, e);
+      reference->linear(x, m, *b, yb, e);
+      EXPECT_EQ(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)), 0)
+          << "m " << m << " epilogue " << static_cast<int>(e);
+    }
+  }
+  std::vector<float> ra(k), rb(k);
+  for (std::int64_t row : {0, 517, 999}) {
+    engine->matrix_row(*a, row, ra);
+    reference->matrix_row(*b, row, rb);
+    EXPECT_EQ(ra, rb) << "row " << row;
+    for (std::int64_t i = 0; i < k; ++i) ASSERT_NEAR(ra[i], w[row * k + i], 0.01f) << "row " << row;
+  }
+}
+
+// Which decoder-step matrices int8 multiplies as blocks: linear layers of whole blocks,
+// and a token embedding only where the file quantized it (a float file's stays as stored,
+// in both backends, so its rows read back exactly).
+TEST(KernelsBackend, Int8StepsKeepAFloatFilesEmbedding) {
+  const std::vector<float> w(8 * 64, 0.3f);
+  const StoredMatrix floats = stored_floats(w, {8, 64});
+  std::vector<std::byte> q8(8 * 2 * 34, std::byte{0});
+  const StoredMatrix quantized{DType::Q8_0, {8, 64}, q8};
+  EXPECT_TRUE(steps_in_int8(floats, WeightRole::Linear));
+  EXPECT_FALSE(steps_in_int8(floats, WeightRole::Embedding));
+  EXPECT_TRUE(steps_in_int8(quantized, WeightRole::Embedding));
+  EXPECT_FALSE(steps_in_int8(floats, WeightRole::Stem));
+  const std::vector<float> odd(8 * 40, 0.3f);
+  EXPECT_FALSE(steps_in_int8(stored_floats(odd, {8, 40}), WeightRole::Linear));
+  const auto random = random_values(8 * 64, 31, 0.2f);
+  for (const auto& backend : {make_backend({.precision = Precision::Int8}), make_reference_backend(Precision::Int8)}) {
+    const auto embedding = backend->pack(stored_floats(random, {8, 64}), {}, RowsHint::Few, WeightRole::Embedding);
+    std::vector<float> row(64);
+    backend->matrix_row(*embedding, 5, row);
+    EXPECT_EQ(row, std::vector<float>(random.begin() + 5 * 64, random.begin() + 6 * 64)) << backend->name();
   }
 }
 
@@ -177,17 +233,37 @@ TEST(KernelsBackend, AttentionMatchesDefinition) {
 // Keys and values stored as half: the same as attention() on the widened values, within
 // float rounding, whether the backend reads the halves itself (few queries: the decoder's
 // steps) or widens them (many queries).
+// Head by head: head h's rows together, each the row's half of those columns.
+TEST(KernelsBackend, HalvesByHeadHoldEachHeadsRowsTogether) {
+  const std::int64_t rows = 5, d = 12;
+  const int n_head = 3;
+  std::vector<float> x(rows * d), back(rows * d);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i) + 0.25f;
+  std::vector<std::uint16_t> heads(x.size());
+  to_halves_by_head(x, rows, n_head, heads);
+  for (int h = 0; h < n_head; ++h)
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t i = 0; i < 4; ++i)
+        ASSERT_EQ(cpu::half_to_float(heads[(h * rows + r) * 4 + i]), x[r * d + h * 4 + i]) << h << " " << r << " " << i;
+  from_halves_by_head(heads, rows, n_head, back);
+  EXPECT_EQ(back, x);
+  std::vector<std::uint16_t> short_out(x.size() - 1);
+  EXPECT_THROW(to_halves_by_head(x, rows, n_head, short_out), std::exception);
+  EXPECT_THROW(to_halves_by_head(x, rows, 5, heads), std::exception);
+}
+
 TEST(KernelsBackend, HalfKeysAndValuesMatchWidenedOnes) {
   for (const auto& backend : all_backends()) {
     SCOPED_TRACE(backend->name());
     const int n_head = 6;
     const std::int64_t d = 384, n_kv = 300;
     auto k = random_values(n_kv * d, 11, 1.0f), v = random_values(n_kv * d, 12, 1.0f);
+    // halves head by head, as attention_f16kv takes them; k and v their widened rows
     std::vector<std::uint16_t> k16(k.size()), v16(v.size());
-    cpu::floats_to_halves(k.data(), k16.data(), static_cast<std::int64_t>(k.size()));
-    cpu::floats_to_halves(v.data(), v16.data(), static_cast<std::int64_t>(v.size()));
-    cpu::halves_to_floats(k16.data(), k.data(), static_cast<std::int64_t>(k.size()));
-    cpu::halves_to_floats(v16.data(), v.data(), static_cast<std::int64_t>(v.size()));
+    to_halves_by_head(k, n_kv, n_head, k16);
+    to_halves_by_head(v, n_kv, n_head, v16);
+    from_halves_by_head(k16, n_kv, n_head, k);
+    from_halves_by_head(v16, n_kv, n_head, v);
     for (const std::int64_t n_q : {1, 5, 40}) {
       SCOPED_TRACE("n_q " + std::to_string(n_q));
       const auto q = random_values(n_q * d, 13, 1.0f);
@@ -305,7 +381,8 @@ std::uint64_t check_few_rows_independent(const Backend& backend) {
   };
   constexpr std::int64_t kInputs = 70;
   std::uint64_t h = 0xcbf29ce484222325ull;
-  for (const Shape shape : {Shape{300, 72}, Shape{37, 13}, Shape{130, 389}, Shape{1029, 300}}) {
+  // 300 x 96: whole blocks of 32, so int8 runs its block products (the others, not)
+  for (const Shape shape : {Shape{300, 72}, Shape{37, 13}, Shape{130, 389}, Shape{1029, 300}, Shape{300, 96}}) {
     const std::int64_t n = shape.n, k = shape.k;
     for (bool exact_f16 : {true, false}) {
       for (bool with_bias : {false, true}) {

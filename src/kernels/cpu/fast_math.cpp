@@ -559,27 +559,29 @@ inline __m256 dots8_f16(const float* qr, const std::uint16_t* k, std::int64_t st
   return reduce_dots8(acc);
 }
 
-// head_scores_avx2 with half keys (hd a multiple of 8): the same bits, eight keys at a time.
+// head_scores_avx2 with half keys (hd a multiple of 8): the same bits, eight keys at a
+// time. Query rows are q_stride floats apart, key rows kv_stride halves.
 __attribute__((target("avx2,fma,f16c")))
-void head_scores_f16_avx2(const float* q, std::int64_t n_q, const std::uint16_t* k, std::int64_t stride,
-                          std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores) {
+void head_scores_f16_avx2(const float* q, std::int64_t n_q, std::int64_t q_stride, const std::uint16_t* k,
+                          std::int64_t kv_stride, std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible,
+                          float scale, float* scores) {
   const __m256 scale8 = _mm256_set1_ps(scale);
   std::int64_t j = 0;
   for (; j + 8 <= n_kv; j += 8) {
-    const std::uint16_t* kj = k + j * stride;
+    const std::uint16_t* kj = k + j * kv_stride;
     for (std::int64_t r = 0; r < n_q; ++r) {
-      const float* qr = q + r * stride;
+      const float* qr = q + r * q_stride;
       float* out = scores + r * n_kv + j;
       if (j + 8 <= visible[r]) {
-        _mm256_storeu_ps(out, _mm256_mul_ps(dots8_f16(qr, kj, stride, hd), scale8));
+        _mm256_storeu_ps(out, _mm256_mul_ps(dots8_f16(qr, kj, kv_stride, hd), scale8));
       } else {
-        for (std::int64_t t = 0; j + t < visible[r]; ++t) out[t] = dot_f16(qr, kj + t * stride, hd) * scale;
+        for (std::int64_t t = 0; j + t < visible[r]; ++t) out[t] = dot_f16(qr, kj + t * kv_stride, hd) * scale;
       }
     }
   }
   for (; j < n_kv; ++j)
     for (std::int64_t r = 0; r < n_q; ++r)
-      if (j < visible[r]) scores[r * n_kv + j] = dot_f16(q + r * stride, k + j * stride, hd) * scale;
+      if (j < visible[r]) scores[r * n_kv + j] = dot_f16(q + r * q_stride, k + j * kv_stride, hd) * scale;
 }
 
 // out = sum_j p_j v_j over keys [0, n) in key order, one FMA per element and key from zero
@@ -593,14 +595,16 @@ inline __m256 weighted_sum8_f16(const float* p, const std::uint16_t* v, std::int
 
 // head_values with half values (hd a multiple of 8): per query, its output row in
 // registers over all keys, in key order (the bits of keys outermost, row in memory), 64
-// features at a time so that eight independent FMA chains run side by side.
+// features at a time so that eight independent FMA chains run side by side. Value rows
+// are stride halves apart, output rows out_stride floats.
 __attribute__((target("avx2,fma,f16c")))
 void head_values_f16_avx2(const float* p, std::int64_t n_q, const std::uint16_t* v, std::int64_t stride,
-                          std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float* out) {
+                          std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float* out,
+                          std::int64_t out_stride) {
   for (std::int64_t r = 0; r < n_q; ++r) {
     const float* pr = p + r * n_kv;
     const std::int64_t n = std::min(visible[r], n_kv);
-    float* o = out + r * stride;
+    float* o = out + r * out_stride;
     std::int64_t i = 0;
     for (; i + 64 <= hd; i += 64) {
       __m256 acc[8];
@@ -620,7 +624,8 @@ void head_values_f16_avx2(const float* p, std::int64_t n_q, const std::uint16_t*
 // same chain of FMAs in key order, so the bits are those of the eight-lane version.
 __attribute__((target("avx512f")))
 void head_values_f16_avx512(const float* p, std::int64_t n_q, const std::uint16_t* v, std::int64_t stride,
-                            std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float* out) {
+                            std::int64_t hd, std::int64_t n_kv, const std::int64_t* visible, float* out,
+                            std::int64_t out_stride) {
   for (std::int64_t r = 0; r < n_q; ++r) {
     const float* pr = p + r * n_kv;
     const std::int64_t n = std::min(visible[r], n_kv);
@@ -634,7 +639,7 @@ void head_values_f16_avx512(const float* p, std::int64_t n_q, const std::uint16_
           acc[g] = _mm512_fmadd_ps(
               pj, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vj + 16 * g))), acc[g]);
       }
-      for (int g = 0; g < 4; ++g) _mm512_storeu_ps(out + r * stride + i + 16 * g, acc[g]);
+      for (int g = 0; g < 4; ++g) _mm512_storeu_ps(out + r * out_stride + i + 16 * g, acc[g]);
     }
   }
 }
@@ -670,9 +675,9 @@ void halves_to_floats(const std::uint16_t* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] = amanuensis::half_to_float(x[i]);
 }
 
-void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std::uint16_t* k, const std::uint16_t* v,
-                                    std::int64_t n_kv, std::int64_t stride, std::int64_t hd, std::int64_t causal_offset,
-                                    float* out) {
+void attention_head_few_queries_f16(const float* q, std::int64_t n_q, std::int64_t q_stride, const std::uint16_t* k,
+                                    const std::uint16_t* v, std::int64_t n_kv, std::int64_t kv_stride, std::int64_t hd,
+                                    std::int64_t causal_offset, float* out) {
 #if defined(__x86_64__)
   if (have_avx2_fma_f16c() && hd % 8 == 0) {
     thread_local std::vector<float> scores;
@@ -682,26 +687,26 @@ void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std:
     for (std::int64_t r = 0; r < n_q; ++r)
       visible[r] = causal_offset < 0 ? n_kv : std::min(n_kv, causal_offset + r + 1);
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    head_scores_f16_avx2(q, n_q, k, stride, hd, n_kv, visible.data(), scale, scores.data());
+    head_scores_f16_avx2(q, n_q, q_stride, k, kv_stride, hd, n_kv, visible.data(), scale, scores.data());
     for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
     static const bool avx512 = __builtin_cpu_supports("avx512f");
     if (avx512 && hd % 64 == 0) {
-      head_values_f16_avx512(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
+      head_values_f16_avx512(scores.data(), n_q, v, kv_stride, hd, n_kv, visible.data(), out, q_stride);
     } else {
-      head_values_f16_avx2(scores.data(), n_q, v, stride, hd, n_kv, visible.data(), out);
+      head_values_f16_avx2(scores.data(), n_q, v, kv_stride, hd, n_kv, visible.data(), out, q_stride);
     }
     return;
   }
 #endif
-  // no F16C: widen this head's rows and take the float path
+  // no F16C: widen this head's rows and take the float path, whose rows share one stride
   thread_local std::vector<float> k32, v32;
-  k32.resize(static_cast<std::size_t>(n_kv * stride));
-  v32.resize(static_cast<std::size_t>(n_kv * stride));
+  k32.resize(static_cast<std::size_t>(n_kv * q_stride));
+  v32.resize(static_cast<std::size_t>(n_kv * q_stride));
   for (std::int64_t j = 0; j < n_kv; ++j) {
-    halves_to_floats(k + j * stride, k32.data() + j * stride, hd);
-    halves_to_floats(v + j * stride, v32.data() + j * stride, hd);
+    halves_to_floats(k + j * kv_stride, k32.data() + j * q_stride, hd);
+    halves_to_floats(v + j * kv_stride, v32.data() + j * q_stride, hd);
   }
-  attention_head_few_queries(q, n_q, k32.data(), v32.data(), n_kv, stride, hd, causal_offset, out);
+  attention_head_few_queries(q, n_q, k32.data(), v32.data(), n_kv, q_stride, hd, causal_offset, out);
 }
 
 namespace {

@@ -30,10 +30,11 @@ void attention_head_few_queries_paged(const float* q, std::int64_t n_q, std::spa
 
 // The same with keys and values stored as IEEE half (a window's cross-attention keys
 // and values: half the bytes a decoder step reads), widened to float as they are read;
-// the arithmetic is the float version's.
-void attention_head_few_queries_f16(const float* q, std::int64_t n_q, const std::uint16_t* k, const std::uint16_t* v,
-                                    std::int64_t n_kv, std::int64_t stride, std::int64_t hd, std::int64_t causal_offset,
-                                    float* out);
+// the arithmetic is the float version's. q and out rows are q_stride floats apart, key
+// and value rows kv_stride halves (hd where each head's rows lie together).
+void attention_head_few_queries_f16(const float* q, std::int64_t n_q, std::int64_t q_stride, const std::uint16_t* k,
+                                    const std::uint16_t* v, std::int64_t n_kv, std::int64_t kv_stride, std::int64_t hd,
+                                    std::int64_t causal_offset, float* out);
 
 // Whether this CPU has AVX2, FMA and F16C (both machine kinds the project runs on do).
 bool have_avx2_fma_f16c();

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace amanuensis::kernels::cpu {
@@ -118,6 +119,53 @@ void int8_linear_reference(std::span<const float> x, std::int64_t m, const Int8M
         y[r * n + c] = std::fma(static_cast<float>(sum) * w.scales[c], x_scales[r], bias.empty() ? 0.0f : bias[c]);
       }
     }
+  });
+}
+
+bool fits_int8_blocks(MatrixShape shape) { return shape.cols > 0 && shape.cols % kQuantBlock == 0; }
+
+BlockInt8Matrix quantize_blocks_int8(const StoredMatrix& weights) {
+  const auto [rows, cols] = weights.shape;
+  if (!fits_int8_blocks(weights.shape)) throw InternalError("quantize_blocks_int8: rows are not whole blocks");
+  const std::int64_t blocks = cols / kQuantBlock;
+  BlockInt8Matrix m{weights.shape, std::vector<std::int8_t>(static_cast<std::size_t>(rows * cols)),
+                    std::vector<float>(static_cast<std::size_t>(rows * blocks))};
+  if (has_int8_codes(weights.dtype)) {
+    // the file's own codes and scales: nothing is quantized twice
+    const std::size_t block_bytes = dtype_bytes(weights.dtype, kQuantBlock);
+    for (std::int64_t b = 0; b < rows * blocks; ++b)
+      m.scales[b] = block_codes(weights.dtype, weights.bytes.data() + b * block_bytes, m.codes.data() + b * kQuantBlock);
+    return m;
+  }
+  const std::vector<float> values = to_floats(weights);
+  quantize_rows_int8(values.data(), rows * blocks, kQuantBlock, m.codes.data(), m.scales.data());
+  return m;
+}
+
+void quantize_input_blocks(const float* x, std::int64_t m, std::int64_t k, std::int8_t* codes, float* scales) {
+  quantize_rows_int8(x, m * (k / kQuantBlock), kQuantBlock, codes, scales);
+}
+
+void block_int8_linear_reference(std::span<const float> x, std::int64_t m, const BlockInt8Matrix& w,
+                                 std::span<const float> bias, std::span<float> y) {
+  const auto [n, k] = w.shape;
+  const std::int64_t blocks = k / kQuantBlock;
+  std::vector<std::int8_t> codes(static_cast<std::size_t>(m * k));
+  std::vector<float> x_scales(static_cast<std::size_t>(m * blocks));
+  quantize_input_blocks(x.data(), m, k, codes.data(), x_scales.data());
+  parallel_for(n, 64, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t r = 0; r < m; ++r)
+      for (std::int64_t c = begin; c < end; ++c) {
+        float acc = 0.0f;
+        for (std::int64_t b = 0; b < blocks; ++b) {
+          const std::int8_t* xb = codes.data() + r * k + b * kQuantBlock;
+          const std::int8_t* wb = w.codes.data() + c * k + b * kQuantBlock;
+          std::int32_t sum = 0;
+          for (std::int64_t i = 0; i < kQuantBlock; ++i) sum += static_cast<std::int32_t>(xb[i]) * wb[i];
+          acc = std::fma(static_cast<float>(sum), w.scales[c * blocks + b] * x_scales[r * blocks + b], acc);
+        }
+        y[r * n + c] = acc + (bias.empty() ? 0.0f : bias[c]);
+      }
   });
 }
 

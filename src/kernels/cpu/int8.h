@@ -34,4 +34,28 @@ Int8Matrix quantize_matrix_int8(std::span<const float> values, MatrixShape shape
 void int8_linear_reference(std::span<const float> x, std::int64_t m, const Int8Matrix& w, std::span<const float> bias,
                            std::span<float> y);
 
+// Decoder steps in int8 (RowsHint::Few matrices): q8_0's arithmetic, blocks of
+// kQuantBlock inputs with a scale each on both sides. A weight matrix's codes are its
+// stored ones for q8_0/q5_0/q4_0 files, else each block quantized as quantize_rows_int8
+// does a row; an input row is quantized the same way, block by block, as the product runs.
+struct BlockInt8Matrix {
+  MatrixShape shape;               // cols a multiple of kQuantBlock
+  std::vector<std::int8_t> codes;  // rows x cols, row-major
+  std::vector<float> scales;       // rows x (cols / kQuantBlock)
+};
+
+// Whether a matrix of this shape can be held as blocks (its rows are whole blocks).
+bool fits_int8_blocks(MatrixShape shape);
+BlockInt8Matrix quantize_blocks_int8(const StoredMatrix& weights);
+
+// Input rows quantized by blocks: codes m x k, scales m x (k / kQuantBlock).
+void quantize_input_blocks(const float* x, std::int64_t m, std::int64_t k, std::int8_t* codes, float* scales);
+
+// The block int8 product as every backend computes it: acc = 0, then for each block b in
+// order acc = fma(float(sum_i xq[r, i] wq[c, i] over the block), w.scale[c, b] * x_scale[r,
+// b], acc); y[r, c] = acc + bias[c] (bias may be empty). The int32 sums are exact, so the
+// vector kernels (cpu/int8_panels.h) give these bits with any grouping of the products.
+void block_int8_linear_reference(std::span<const float> x, std::int64_t m, const BlockInt8Matrix& w,
+                                 std::span<const float> bias, std::span<float> y);
+
 }  // namespace amanuensis::kernels::cpu

@@ -36,6 +36,7 @@ class ReferenceMatrix final : public PackedMatrix {
   std::vector<float> bias;
   RowsHint hint;
   std::optional<cpu::Int8Matrix> int8;  // Int8, RowsHint::Many: what is multiplied
+  std::optional<cpu::BlockInt8Matrix> block_int8;  // Int8, RowsHint::Few: what is multiplied
 };
 
 // y = x W^T + b with one cpu::dot per element, so a row's result is the same whatever
@@ -59,6 +60,8 @@ void linear_row_independent(std::span<const float> x, std::int64_t m, const Refe
 void linear_raw(std::span<const float> x, std::int64_t m, const ReferenceMatrix& w, std::span<float> y) {
   if (w.int8) {
     cpu::int8_linear_reference(x, m, *w.int8, w.bias, y);
+  } else if (w.block_int8) {
+    cpu::block_int8_linear_reference(x, m, *w.block_int8, w.bias, y);
   } else if (w.hint == RowsHint::Few) {
     linear_row_independent(x, m, w, y);
   } else {
@@ -85,9 +88,13 @@ class ReferenceBackend final : public Backend {
     m.values = cpu::to_floats(weights);
     const bool int8 = precision_ == Precision::Int8 && role == WeightRole::Linear;
     std::optional<cpu::Int8Matrix> codes;
+    std::optional<cpu::BlockInt8Matrix> block_codes;
     if (int8 && hint == RowsHint::Many) {
       codes = cpu::quantize_matrix_int8(m.values, weights.shape);
       m.values = {};  // the codes are what is multiplied; matrix_row reads Few matrices only
+    } else if (precision_ == Precision::Int8 && steps_in_int8(weights, role)) {
+      block_codes = cpu::quantize_blocks_int8(weights);
+      m.values = {};  // matrix_row gives the dequantized codes
     }
     std::vector<float> unrounded;
     if (precision_ == Precision::Bf16) {
@@ -97,12 +104,20 @@ class ReferenceBackend final : public Backend {
     auto packed = std::make_unique<ReferenceMatrix>(std::move(m), std::move(bias), hint);
     packed->unrounded = std::move(unrounded);
     packed->int8 = std::move(codes);
+    packed->block_int8 = std::move(block_codes);
     return packed;
   }
 
-  // the stored values (the embedding is added, never multiplied in bf16)
+  // the stored values (the embedding is added, never multiplied in bf16); in int8 the
+  // dequantized codes of the decoder's blocks (the weights of that precision)
   void matrix_row(const PackedMatrix& packed, std::int64_t row, std::span<float> out) const override {
     const auto& w = static_cast<const ReferenceMatrix&>(packed);
+    if (w.block_int8) {
+      const std::int64_t blocks = w.cols() / kQuantBlock;
+      for (std::int64_t i = 0; i < w.cols(); ++i)
+        out[i] = w.block_int8->scales[row * blocks + i / kQuantBlock] * w.block_int8->codes[row * w.cols() + i];
+      return;
+    }
     const float* values = w.unrounded.empty() ? w.matrix.values.data() : w.unrounded.data();
     std::copy_n(values + row * w.cols(), w.cols(), out.begin());
   }

@@ -21,6 +21,7 @@
 #include "kernels/cpu/amx_bf16.h"
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/int8.h"
+#include "kernels/cpu/int8_panels.h"
 #include "kernels/cpu/panel_matrix.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
@@ -66,8 +67,9 @@ class OnednnMatrix final : public PackedMatrix {
   dt src_type = dt::f32;
   bool has_bias = false;
   std::vector<std::unique_ptr<Slice>> slices;
-  // Few: the panels, read by plain_linear
+  // Few: the panels, read by plain_linear (in int8, its block codes instead)
   std::optional<cpu::PanelMatrix> plain;
+  std::optional<cpu::Int8PanelMatrix> plain_int8;
   std::vector<float> bias;
   // Many in int8
   std::optional<Int8Weights> int8;
@@ -146,9 +148,14 @@ class OnednnBackend final : public Backend {
     const auto [rows, cols] = weights.shape;
     auto w = std::make_unique<OnednnMatrix>(rows, cols);
     if (hint == RowsHint::Few) {
-      // also in bf16 and int8 mode: the stored weights are more precise than bf16 or int8
-      // products, and decoder steps are bound by reading them, not by multiplying
-      w->plain.emplace(weights);
+      // int8: q8_0's blocks (a q8_0 file's own codes), a quarter of the bytes of f32 and
+      // half of f16 for each decoder step to read, multiplied as int8 (steps_in_int8 says
+      // which). Bf16: the stored weights, more precise than bf16 products, and steps are
+      // bound by reading them.
+      if (precision_ == Precision::Int8 && steps_in_int8(weights, role))
+        w->plain_int8.emplace(cpu::quantize_blocks_int8(weights));
+      else
+        w->plain.emplace(weights);
       w->bias = std::move(bias);
       return w;
     }
@@ -193,6 +200,7 @@ class OnednnBackend final : public Backend {
 
   void matrix_row(const PackedMatrix& packed, std::int64_t row, std::span<float> out) const override {
     const auto& w = static_cast<const OnednnMatrix&>(packed);
+    if (w.plain_int8) return w.plain_int8->row(row, out);
     if (!w.plain) throw InternalError("matrix_row needs a matrix packed with RowsHint::Few");
     w.plain->row(row, out);
   }
@@ -203,7 +211,7 @@ class OnednnBackend final : public Backend {
     if (static_cast<std::int64_t>(x.size()) < m * w.cols() || static_cast<std::int64_t>(y.size()) < m * w.rows())
       throw InternalError("linear called with mismatched sizes");
     if (m == 0) return;
-    if (w.plain) {
+    if (w.plain || w.plain_int8) {
       plain_linear(x, m, w, y, epilogue);
       return;
     }
@@ -324,8 +332,8 @@ class OnednnBackend final : public Backend {
     const std::int64_t hd = d / n_head;
     maybe_parallel(n_head, 4.0 * n_q * n_kv * d, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t h = begin; h < end; ++h)
-        cpu::attention_head_few_queries_f16(q.data() + h * hd, n_q, k.data() + h * hd, v.data() + h * hd, n_kv, d, hd,
-                                            causal_offset, out.data() + h * hd);
+        cpu::attention_head_few_queries_f16(q.data() + h * hd, n_q, d, k.data() + h * n_kv * hd, v.data() + h * n_kv * hd,
+                                            n_kv, hd, hd, causal_offset, out.data() + h * hd);
     });
   }
 
@@ -490,7 +498,16 @@ class OnednnBackend final : public Backend {
   static void plain_linear(std::span<const float> x, std::int64_t m, const OnednnMatrix& w, std::span<float> y,
                            Epilogue epilogue) {
     const std::int64_t width = item_features(m), items = (w.rows() + width - 1) / width;
-    const auto item = [&](std::int64_t i) { plain_item(x, m, w, y, epilogue, i * width, width); };
+    // int8: the rows quantized once, here, for every item (the pool's threads read them)
+    thread_local cpu::QuantizedRows quantized;
+    if (w.plain_int8) quantized.assign(x.data(), m, w.cols());
+    const cpu::QuantizedRows& rows = quantized;
+    const auto item = [&](std::int64_t i) {
+      if (w.plain_int8)
+        int8_item(rows, w, y, epilogue, i * width, width);
+      else
+        plain_item(x, m, w, y, epilogue, i * width, width);
+    };
     maybe_parallel_each(items, 2.0 * m * w.rows() * w.cols(), item);
   }
 
@@ -505,6 +522,16 @@ class OnednnBackend final : public Backend {
       w.plain->product(x.data() + r0 * k, rows, c0, c1, acc.data(), width);
       finish_rows(acc.data(), width, rows, w, c0, c1, y.data() + r0 * n, epilogue);
     }
+  }
+
+  // plain_item for int8 blocks; the products of all rows at once (x.m x width floats).
+  static void int8_item(const cpu::QuantizedRows& x, const OnednnMatrix& w, std::span<float> y, Epilogue epilogue,
+                        std::int64_t c0, std::int64_t width) {
+    const std::int64_t n = w.rows(), c1 = std::min(n, c0 + width);
+    thread_local std::vector<float> acc;
+    acc.resize(static_cast<std::size_t>(x.m * width));
+    w.plain_int8->product(x, c0, c1, acc.data(), width);
+    finish_rows(acc.data(), width, x.m, w, c0, c1, y.data(), epilogue);
   }
 
   // Bias, then the epilogue, on the raw products of a chunk of rows: elementwise steps,
