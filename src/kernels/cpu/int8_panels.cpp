@@ -49,7 +49,7 @@ constexpr std::int64_t kLanes = 8;
 constexpr int kMaxRows = 4;
 template <int R>
 constexpr int kTilePanels = R == 1 ? 4 : R == 2 ? 2 : 1;
-inline IVec sums_start(const std::int32_t*) { return _mm256_setzero_si256(); }
+inline IVec sums_start(std::int32_t) { return _mm256_setzero_si256(); }
 inline IVec broadcast_inputs(const std::int8_t* p) {
   std::int32_t four;
   __builtin_memcpy(&four, p, sizeof four);
@@ -72,8 +72,9 @@ inline void fstore(float* p, FVec v) { _mm256_storeu_ps(p, v); }
 }  // namespace avx2
 
 // AVX512_VNNI: vpdpbusd multiplies unsigned by signed bytes into int32 without
-// saturating, so the inputs go in as x + 128 and each block's sums start at -128 times
-// its codes' sum (computed at pack time): the same exact sums.
+// saturating, so the weights are stored as w + 128 (pack time) and each block's sums
+// start at -128 times the input codes' sum (QuantizedRows::offsets): the same exact sums,
+// with nothing more to read per weight.
 namespace vnni {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vnni,avx2,fma")
@@ -87,14 +88,14 @@ constexpr std::int64_t kLanes = 16;
 constexpr int kMaxRows = 4;
 template <int R>
 constexpr int kTilePanels = R == 1 ? 8 : R == 2 ? 4 : 3;
-inline IVec sums_start(const std::int32_t* p) { return _mm512_loadu_si512(p); }
+inline IVec sums_start(std::int32_t offset) { return _mm512_set1_epi32(offset); }
 inline IVec broadcast_inputs(const std::int8_t* p) {
   std::int32_t four;
   __builtin_memcpy(&four, p, sizeof four);
-  return _mm512_xor_si512(_mm512_set1_epi32(four), _mm512_set1_epi32(static_cast<std::int32_t>(0x80808080u)));
+  return _mm512_set1_epi32(four);
 }
 inline IVec load_codes(const std::int8_t* p) { return _mm512_loadu_si512(p); }
-inline IVec dot4(IVec sums, IVec codes, IVec inputs) { return _mm512_dpbusd_epi32(sums, inputs, codes); }
+inline IVec dot4(IVec sums, IVec biased_codes, IVec inputs) { return _mm512_dpbusd_epi32(sums, biased_codes, inputs); }
 inline FVec to_floats(IVec v) { return _mm512_cvtepi32_ps(v); }
 inline FVec fzero() { return _mm512_setzero_ps(); }
 inline FVec fload(const float* p) { return _mm512_loadu_ps(p); }
@@ -111,6 +112,7 @@ inline void fstore(float* p, FVec v) { _mm512_storeu_ps(p, v); }
 namespace {
 
 // Without AVX2: the same arithmetic in plain loops over the panels.
+// (8-wide panels: codes stored as they are)
 void product_portable(const std::int8_t* codes, const float* scales, std::int64_t stride, std::int64_t lanes,
                       std::int64_t blocks, const QuantizedRows& x, std::int64_t p0, std::int64_t panels, float* out,
                       std::int64_t ldo) {
@@ -136,9 +138,16 @@ void product_portable(const std::int8_t* codes, const float* scales, std::int64_
 void QuantizedRows::assign(const float* x, std::int64_t rows, std::int64_t cols) {
   m = rows;
   k = cols;
+  const std::int64_t blocks = rows * (cols / kQuantBlock);
   codes.resize(static_cast<std::size_t>(rows * cols));
-  scales.resize(static_cast<std::size_t>(rows * (cols / kQuantBlock)));
+  scales.resize(static_cast<std::size_t>(blocks));
+  offsets.resize(static_cast<std::size_t>(blocks));
   quantize_input_blocks(x, rows, cols, codes.data(), scales.data());
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    std::int32_t sum = 0;
+    for (std::int64_t i = 0; i < kQuantBlock; ++i) sum += codes[b * kQuantBlock + i];
+    offsets[b] = -128 * sum;
+  }
 }
 
 std::int64_t Int8PanelMatrix::widest_panel_width() { return have_avx512_vnni() ? 16 : 8; }
@@ -155,29 +164,23 @@ Int8PanelMatrix::Int8PanelMatrix(const BlockInt8Matrix& weights, std::int64_t pa
   // L1 sets whenever cols * lanes is a multiple of 4 KB
   stride_ = cols * lanes_ + 64;
   const std::int64_t panels = (rows + lanes_ - 1) / lanes_;
-  codes_.assign(static_cast<std::size_t>(panels * stride_), 0);
+  // padding weighs 0 (biased: 128)
+  codes_.assign(static_cast<std::size_t>(panels * stride_), biased() ? static_cast<std::int8_t>(-128) : 0);
   scales_.assign(static_cast<std::size_t>(panels * blocks_ * lanes_), 0.0f);
-  if (lanes_ == 16) compensation_.assign(scales_.size(), 0);
   for (std::int64_t f = 0; f < rows; ++f) {
     const std::int64_t p = f / lanes_, lane = f % lanes_;
     for (std::int64_t b = 0; b < blocks_; ++b) {
-      const std::int64_t at = (p * blocks_ + b) * lanes_ + lane;
-      scales_[at] = weights.scales[f * blocks_ + b];
-      std::int32_t sum = 0;
+      scales_[(p * blocks_ + b) * lanes_ + lane] = weights.scales[f * blocks_ + b];
       for (std::int64_t i = 0; i < kQuantBlock; ++i) {
         const std::int8_t code = weights.codes[f * cols + b * kQuantBlock + i];
         const std::int64_t g = b * kGroupsPerBlock + i / 4;
-        codes_[p * stride_ + (g * lanes_ + lane) * 4 + i % 4] = code;
-        sum += code;
+        codes_[p * stride_ + (g * lanes_ + lane) * 4 + i % 4] = biased() ? static_cast<std::int8_t>(code ^ 0x80) : code;
       }
-      if (!compensation_.empty()) compensation_[at] = -128 * sum;
     }
   }
 }
 
-std::size_t Int8PanelMatrix::bytes() const {
-  return codes_.size() + scales_.size() * sizeof(float) + compensation_.size() * sizeof(std::int32_t);
-}
+std::size_t Int8PanelMatrix::bytes() const { return codes_.size() + scales_.size() * sizeof(float); }
 
 void Int8PanelMatrix::product(const QuantizedRows& x, std::int64_t first, std::int64_t end, float* out,
                               std::int64_t ldo) const {
@@ -188,12 +191,12 @@ void Int8PanelMatrix::product(const QuantizedRows& x, std::int64_t first, std::i
   const float* scales = scales_.data() + p0 * blocks_ * lanes_;
 #if defined(__x86_64__)
   if (lanes_ == 16) {
-    const vnni::Panels w{codes, scales, compensation_.data() + p0 * blocks_ * lanes_, stride_, blocks_};
-    return vnni::int8_rows(x.codes.data(), x.scales.data(), x.m, x.k, w, panels, out, ldo);
+    const vnni::Inputs inputs{x.codes.data(), x.scales.data(), x.offsets.data(), x.k, blocks_};
+    return vnni::int8_rows(inputs, x.m, vnni::Panels{codes, scales, stride_, blocks_}, panels, out, ldo);
   }
   if (have_avx2()) {
-    const avx2::Panels w{codes, scales, nullptr, stride_, blocks_};
-    return avx2::int8_rows(x.codes.data(), x.scales.data(), x.m, x.k, w, panels, out, ldo);
+    const avx2::Inputs inputs{x.codes.data(), x.scales.data(), x.offsets.data(), x.k, blocks_};
+    return avx2::int8_rows(inputs, x.m, avx2::Panels{codes, scales, stride_, blocks_}, panels, out, ldo);
   }
 #endif
   product_portable(codes_.data(), scales_.data(), stride_, lanes_, blocks_, x, p0, panels, out, ldo);
@@ -205,7 +208,8 @@ void Int8PanelMatrix::row(std::int64_t r, std::span<float> out) const {
   const std::int64_t p = r / lanes_, lane = r % lanes_;
   for (std::int64_t i = 0; i < shape_.cols; ++i) {
     const std::int64_t b = i / kQuantBlock, g = i / 4;
-    out[i] = scales_[(p * blocks_ + b) * lanes_ + lane] * codes_[p * stride_ + (g * lanes_ + lane) * 4 + i % 4];
+    const std::int8_t stored = codes_[p * stride_ + (g * lanes_ + lane) * 4 + i % 4];
+    out[i] = scales_[(p * blocks_ + b) * lanes_ + lane] * (biased() ? static_cast<std::int8_t>(stored ^ 0x80) : stored);
   }
 }
 

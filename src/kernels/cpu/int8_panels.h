@@ -17,11 +17,13 @@
 
 namespace amanuensis::kernels::cpu {
 
-// Input rows as the products take them: m rows of k codes, and a scale per block.
+// Input rows as the products take them: m rows of k codes, and per block a scale and
+// -128 times the block's codes summed (what 16-wide panels' biased weights add).
 struct QuantizedRows {
   std::int64_t m = 0, k = 0;
   std::vector<std::int8_t> codes;
   std::vector<float> scales;
+  std::vector<std::int32_t> offsets;
   void assign(const float* x, std::int64_t rows, std::int64_t cols);
 };
 
@@ -47,14 +49,17 @@ class Int8PanelMatrix {
   void row(std::int64_t row, std::span<float> out) const;
 
  private:
+  // 16-wide panels hold each code plus 128 (its bits with the top one flipped), the
+  // unsigned operand of vpdpbusd
+  bool biased() const { return lanes_ == 16; }
+
   MatrixShape shape_;
   std::int64_t lanes_ = 8, blocks_ = 0;
   // panel p, block b, group g of four inputs: lanes x 4 codes at p * stride_ + (b * 8 + g)
   // * lanes * 4, the four codes of a feature side by side
   std::int64_t stride_ = 0;
   std::vector<std::int8_t> codes_;
-  std::vector<float> scales_;              // [panel][block][lane]
-  std::vector<std::int32_t> compensation_;  // 16 lanes only: -128 x the block's codes summed
+  std::vector<float> scales_;  // [panel][block][lane]
 };
 
 }  // namespace amanuensis::kernels::cpu
