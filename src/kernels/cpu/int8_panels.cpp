@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "common/error.h"
@@ -34,6 +35,13 @@ bool have_avx512_vnni() {
 #endif
 }
 
+// Four consecutive input codes as one int32, to broadcast to every lane.
+inline std::int32_t four_codes(const std::int8_t* p) {
+  std::int32_t four;
+  std::memcpy(&four, p, sizeof four);
+  return four;
+}
+
 }  // namespace
 
 #if defined(__x86_64__)
@@ -50,11 +58,7 @@ constexpr int kMaxRows = 4;
 template <int R>
 constexpr int kTilePanels = R == 1 ? 4 : R == 2 ? 2 : 1;
 inline IVec sums_start(std::int32_t) { return _mm256_setzero_si256(); }
-inline IVec broadcast_inputs(const std::int8_t* p) {
-  std::int32_t four;
-  __builtin_memcpy(&four, p, sizeof four);
-  return _mm256_set1_epi32(four);
-}
+inline IVec broadcast_inputs(const std::int8_t* p) { return _mm256_set1_epi32(four_codes(p)); }
 inline IVec load_codes(const std::int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 inline IVec dot4(IVec sums, IVec codes, IVec inputs) {
   const IVec pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(codes), _mm256_sign_epi8(inputs, codes));
@@ -89,11 +93,7 @@ constexpr int kMaxRows = 4;
 template <int R>
 constexpr int kTilePanels = R == 1 ? 8 : R == 2 ? 4 : 3;
 inline IVec sums_start(std::int32_t offset) { return _mm512_set1_epi32(offset); }
-inline IVec broadcast_inputs(const std::int8_t* p) {
-  std::int32_t four;
-  __builtin_memcpy(&four, p, sizeof four);
-  return _mm512_set1_epi32(four);
-}
+inline IVec broadcast_inputs(const std::int8_t* p) { return _mm512_set1_epi32(four_codes(p)); }
 inline IVec load_codes(const std::int8_t* p) { return _mm512_loadu_si512(p); }
 inline IVec dot4(IVec sums, IVec biased_codes, IVec inputs) { return _mm512_dpbusd_epi32(sums, biased_codes, inputs); }
 inline FVec to_floats(IVec v) { return _mm512_cvtepi32_ps(v); }
