@@ -340,6 +340,7 @@ int run_bench(const std::vector<std::string>& argv) {
   nlohmann::json out = {
       {"model", args.required("model")},
       {"backend", weights_backend.name()},
+      {"kernels", weights_backend.kernels()},
       {"precision", std::string(kernels::precision_name(weights_backend.precision()))},
       {"threads", kernels::cpu::thread_count()},
       {"audio_seconds", audio_seconds},
@@ -366,6 +367,7 @@ int run_bench(const std::vector<std::string>& argv) {
   std::printf("model      %s\n", out["model"].get<std::string>().c_str());
   std::printf("backend    %s (%s), %d threads\n", out["backend"].get<std::string>().c_str(),
               out["precision"].get<std::string>().c_str(), out["threads"].get<int>());
+  std::printf("kernels    %s\n", out["kernels"].get<std::string>().c_str());
   std::printf("audio      %.2f s, %zu window(s), %d tokens decoded, median of %d runs\n\n", audio_seconds, n_windows,
               total_tokens, runs);
   std::printf("%-28s %12s\n", "stage", "ms");

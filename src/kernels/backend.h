@@ -143,6 +143,10 @@ class Backend {
   // For logs and benchmarks, e.g. "onednn-fp32".
   virtual std::string name() const = 0;
   virtual Precision precision() const = 0;
+  // Which kernels run a window's products and a decoder step's, as chosen for this CPU
+  // (for /health and bench --json), e.g. "windows: onednn avx512_core_vnni int8; steps:
+  // int8 blocks, 16 lanes (avx512_vnni)". By default the name.
+  virtual std::string kernels() const { return name(); }
 
   // Takes a weight matrix as stored (read during the call only) and its bias (empty, or
   // one value per row).

@@ -43,6 +43,7 @@ struct ModelSpec {
 struct ModelInfo {
   int n_vocab = 0;
   std::string backend;
+  std::string kernels;  // Backend::kernels()
   std::string size;
   bool multilingual = false;
 };

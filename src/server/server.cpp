@@ -225,8 +225,8 @@ LoadedModel Server::Impl::load_model(const ModelSpec& spec) const {
                                                                    pipeline::BatchedComputeOptions{},
                                                                    opt.max_admitted_seconds, opt.max_kv_bytes);
   const auto& hp = loaded.model->hparams();
-  loaded.info = {hp.n_vocab, loaded.model->encoder().backend()->name(), std::string(hp.size_name()),
-                 hp.is_multilingual()};
+  const auto& backend = *loaded.model->encoder().backend();
+  loaded.info = {hp.n_vocab, backend.name(), backend.kernels(), std::string(hp.size_name()), hp.is_multilingual()};
   return loaded;
 }
 

@@ -459,6 +459,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (const auto& info = models.front().info) {  // the first model's, as with one model
       j["n_vocab"] = info->n_vocab;
       j["backend"] = info->backend;
+      j["kernels"] = info->kernels;
       j["size"] = info->size;
       j["multilingual"] = info->multilingual;
     }

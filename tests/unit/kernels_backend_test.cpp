@@ -18,6 +18,8 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/int8_panels.h"
+#include "kernels/cpu/panel_matrix.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
 #include "random_values.h"
@@ -163,6 +165,22 @@ TEST(KernelsBackend, Int8StepProductsAreTheReferenceBits) {
     EXPECT_EQ(ra, rb) << "row " << row;
     for (std::int64_t i = 0; i < k; ++i) ASSERT_NEAR(ra[i], w[row * k + i], 0.01f) << "row " << row;
   }
+}
+
+// Each backend says which kernels it chose: the engine names its step kernels and their
+// width on this CPU.
+TEST(KernelsBackend, KernelsAreNamed) {
+  EXPECT_EQ(make_reference_backend(Precision::Int8)->kernels(), make_reference_backend(Precision::Int8)->name());
+  const auto int8 = make_backend({.precision = Precision::Int8});
+  if (int8->name().rfind("reference", 0) == 0) GTEST_SKIP() << "built without oneDNN: " << int8->name();
+  const std::string lanes = std::to_string(cpu::Int8PanelMatrix::widest_panel_width()) + " lanes";
+  EXPECT_NE(int8->kernels().find("steps: int8 blocks, " + lanes), std::string::npos) << int8->kernels();
+  const auto fp32 = make_backend({.precision = Precision::Fp32});
+  EXPECT_NE(fp32->kernels().find("windows: onednn "), std::string::npos) << fp32->kernels();
+  EXPECT_NE(fp32->kernels().find("steps: stored-precision panels, " +
+                                 std::to_string(cpu::PanelMatrix::widest_panel_width()) + " lanes"),
+            std::string::npos)
+      << fp32->kernels();
 }
 
 // Which decoder-step matrices int8 multiplies as blocks: linear layers of whole blocks,

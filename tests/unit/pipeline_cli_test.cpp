@@ -475,6 +475,8 @@ TEST(CliBench, JsonReportsKvBytes) {
   const double at_audio = kv.at("bytes_per_sequence_at_this_audio").template get<double>();
   EXPECT_GT(at_audio, 0.0);
   EXPECT_LE(at_audio, kv.at("bytes_per_sequence_full_context").template get<double>());
+  // and it names the kernels it timed
+  EXPECT_TRUE(j.at("kernels").is_string() && !j.at("kernels").template get<std::string>().empty()) << j;
 }
 
 TEST(CliUsage, HelpVersionAndNoArguments) {

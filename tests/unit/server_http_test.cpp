@@ -153,6 +153,10 @@ TEST_F(ServerTest, HealthReportsTheModel) {
   EXPECT_EQ(j["threads"], 1);
   EXPECT_EQ(j["workers"], 2);
   EXPECT_TRUE(j["backend"].is_string() && !j["backend"].get<std::string>().empty()) << j;
+  // the kernels chosen for this CPU, windows and steps (or the reference's name)
+  ASSERT_TRUE(j["kernels"].is_string()) << j;
+  const auto kernels = j["kernels"].get<std::string>();
+  EXPECT_TRUE(kernels.find("steps: ") != std::string::npos || kernels.rfind("reference", 0) == 0) << kernels;
   EXPECT_TRUE(j["cpu_features"].is_array()) << j;
   EXPECT_TRUE(j["active_transcriptions"].is_number());
   EXPECT_TRUE(j["queue_depth"].is_number());

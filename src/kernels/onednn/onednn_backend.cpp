@@ -128,6 +128,20 @@ std::shared_ptr<const Primitive> primitive_for(const OnednnMatrix& w, const Slic
   return p;
 }
 
+std::string isa_name(dnnl::cpu_isa isa) {
+  switch (isa) {
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::sse41: return "sse41";
+    default: return "isa " + std::to_string(static_cast<int>(isa));
+  }
+}
+
 // Attention with at most this many queries (beams or candidates of one window in a decoder
 // step) reads keys and values once for all of them, query by query in a fixed order.
 constexpr std::int64_t kFewQueries = 16;
@@ -141,6 +155,21 @@ class OnednnBackend final : public Backend {
     return "onednn-" + std::string(precision_name(precision_)) + (uses_tiles() ? "+amx" : "");
   }
   Precision precision() const override { return precision_; }
+
+  std::string kernels() const override {
+    const std::string windows = uses_tiles() ? "amx-bf16 tiles (ours)"
+                                             : "onednn " + isa_name(dnnl::get_effective_cpu_isa()) + " " +
+                                                   std::string(precision_name(precision_));
+    std::string steps;
+    if (precision_ == Precision::Int8) {
+      const auto lanes = cpu::Int8PanelMatrix::widest_panel_width();
+      steps = "int8 blocks, " + std::to_string(lanes) + " lanes (" + (lanes == 16 ? "avx512_vnni" : "avx2") + ")";
+    } else {
+      const auto lanes = cpu::PanelMatrix::widest_panel_width();
+      steps = "stored-precision panels, " + std::to_string(lanes) + " lanes (" + (lanes == 16 ? "avx512" : "avx2") + ")";
+    }
+    return "windows: " + windows + "; steps: " + steps;
+  }
 
   std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias, RowsHint hint,
                                      WeightRole role) const override {
