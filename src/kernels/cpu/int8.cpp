@@ -142,6 +142,11 @@ BlockInt8Matrix quantize_blocks_int8(const StoredMatrix& weights) {
   return m;
 }
 
+void dequantized_row(const BlockInt8Matrix& m, std::int64_t row, std::span<float> out) {
+  const std::int64_t cols = m.shape.cols, blocks = cols / kQuantBlock;
+  for (std::int64_t i = 0; i < cols; ++i) out[i] = m.scales[row * blocks + i / kQuantBlock] * m.codes[row * cols + i];
+}
+
 void quantize_input_blocks(const float* x, std::int64_t m, std::int64_t k, std::int8_t* codes, float* scales) {
   quantize_rows_int8(x, m * (k / kQuantBlock), kQuantBlock, codes, scales);
 }

@@ -44,6 +44,9 @@ struct BlockInt8Matrix {
   std::vector<float> scales;       // rows x (cols / kQuantBlock)
 };
 
+// The dequantized weights of row `row` (code * scale; out: cols values).
+void dequantized_row(const BlockInt8Matrix& m, std::int64_t row, std::span<float> out);
+
 // Whether a matrix of this shape can be held as blocks (its rows are whole blocks).
 bool fits_int8_blocks(MatrixShape shape);
 BlockInt8Matrix quantize_blocks_int8(const StoredMatrix& weights);

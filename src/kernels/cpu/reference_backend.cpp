@@ -85,16 +85,17 @@ class ReferenceBackend final : public Backend {
     cpu::DenseMatrix m;
     m.rows = weights.shape.rows;
     m.cols = weights.shape.cols;
-    m.values = cpu::to_floats(weights);
     const bool int8 = precision_ == Precision::Int8 && role == WeightRole::Linear;
     std::optional<cpu::Int8Matrix> codes;
     std::optional<cpu::BlockInt8Matrix> block_codes;
+    if (precision_ == Precision::Int8 && hint == RowsHint::Few && steps_in_int8(weights, role)) {
+      block_codes = cpu::quantize_blocks_int8(weights);  // matrix_row gives the dequantized codes
+    } else {
+      m.values = cpu::to_floats(weights);
+    }
     if (int8 && hint == RowsHint::Many) {
       codes = cpu::quantize_matrix_int8(m.values, weights.shape);
       m.values = {};  // the codes are what is multiplied; matrix_row reads Few matrices only
-    } else if (precision_ == Precision::Int8 && steps_in_int8(weights, role)) {
-      block_codes = cpu::quantize_blocks_int8(weights);
-      m.values = {};  // matrix_row gives the dequantized codes
     }
     std::vector<float> unrounded;
     if (precision_ == Precision::Bf16) {
@@ -112,12 +113,7 @@ class ReferenceBackend final : public Backend {
   // dequantized codes of the decoder's blocks (the weights of that precision)
   void matrix_row(const PackedMatrix& packed, std::int64_t row, std::span<float> out) const override {
     const auto& w = static_cast<const ReferenceMatrix&>(packed);
-    if (w.block_int8) {
-      const std::int64_t blocks = w.cols() / kQuantBlock;
-      for (std::int64_t i = 0; i < w.cols(); ++i)
-        out[i] = w.block_int8->scales[row * blocks + i / kQuantBlock] * w.block_int8->codes[row * w.cols() + i];
-      return;
-    }
+    if (w.block_int8) return cpu::dequantized_row(*w.block_int8, row, out);
     const float* values = w.unrounded.empty() ? w.matrix.values.data() : w.unrounded.data();
     std::copy_n(values + row * w.cols(), w.cols(), out.begin());
   }
