@@ -15,6 +15,7 @@
 #include "cli/args.h"
 #include "cli/compute_flags.h"
 #include "cli/model_cache.h"
+#include "common/cpu_features.h"
 #include "common/error.h"
 #include "decoding/beam_search.h"
 #include "decoding/window_decoder.h"
@@ -37,6 +38,8 @@ options:
   --tokens-per-second N     decoded tokens per audio second (default 3)
   --threads N               compute threads (default: all cores)
   --precision P             auto (default), fp32, bf16 or int8
+  --max-isa CAP             the most the kernels may use: native (default), avx512 (no AMX),
+                            avx2 (an AVX2-only machine's paths) or baseline (no AVX)
   --runs N                  timed repetitions of each stage; the median is reported (default 3)
   --batch-sizes LIST        batched decoder steps to time: sequences per step, each with its
                             own KV cache and window (what the server's batching runs;
@@ -221,8 +224,10 @@ int run_bench(const std::vector<std::string>& argv) {
       std::cout << kBenchUsage;
       return 0;
     }
-  Args args(argv, {"json"}, {"model", "audio", "seconds", "tokens-per-second", "threads", "precision", "runs", "batch-sizes"});
+  Args args(argv, {"json"}, {"model", "audio", "seconds", "tokens-per-second", "threads", "precision", "runs", "batch-sizes",
+                                           "max-isa"});
   apply_thread_flag(args);
+  apply_isa_flag(args);
   const double tokens_per_second = args.get_double("tokens-per-second", 3.0);
   if (tokens_per_second < 0) throw Error("--tokens-per-second must not be negative");
   const int runs = args.get_int("runs", 3);
@@ -341,6 +346,7 @@ int run_bench(const std::vector<std::string>& argv) {
       {"model", args.required("model")},
       {"backend", weights_backend.name()},
       {"kernels", weights_backend.kernels()},
+      {"isa_cap", std::string(isa_cap_name(isa_cap()))},
       {"precision", std::string(kernels::precision_name(weights_backend.precision()))},
       {"threads", kernels::cpu::thread_count()},
       {"audio_seconds", audio_seconds},

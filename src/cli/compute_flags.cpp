@@ -5,6 +5,7 @@
 #include <string>
 #include <thread>
 
+#include "common/cpu_features.h"
 #include "common/error.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -26,6 +27,16 @@ void apply_thread_flag(const Args& args) {
     throw Error("--threads must be between 1 and " + std::to_string(4 * cores) + " (this machine has " +
                 std::to_string(cores) + " cores)");
   kernels::cpu::set_thread_count(n);
+}
+
+void apply_isa_flag(const Args& args) {
+  if (const auto cap = args.get("max-isa")) {
+    try {
+      set_isa_cap(parse_isa_cap(*cap));
+    } catch (const Error& e) {
+      throw Error(std::string("--max-isa: ") + e.what());
+    }
+  }
 }
 
 }  // namespace amanuensis::cli

@@ -75,6 +75,8 @@ transcribe options:
   --precision P           matrix arithmetic: auto (default), fp32, bf16 or int8; auto is bf16
                           where it runs fast (AMX-BF16; AVX512_BF16 on AMD), else int8 for
                           quantized models on CPUs with VNNI, else fp32
+  --max-isa CAP           the most the kernels may use: native (default), avx512 (no AMX),
+                          avx2 (no AVX-512: an AVX2-only machine's paths) or baseline (no AVX)
 
 Audio files of any common format are decoded with FFmpeg's libraries (wav, flac, mp3,
 ogg/opus, m4a/aac, webm, mp4) and resampled to 16 kHz mono.
@@ -126,7 +128,10 @@ auto with_input(const std::string& path, const Args& args, Work&& work) {
   }
 }
 
-void apply_common_options(const Args& args) { apply_thread_flag(args); }
+void apply_common_options(const Args& args) {
+  apply_thread_flag(args);
+  apply_isa_flag(args);
+}
 
 pipeline::TranscribeOptions transcribe_options(const Args& args) {
   pipeline::TranscribeOptions o;
@@ -319,7 +324,7 @@ int run(const std::vector<std::string>& argv) {
     Args args(rest, with({"no-timestamps", "word-timestamps", "vad"}, kDecodingFlags),
               with({"model", "output-format", "output-dir", "task", "prompt", "hotwords", "compat", "threads", "pcm-rate",
                     "pcm-channels", "pcm-format", "hallucination-silence-threshold", "vad-threshold", "precision",
-                    "max-audio-seconds"},
+                    "max-audio-seconds", "max-isa"},
                    kDecodingOptions));
     return run_transcribe(args);
   }
@@ -332,7 +337,7 @@ int run(const std::vector<std::string>& argv) {
   if (command == "download") return run_download(rest);
   if (command == "dump-logits") {
     Args args(rest, {}, {"model", "audio", "mel", "tokens", "out", "threads", "pcm-rate", "pcm-channels", "pcm-format",
-                         "precision"});
+                         "precision", "max-isa"});
     return run_dump_logits(args);
   }
   throw Error("unknown command '" + command + "' (try --help)");

@@ -24,6 +24,7 @@ const char* const kServeUsage = R"(serve options (OpenAI-compatible HTTP API: PO
   --precision P           matrix arithmetic: auto (default), fp32, bf16 or int8; auto is bf16
                           where it runs fast (AMX-BF16; AVX512_BF16 on AMD), else int8 for
                           quantized models on CPUs with VNNI, else fp32
+  --max-isa CAP           the most the kernels may use: native (default), avx512, avx2, baseline
   --workers N             transcriptions decoded at once (per model); their decoder steps run
                           as one batch and their encoder windows share one queue (default 8)
   --max-queue-seconds S   audio waiting for a free slot at most (per model), else 429 (default 600)
@@ -128,7 +129,7 @@ int run_serve(const std::vector<std::string>& argv) {
                   "request-timeout", "model-id", "io-threads", "precision", "model-idle-unload",
                   "max-loaded-models", "max-beam-size", "max-best-of", "vad-threshold", "max-audio-seconds",
                   "max-admitted-seconds", "hallucination-silence-threshold", "header-timeout", "keep-alive-timeout",
-                  "max-connections", "max-kv-mb"},
+                  "max-connections", "max-kv-mb", "max-isa"},
                  kDecodingOptions));
   if (!args.positional().empty()) throw Error("serve takes no positional arguments (got '" + args.positional()[0] + "')");
   server::ServerOptions o;
@@ -139,6 +140,7 @@ int run_serve(const std::vector<std::string>& argv) {
   if (port < 0 || port > 65535) throw Error("--port must be between 0 and 65535");
   o.port = static_cast<unsigned short>(port);
   apply_thread_flag(args);
+  apply_isa_flag(args);
   o.workers = positive_int(args, "workers", 8, 1);
   o.io_threads = positive_int(args, "io-threads", 2, 1);
   o.max_queue_seconds = args.get_double("max-queue-seconds", 600.0);

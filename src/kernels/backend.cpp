@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "common/cpu_features.h"
 #include "common/error.h"
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/int8.h"
@@ -34,32 +35,16 @@ std::string_view precision_name(Precision p) {
   return "?";
 }
 
-bool cpu_has_native_bf16() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
-#else
-  return false;
-#endif
-}
+bool cpu_has_native_bf16() { return cpu_features().avx512bf16 || cpu_features().amx_bf16; }
 
 bool cpu_runs_bf16_fast() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("amx-bf16") || (__builtin_cpu_is("amd") && __builtin_cpu_supports("avx512bf16"));
-#else
-  return false;
-#endif
+  const CpuFeatures& f = cpu_features();
+  return f.amx_bf16 || (f.amd && f.avx512bf16);
 }
 
 bool cpu_has_int8_dot() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni") ||
-         __builtin_cpu_supports("amx-int8");
-#else
-  return false;
-#endif
+  const CpuFeatures& f = cpu_features();
+  return f.avx512vnni || f.avx_vnni || f.amx_int8;
 }
 
 void check_pack_sizes(const StoredMatrix& weights, std::span<const float> bias) {
@@ -68,30 +53,6 @@ void check_pack_sizes(const StoredMatrix& weights, std::span<const float> bias) 
   if (rows <= 0 || cols <= 0 || !blocks_fit || weights.bytes.size() != dtype_bytes(weights.dtype, rows * cols) ||
       (!bias.empty() && static_cast<std::int64_t>(bias.size()) != rows))
     throw InternalError("pack called with mismatched sizes");
-}
-
-std::vector<std::string> cpu_features() {
-  std::vector<std::string> found;
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  // __builtin_cpu_supports wants string literals
-#define AMANUENSIS_FEATURE(name) \
-  if (__builtin_cpu_supports(name)) found.emplace_back(name);
-  AMANUENSIS_FEATURE("avx")
-  AMANUENSIS_FEATURE("avx2")
-  AMANUENSIS_FEATURE("fma")
-  AMANUENSIS_FEATURE("f16c")
-  AMANUENSIS_FEATURE("avx512f")
-  AMANUENSIS_FEATURE("avx512bw")
-  AMANUENSIS_FEATURE("avx512vnni")
-  AMANUENSIS_FEATURE("avxvnni")
-  AMANUENSIS_FEATURE("avx512bf16")
-  AMANUENSIS_FEATURE("amx-tile")
-  AMANUENSIS_FEATURE("amx-bf16")
-  AMANUENSIS_FEATURE("amx-int8")
-#undef AMANUENSIS_FEATURE
-#endif
-  return found;
 }
 
 void gather_kv_blocks(std::span<const KvBlockView> blocks, std::int64_t n_kv, std::int64_t d,

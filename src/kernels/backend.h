@@ -37,6 +37,9 @@ enum class Precision { Auto, Fp32, Bf16, Int8 };
 Precision parse_precision(std::string_view name);
 std::string_view precision_name(Precision p);
 
+// These three read common/cpu_features.h, so they answer for the CPU under the process's
+// instruction-set cap.
+
 // Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX-BF16).
 bool cpu_has_native_bf16();
 
@@ -49,10 +52,6 @@ bool cpu_runs_bf16_fast();
 // Whether it has int8 dot-product instructions (AVX512_VNNI, AVX_VNNI or AMX-INT8), where
 // int8 products run at several times the float32 rate (3.3x measured with AVX512_VNNI).
 bool cpu_has_int8_dot();
-
-// The instruction-set extensions of this CPU that the kernels can use (avx2, fma, f16c,
-// avx512f, avx512bf16, amx-bf16, ...), for /health and logs.
-std::vector<std::string> cpu_features();
 
 // Which weights a model stores, for what Auto picks.
 enum class WeightFormat { Float, Quantized };

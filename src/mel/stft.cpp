@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "common/cpu_features.h"
+
 namespace amanuensis::mel {
 
 FftPlan::FftPlan(std::size_t size) : n(size), half(size / 2) {
@@ -78,12 +80,9 @@ enum class LaneWidth { Four, Eight, Sixteen };
 
 LaneWidth widest_lanes() {
 #if defined(__x86_64__)
-  static const LaneWidth width = [] {
-    if (__builtin_cpu_supports("avx512f")) return LaneWidth::Sixteen;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return LaneWidth::Eight;
-    return LaneWidth::Four;
-  }();
-  return width;
+  if (cpu_features().avx512f) return LaneWidth::Sixteen;
+  if (cpu_features().avx2 && cpu_features().fma) return LaneWidth::Eight;
+  return LaneWidth::Four;
 #else
   return LaneWidth::Four;
 #endif

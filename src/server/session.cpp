@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "audio/decode.h"
+#include "common/cpu_features.h"
 #include "common/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
@@ -441,7 +442,8 @@ class Session : public std::enable_shared_from_this<Session> {
     json j = {{"status", started ? (server_.stopping ? "stopping" : "ok") : "loading"},
               {"model", models.front().id},
               {"threads", kernels::cpu::thread_count()},
-              {"cpu_features", kernels::cpu_features()},
+              {"cpu_features", cpu_features().names()},
+              {"isa_cap", std::string(isa_cap_name(isa_cap()))},
               {"workers", server_.opt.workers},
               {"active_transcriptions", stats.active_jobs},
               {"queue_depth", stats.queued_jobs},

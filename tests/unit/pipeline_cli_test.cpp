@@ -479,6 +479,24 @@ TEST(CliBench, JsonReportsKvBytes) {
   EXPECT_TRUE(j.at("kernels").is_string() && !j.at("kernels").template get<std::string>().empty()) << j;
 }
 
+// --max-isa caps the kernels: under avx2 the decoder steps take 8-lane panels whatever the
+// CPU, and bench says which cap it ran under; an unknown cap is refused by name.
+TEST(CliBench, MaxIsaCapsTheKernels) {
+  const auto r = run_cli({"bench", "--model", model("micro.en-f16"), "--json", "--runs", "1", "--seconds", "5",
+                          "--batch-sizes", "1", "--precision", "fp32", "--max-isa", "avx2"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("isa_cap"), "avx2") << j;
+  const auto kernels = j.at("kernels").template get<std::string>();
+  if (kernels.rfind("reference", 0) != 0) {
+    EXPECT_NE(kernels.find("8 lanes"), std::string::npos) << kernels;
+    EXPECT_EQ(kernels.find("avx512"), std::string::npos) << kernels;
+  }
+  const auto bad = run_cli({"bench", "--model", model("micro.en-f16"), "--max-isa", "avx3"});
+  EXPECT_NE(bad.exit_code, 0) << bad;
+  EXPECT_NE(bad.err.find("--max-isa"), std::string::npos) << bad;
+}
+
 TEST(CliUsage, HelpVersionAndNoArguments) {
   const auto help = run_cli({"--help"});
   EXPECT_EQ(help.exit_code, 0) << help;

@@ -158,6 +158,7 @@ TEST_F(ServerTest, HealthReportsTheModel) {
   const auto kernels = j["kernels"].get<std::string>();
   EXPECT_TRUE(kernels.find("steps: ") != std::string::npos || kernels.rfind("reference", 0) == 0) << kernels;
   EXPECT_TRUE(j["cpu_features"].is_array()) << j;
+  EXPECT_EQ(j["isa_cap"], "native") << j;  // no --max-isa given
   EXPECT_TRUE(j["active_transcriptions"].is_number());
   EXPECT_TRUE(j["queue_depth"].is_number());
   EXPECT_TRUE(j["active_requests"].is_number());

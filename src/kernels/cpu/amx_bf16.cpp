@@ -14,6 +14,7 @@
 #include <new>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/error.h"
 #include "common/fp16.h"
 #include "kernels/cpu/fast_math.h"
@@ -391,10 +392,10 @@ void require_tiles() {
 
 bool available() {
 #if AMANUENSIS_AMX
-  static const bool usable = __builtin_cpu_supports("amx-bf16") && __builtin_cpu_supports("amx-tile") &&
-                             __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl") && os_grants_tiles();
-  return usable;
+  const CpuFeatures& f = cpu_features();
+  if (!(f.amx_bf16 && f.amx_tile && f.avx512bf16 && f.avx512_core())) return false;
+  static const bool granted = os_grants_tiles();  // asks the kernel once
+  return granted;
 #else
   return false;
 #endif

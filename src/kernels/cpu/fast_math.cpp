@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/fp16.h"
 
 #include "kernels/cpu/intrinsics.h"
@@ -194,10 +195,8 @@ __attribute__((target("avx512f"))) double exp_shift_sum_double_avx512(const floa
 
 float exp_shift_sum(float* x, std::int64_t n, float shift) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx512) return exp_shift_sum_avx512(x, n, shift);
-  if (avx2) return exp_shift_sum_avx2(x, n, shift);
+  if (cpu_features().avx512f) return exp_shift_sum_avx512(x, n, shift);
+  if (cpu_features().avx2 && cpu_features().fma) return exp_shift_sum_avx2(x, n, shift);
 #endif
   return exp_shift_sum_scalar(x, n, shift);
 }
@@ -362,19 +361,15 @@ float softmax_numerators_portable(const float* row, std::int64_t n, std::int64_t
 
 float softmax_numerators_bf16(const float* row, std::int64_t n, std::int64_t n_zero, std::uint16_t* probs) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-  if (avx512) return softmax_numerators_avx512(row, n, n_zero, probs);
+  if (cpu_features().avx512_core() && cpu_features().avx512bf16) return softmax_numerators_avx512(row, n, n_zero, probs);
 #endif
   return softmax_numerators_portable(row, n, n_zero, probs);
 }
 
 void gelu_fast(float* x, std::int64_t n) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx512) return gelu_avx512(x, n);
-  if (avx2) return gelu_avx2(x, n);
+  if (cpu_features().avx512f) return gelu_avx512(x, n);
+  if (cpu_features().avx2 && cpu_features().fma) return gelu_avx2(x, n);
 #endif
   for (std::int64_t i = 0; i < n; ++i) x[i] = gelu_one(x[i]);
 }
@@ -423,10 +418,8 @@ double log_sum_exp(const float* x, std::int64_t n) {
   const float max = row_max(x, n);
   if (max == -INFINITY) return -INFINITY;
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx512) return max + std::log(exp_shift_sum_double_avx512(x, n, max));
-  if (avx2) return max + std::log(exp_shift_sum_double_avx2(x, n, max));
+  if (cpu_features().avx512f) return max + std::log(exp_shift_sum_double_avx512(x, n, max));
+  if (cpu_features().avx2 && cpu_features().fma) return max + std::log(exp_shift_sum_double_avx2(x, n, max));
 #endif
   return max + std::log(exp_shift_sum_double_scalar(x, n, max));
 }
@@ -442,8 +435,7 @@ void scores_of_head(const float* q, std::int64_t n_q, const float* k, std::int64
                     std::int64_t n_kv, const std::int64_t* visible, float scale, float* scores,
                     std::int64_t score_stride) {
 #if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2 && hd % 8 == 0)
+  if (cpu_features().avx2 && cpu_features().fma && hd % 8 == 0)
     return head_scores_avx2(q, n_q, k, stride, hd, n_kv, visible, scale, scores, score_stride);
 #endif
   head_scores(q, n_q, k, stride, hd, n_kv, visible, scale, scores, score_stride);
@@ -489,15 +481,13 @@ void attention_head_few_queries(const float* q, std::int64_t n_q, const float* k
 
 void clear_upper_vector_state() {
 #if defined(__x86_64__)
-  static const bool avx = __builtin_cpu_supports("avx");
-  if (avx) asm volatile("vzeroupper" ::: "memory");
+  if (cpu_features().avx) asm volatile("vzeroupper" ::: "memory");
 #endif
 }
 
 bool have_avx2_fma_f16c() {
 #if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  return ok;
+  return cpu_features().avx2_fma_f16c();
 #else
   return false;
 #endif
@@ -689,8 +679,7 @@ void attention_head_few_queries_f16(const float* q, std::int64_t n_q, std::int64
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     head_scores_f16_avx2(q, n_q, q_stride, k, kv_stride, hd, n_kv, visible.data(), scale, scores.data());
     for (std::int64_t r = 0; r < n_q; ++r) softmax_fast(scores.data() + r * n_kv, visible[r], visible[r]);
-    static const bool avx512 = __builtin_cpu_supports("avx512f");
-    if (avx512 && hd % 64 == 0) {
+    if (cpu_features().avx512f && hd % 64 == 0) {
       head_values_f16_avx512(scores.data(), n_q, v, kv_stride, hd, n_kv, visible.data(), out, q_stride);
     } else {
       head_values_f16_avx2(scores.data(), n_q, v, kv_stride, hd, n_kv, visible.data(), out, q_stride);
@@ -732,8 +721,7 @@ __attribute__((target("avx512f"))) float row_max_avx512(const float* x, std::int
 
 float softmax_row_max(const float* x, std::int64_t n) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return row_max_avx512(x, n);
+  if (cpu_features().avx512f) return row_max_avx512(x, n);
 #endif
   return row_max(x, n);
 }

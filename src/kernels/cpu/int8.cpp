@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/cpu_features.h"
 #include "common/error.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
@@ -69,37 +70,44 @@ __attribute__((target("avx2"))) float row_max_abs_avx2(const float* x, std::int6
 
 float row_max_abs(const float* x, std::int64_t n) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx512) return row_max_abs_avx512(x, n);
-  if (avx2) return row_max_abs_avx2(x, n);
+  if (cpu_features().avx512f && cpu_features().avx512bw) return row_max_abs_avx512(x, n);
+  if (cpu_features().avx2) return row_max_abs_avx2(x, n);
 #endif
   return row_max_abs_scalar(x, n);
 }
 
 void encode_row(const float* x, std::int64_t n, float inverse, std::int8_t* codes) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  if (avx512) return encode_row_avx512(x, n, inverse, codes);
+  if (cpu_features().avx512f && cpu_features().avx512bw) return encode_row_avx512(x, n, inverse, codes);
 #endif
   encode_row_scalar(x, n, inverse, codes);
 }
 
 }  // namespace
 
-void quantize_rows_int8(const float* x, std::int64_t rows, std::int64_t cols, std::int8_t* codes, float* scales) {
+namespace {
+
+void quantize_rows(const float* x, std::int64_t rows, std::int64_t cols, float max_code, std::int8_t* codes,
+                   float* scales) {
   for (std::int64_t r = 0; r < rows; ++r) {
     const float max = row_max_abs(x + r * cols, cols);
     const bool zero = !(max > 0.0f);
-    scales[r] = zero ? 1.0f : max / 127.0f;
-    encode_row(x + r * cols, cols, zero ? 0.0f : 127.0f / max, codes + r * cols);
+    scales[r] = zero ? 1.0f : max / max_code;
+    encode_row(x + r * cols, cols, zero ? 0.0f : max_code / max, codes + r * cols);
   }
 }
 
-Int8Matrix quantize_matrix_int8(std::span<const float> values, MatrixShape shape) {
+}  // namespace
+
+void quantize_rows_int8(const float* x, std::int64_t rows, std::int64_t cols, std::int8_t* codes, float* scales) {
+  quantize_rows(x, rows, cols, 127.0f, codes, scales);
+}
+
+Int8Matrix quantize_matrix_int8(std::span<const float> values, MatrixShape shape, WeightBits bits) {
   if (static_cast<std::int64_t>(values.size()) != shape.elements()) throw InternalError("quantize_matrix_int8: size");
   Int8Matrix m{shape, std::vector<std::int8_t>(values.size()), std::vector<float>(static_cast<std::size_t>(shape.rows))};
-  quantize_rows_int8(values.data(), shape.rows, shape.cols, m.codes.data(), m.scales.data());
+  const float max_code = bits == WeightBits::Seven ? 63.0f : 127.0f;
+  quantize_rows(values.data(), shape.rows, shape.cols, max_code, m.codes.data(), m.scales.data());
   return m;
 }
 

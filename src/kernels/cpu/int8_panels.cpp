@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/cpu_features.h"
 #include "common/error.h"
 
 namespace amanuensis::kernels::cpu {
@@ -18,8 +19,7 @@ constexpr std::int64_t kGroupsPerBlock = kQuantBlock / 4;
 
 bool have_avx2() {
 #if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+  return cpu_features().avx2 && cpu_features().fma;
 #else
   return false;
 #endif
@@ -27,9 +27,7 @@ bool have_avx2() {
 
 bool have_avx512_vnni() {
 #if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vnni") && have_avx2();
-  return ok;
+  return cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vnni && have_avx2();
 #else
   return false;
 #endif

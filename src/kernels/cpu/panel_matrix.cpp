@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/cpu_features.h"
 #include "common/error.h"
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/quant.h"
@@ -17,8 +18,7 @@ namespace {
 
 bool have_avx512f() {
 #if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx512f") && have_avx2_fma_f16c();
-  return ok;
+  return cpu_features().avx512f && have_avx2_fma_f16c();
 #else
   return false;
 #endif

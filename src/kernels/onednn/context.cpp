@@ -5,15 +5,52 @@
 #include <bit>
 #include <unordered_map>
 
+#include "common/cpu_features.h"
 #include "common/fp16.h"
 #include "kernels/cpu/amx_bf16.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace amanuensis::kernels::onednn {
 
+namespace {
+
+// The instruction sets oneDNN may use under the process's cap (common/cpu_features.h).
+// oneDNN takes its cap once, before its first primitive; a cap set later leaves it as it
+// was, and kernels() then names the instruction set it really uses.
+void cap_onednn_isa() {
+  dnnl::cpu_isa isa = dnnl::cpu_isa::all;
+  switch (isa_cap()) {
+    case IsaCap::Baseline: isa = dnnl::cpu_isa::sse41; break;
+    case IsaCap::Avx2: isa = dnnl::cpu_isa::avx2; break;
+    case IsaCap::Avx512: isa = dnnl::cpu_isa::avx512_core_bf16; break;
+    case IsaCap::Native: return;
+  }
+  try {
+    dnnl::set_max_cpu_isa(isa);
+  } catch (const dnnl::error&) {
+    // already fixed (an earlier primitive, or ONEDNN_MAX_CPU_ISA): keep what it has
+  }
+}
+
+}  // namespace
+
 dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  static dnnl::engine engine = [] {
+    cap_onednn_isa();
+    return dnnl::engine(dnnl::engine::kind::cpu, 0);
+  }();
   return engine;
+}
+
+bool onednn_has_int8_dot() {
+  cpu_engine();  // the cap first: the instruction set is fixed by the first query
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41:
+    case dnnl::cpu_isa::avx:
+    case dnnl::cpu_isa::avx2:
+    case dnnl::cpu_isa::avx512_core: return false;
+    default: return true;
+  }
 }
 
 dnnl::stream& thread_stream() {

@@ -26,6 +26,10 @@ void convert_to_bf16(const float* x, std::uint16_t* y, std::int64_t n, float sca
 // Runs fn(begin, end) over [0, n) on the pool when the job (`flops`) is worth waking it for.
 void maybe_parallel(std::int64_t n, double flops, const std::function<void(std::int64_t, std::int64_t)>& fn);
 
+// Whether oneDNN's int8 products use dot-product instructions (AVX_VNNI, AVX512_VNNI or
+// AMX-INT8) under the instruction set it runs (its own cap included: ONEDNN_MAX_CPU_ISA).
+bool onednn_has_int8_dot();
+
 // fn(i) for each i in [0, n), on the pool item by item (cpu::parallel_for_each: whichever
 // thread is free takes the next) when the job is worth waking it for, else in order here.
 void maybe_parallel_each(std::int64_t n, double flops, const std::function<void(std::int64_t)>& fn);

@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/error.h"
 #include "kernels/cpu/amx_bf16.h"
 #include "kernels/cpu/fast_math.h"
@@ -160,15 +161,11 @@ class OnednnBackend final : public Backend {
     const std::string windows = uses_tiles() ? "amx-bf16 tiles (ours)"
                                              : "onednn " + isa_name(dnnl::get_effective_cpu_isa()) + " " +
                                                    std::string(precision_name(precision_));
-    std::string steps;
-    if (precision_ == Precision::Int8) {
-      const auto lanes = cpu::Int8PanelMatrix::widest_panel_width();
-      steps = "int8 blocks, " + std::to_string(lanes) + " lanes (" + (lanes == 16 ? "avx512_vnni" : "avx2") + ")";
-    } else {
-      const auto lanes = cpu::PanelMatrix::widest_panel_width();
-      steps = "stored-precision panels, " + std::to_string(lanes) + " lanes (" + (lanes == 16 ? "avx512" : "avx2") + ")";
-    }
-    return "windows: " + windows + "; steps: " + steps;
+    const bool int8 = precision_ == Precision::Int8;
+    const auto lanes = int8 ? cpu::Int8PanelMatrix::widest_panel_width() : cpu::PanelMatrix::widest_panel_width();
+    const char* isa = lanes == 16 ? (int8 ? "avx512_vnni" : "avx512") : cpu_features().avx2 ? "avx2" : "portable";
+    return "windows: " + windows + "; steps: " + (int8 ? "int8 blocks, " : "stored-precision panels, ") +
+           std::to_string(lanes) + " lanes (" + isa + ")";
   }
 
   std::unique_ptr<PackedMatrix> pack(const StoredMatrix& weights, std::vector<float> bias, RowsHint hint,
