@@ -26,7 +26,9 @@ namespace amanuensis::kernels {
 // rounds weights and activations to bfloat16 before multiplying (what AVX512_BF16 / AMX
 // do). Int8 multiplies int8 codes with int32 sums in a window's products (RowsHint::Many,
 // but for the convolution stem: WeightRole): weights get one scale per output feature,
-// input rows one scale per row, found as each product runs. Decoder steps (RowsHint::Few)
+// input rows one scale per row, found as each product runs (the engine computes a window's
+// products in float32 instead where the CPU has no int8 dot products: onednn_backend.cpp
+// says why; the reference backend keeps int8 everywhere). Decoder steps (RowsHint::Few)
 // in Int8 take q8_0's arithmetic instead (cpu/int8.h: a scale per block of 32 on both
 // sides, finer than one per row, which cost tokens in the conformance suite), for the
 // matrices steps_in_int8 names; the others, and every Few matrix in Fp32 and Bf16, stay

@@ -85,29 +85,19 @@ void encode_row(const float* x, std::int64_t n, float inverse, std::int8_t* code
 
 }  // namespace
 
-namespace {
-
-void quantize_rows(const float* x, std::int64_t rows, std::int64_t cols, float max_code, std::int8_t* codes,
-                   float* scales) {
+void quantize_rows_int8(const float* x, std::int64_t rows, std::int64_t cols, std::int8_t* codes, float* scales) {
   for (std::int64_t r = 0; r < rows; ++r) {
     const float max = row_max_abs(x + r * cols, cols);
     const bool zero = !(max > 0.0f);
-    scales[r] = zero ? 1.0f : max / max_code;
-    encode_row(x + r * cols, cols, zero ? 0.0f : max_code / max, codes + r * cols);
+    scales[r] = zero ? 1.0f : max / 127.0f;
+    encode_row(x + r * cols, cols, zero ? 0.0f : 127.0f / max, codes + r * cols);
   }
 }
 
-}  // namespace
-
-void quantize_rows_int8(const float* x, std::int64_t rows, std::int64_t cols, std::int8_t* codes, float* scales) {
-  quantize_rows(x, rows, cols, 127.0f, codes, scales);
-}
-
-Int8Matrix quantize_matrix_int8(std::span<const float> values, MatrixShape shape, WeightBits bits) {
+Int8Matrix quantize_matrix_int8(std::span<const float> values, MatrixShape shape) {
   if (static_cast<std::int64_t>(values.size()) != shape.elements()) throw InternalError("quantize_matrix_int8: size");
   Int8Matrix m{shape, std::vector<std::int8_t>(values.size()), std::vector<float>(static_cast<std::size_t>(shape.rows))};
-  const float max_code = bits == WeightBits::Seven ? 63.0f : 127.0f;
-  quantize_rows(values.data(), shape.rows, shape.cols, max_code, m.codes.data(), m.scales.data());
+  quantize_rows_int8(values.data(), shape.rows, shape.cols, m.codes.data(), m.scales.data());
   return m;
 }
 

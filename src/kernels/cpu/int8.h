@@ -24,13 +24,7 @@ struct Int8Matrix {
   std::vector<std::int8_t> codes;  // rows x cols, row-major
   std::vector<float> scales;       // one per row
 };
-
-// Codes of up to 127, or of up to 63 for int8 products without dot-product instructions:
-// AVX2's vpmaddubsw adds two products of an unsigned input byte (up to 255) and a weight
-// into a saturating int16, so weights of 7 bits are the most that cannot overflow it
-// (255 x 63 x 2 = 32130), as oneDNN's guide on int8 computations asks.
-enum class WeightBits { Eight, Seven };
-Int8Matrix quantize_matrix_int8(std::span<const float> values, MatrixShape shape, WeightBits bits = WeightBits::Eight);
+Int8Matrix quantize_matrix_int8(std::span<const float> values, MatrixShape shape);
 
 // The int8 product as every backend finishes it: for each row r of x (quantized as
 // above) and output feature c, y[r, c] = float(sum_k xq[r, k] * wq[c, k]) * w.scales[c]

@@ -51,9 +51,7 @@ struct Int8Weights::Primitive {
 Int8Weights::Int8Weights(std::span<const float> values, MatrixShape shape, std::vector<float> bias)
     : shape_(shape), bias_(std::move(bias)) {
   if (bias_.empty()) bias_.assign(static_cast<std::size_t>(shape.rows), 0.0f);
-  // without VNNI oneDNN's int8 products saturate on 8-bit weights (cpu::WeightBits)
-  cpu::Int8Matrix q =
-      cpu::quantize_matrix_int8(values, shape, onednn_has_int8_dot() ? cpu::WeightBits::Eight : cpu::WeightBits::Seven);
+  cpu::Int8Matrix q = cpu::quantize_matrix_int8(values, shape);
   scales_ = std::move(q.scales);
   single_threaded_onednn();
   // the layout the primitive picks for a large product (with the compensation an s8

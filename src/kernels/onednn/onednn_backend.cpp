@@ -149,7 +149,8 @@ constexpr std::int64_t kFewQueries = 16;
 
 class OnednnBackend final : public Backend {
  public:
-  explicit OnednnBackend(Precision p) : precision_(p) {}
+  explicit OnednnBackend(Precision p)
+      : precision_(p), windows_in_int8_(p == Precision::Int8 && onednn_has_int8_dot()) {}
 
   // "onednn-bf16+amx" where the window work runs on our AMX tiles (cpu/amx_bf16.h)
   std::string name() const override {
@@ -158,9 +159,12 @@ class OnednnBackend final : public Backend {
   Precision precision() const override { return precision_; }
 
   std::string kernels() const override {
+    const char* window_arithmetic = precision_ == Precision::Int8 && !windows_in_int8_
+                                        ? "fp32 (int8 needs VNNI)"
+                                        : precision_name(precision_).data();
     const std::string windows = uses_tiles() ? "amx-bf16 tiles (ours)"
                                              : "onednn " + isa_name(dnnl::get_effective_cpu_isa()) + " " +
-                                                   std::string(precision_name(precision_));
+                                                   window_arithmetic;
     const bool int8 = precision_ == Precision::Int8;
     const auto lanes = int8 ? cpu::Int8PanelMatrix::widest_panel_width() : cpu::PanelMatrix::widest_panel_width();
     const char* isa = lanes == 16 ? (int8 ? "avx512_vnni" : "avx512") : cpu_features().avx2 ? "avx2" : "portable";
@@ -186,7 +190,7 @@ class OnednnBackend final : public Backend {
       return w;
     }
     const std::vector<float> values = cpu::to_floats(weights);
-    if (precision_ == Precision::Int8 && role == WeightRole::Linear) {
+    if (windows_in_int8_ && role == WeightRole::Linear) {
       w->int8.emplace(values, weights.shape, std::move(bias));
       return w;
     }
@@ -630,6 +634,14 @@ class OnednnBackend final : public Backend {
   }
 
   Precision precision_;
+  // Int8 window products run on oneDNN's int8 matmul only with dot-product instructions:
+  // its AVX2 kernels add pairs of u8 x s8 products into saturating int16 (vpmaddubsw), and
+  // with 8-bit weights they saturated (0.78 off where 0.2 is allowed in the unit tests,
+  // dozens of conformance cases failed); 7-bit weights, as oneDNN's guide suggests, flipped
+  // greedy tokens of reference margin 1.42 (the kit allows flips up to 1.0) and were only 5%
+  // faster than fp32 (tiny encoder 208-245 against 220-261 ms under --max-isa avx2). So
+  // there the windows stay fp32; decoder steps still take int8 blocks (exact on AVX2).
+  bool windows_in_int8_;
 };
 
 // Packs a small matrix and compares a product with plain float arithmetic, so a CPU
