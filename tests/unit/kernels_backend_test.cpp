@@ -132,7 +132,7 @@ TEST(KernelsBackend, Int8EngineProductsAreTheReferenceBits) {
   const auto engine = make_backend({.precision = Precision::Int8});
   if (!windows_have_int8_dot(*engine))
     GTEST_SKIP() << "oneDNN runs no AVX512_VNNI / AVX_VNNI / AMX-INT8 here (" << engine->kernels()
-                 << "): without them the weights take 7 bits against saturation, so only the tolerance test applies";
+                 << "): without them the engine's window products are float32, so only the tolerance test applies";
   const auto reference = make_reference_backend(Precision::Int8);
   ASSERT_NE(engine->name(), reference->name());
   const std::int64_t m = 300, k = 384, n = 96;
