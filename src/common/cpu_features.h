@@ -1,7 +1,8 @@
 // common: the instruction-set extensions of this CPU that the kernels may use, detected
 // once, and a process-wide cap below them (like oneDNN's max ISA): with the cap at avx2 an
 // AVX-512 machine runs, tests and times the paths of an AVX2-only one. Every run-time
-// choice of a kernel reads cpu_features(), never the CPU directly.
+// choice of a kernel reads cpu_features(), never the CPU directly (but for GCC's
+// target_clones loops, which pick their version from the CPU when the program starts).
 #pragma once
 
 #include <string>
@@ -35,8 +36,9 @@ struct CpuFeatures {
 // This CPU's extensions less those above the cap.
 const CpuFeatures& cpu_features();
 
-// Sets the cap for the whole process, before or between computations (a matrix packed
-// for wider lanes keeps its kernel: the hardware still has it).
+// Sets the cap for the whole process: before the first model loads (the command line's
+// --max-isa, a test binary's start), since a matrix packed under a higher cap may need what
+// a lower one removes (AMX tiles refuse to run without it), and oneDNN takes its cap once.
 void set_isa_cap(IsaCap cap);
 IsaCap isa_cap();
 
