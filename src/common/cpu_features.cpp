@@ -3,6 +3,10 @@
 #include <array>
 #include <atomic>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include "common/error.h"
 
 namespace amanuensis {
@@ -16,16 +20,31 @@ CpuFeatures detect() {
   f.avx = __builtin_cpu_supports("avx");
   f.avx2 = __builtin_cpu_supports("avx2");
   f.fma = __builtin_cpu_supports("fma");
-  f.f16c = __builtin_cpu_supports("f16c");
+  // cpuid for the bits some compilers' __builtin_cpu_supports cannot name (clang 14:
+  // f16c, avxvnni, amx-*): leaf 1 ECX 29; leaf 7.0 EDX 22, 24, 25; leaf 7.1 EAX 4. The OS
+  // enables their register state with AVX's, but for AMX's tiles (checked in XCR0; the
+  // kernel's permission to use them is asked in amx_bf16.cpp)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  bool os_saves_tiles = false;  // XCR0 bits 17 and 18: the OS keeps the tile state
+  if (__get_cpuid(1, &a, &b, &c, &d)) {
+    f.f16c = f.avx && ((c >> 29) & 1u);
+    if ((c >> 27) & 1u) {  // OSXSAVE: xgetbv may run
+      unsigned lo = 0, hi = 0;
+      asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+      os_saves_tiles = (lo & 0x60000u) == 0x60000u;
+    }
+  }
+  if (os_saves_tiles && __get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    f.amx_bf16 = (d >> 22) & 1u;
+    f.amx_tile = (d >> 24) & 1u;
+    f.amx_int8 = (d >> 25) & 1u;
+  }
+  if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx_vnni = f.avx2 && ((a >> 4) & 1u);
   f.avx512f = __builtin_cpu_supports("avx512f");
   f.avx512bw = __builtin_cpu_supports("avx512bw");
   f.avx512vl = __builtin_cpu_supports("avx512vl");
   f.avx512vnni = __builtin_cpu_supports("avx512vnni");
   f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
-  f.avx_vnni = __builtin_cpu_supports("avxvnni");
-  f.amx_tile = __builtin_cpu_supports("amx-tile");
-  f.amx_bf16 = __builtin_cpu_supports("amx-bf16");
-  f.amx_int8 = __builtin_cpu_supports("amx-int8");
 #endif
   return f;
 }
